@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-PIP    := $(PY) -m pip --disable-pip-version-check -q
+PIP    := $(PY) -m pip --disable-pip-version-check -qq
 # Spinning OpenMP threads make training 5x slower when two processes share the 2 cores.
 export OMP_WAIT_POLICY := PASSIVE
 

@@ -30,3 +30,26 @@ def _seed():
     torch.manual_seed(0)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def small_text() -> str:
+    """~150k characters of the embedded Shakespeare corpus (the first plays)."""
+    from mobilellm.data import shakespeare_plays
+
+    return "".join(list(shakespeare_plays().values())[:2])[:150_000]
+
+
+@pytest.fixture(scope="session")
+def small_corpus_file(small_text, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "plays.txt"
+    path.write_text(small_text)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_data(small_corpus_file, tmp_path_factory):
+    """Prepared tokens (vocab 128) of the small corpus."""
+    from mobilellm.data import prepare
+
+    return prepare(str(small_corpus_file), vocab_size=128, cache_dir=tmp_path_factory.mktemp("cache"))

@@ -1,0 +1,135 @@
+"""Command line: ``python -m mobilellm {train,generate,configs} …`` (``--help`` on each)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_train(sub) -> None:
+    from .config import list_configs
+    from .data import CORPORA
+
+    p = sub.add_parser("train", help="train a preset on a corpus, with checkpoints and resume",
+                       description="Train a model. Ctrl-C saves a checkpoint; --resume continues it.")
+    p.add_argument("--config", default="teach-micro", choices=list_configs(), metavar="NAME",
+                   help=f"model preset (default teach-micro): {', '.join(list_configs())}")
+    p.add_argument("--corpus", default="shakespeare",
+                   help=f"{' | '.join(CORPORA)} | PATH to a .txt/.jsonl file (default shakespeare)")
+    p.add_argument("--data-files", default=None,
+                   help="local files in the hub schema for a hub corpus (offline), e.g. a TinyStories .txt")
+    p.add_argument("--max-chars", type=int, default=None, help="read at most this many characters of the corpus")
+    p.add_argument("--tokenizer", default=None,
+                   help="an existing SentencePiece .model (e.g. Llama's) instead of training one")
+    p.add_argument("--max-steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    p.add_argument("--out", required=True, help="folder for checkpoints and metrics.jsonl")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per step, all processes (default 32)")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step (default 1)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the model's max)")
+    p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (default 1e-2; paper 2e-3)")
+    p.add_argument("--warmup-steps", type=int, default=50, help="linear warmup steps (default 50)")
+    p.add_argument("--eval-every", type=int, default=100, help="validate and checkpoint every N steps")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (~1.25x after compiling)")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard with FSDP2 instead of DDP")
+    p.add_argument("--cache-dir", default="data/cache", help="where prepared tokens are cached")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="sample text from a checkpoint",
+                       description="Continue a prompt with a trained checkpoint (KV-cached).")
+    p.add_argument("--checkpoint", required=True, help="folder written by `train --out`")
+    p.add_argument("--prompt", default="", help="text to continue (default: start from BOS)")
+    p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (default 100)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Prepare the data, train, print the result."""
+    from .config import get_config
+    from .data import prepare
+    from .train import TrainConfig, train
+
+    cfg = get_config(args.config)
+    corpus_kwargs = {}
+    if args.data_files:
+        corpus_kwargs["data_files"] = args.data_files
+    if args.max_chars:
+        corpus_kwargs["max_chars"] = args.max_chars
+    data = prepare(args.corpus, cfg.vocab_size, args.cache_dir, args.tokenizer, **corpus_kwargs)
+    print(f"data: {json.dumps(data.summary())}", file=sys.stderr)
+    tc = TrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                     seq_len=args.seq_len, lr=args.lr, warmup_steps=args.warmup_steps,
+                     eval_every=args.eval_every, seed=args.seed, device=args.device, compile=args.compile,
+                     fsdp=args.fsdp, progress=not args.no_progress)
+    _, result = train(cfg, tc, data, out=args.out, resume=args.resume)
+    summary = {"config": args.config, "params": result.params, "steps": result.steps,
+               "tokens": result.tokens, "final_val_loss": round(result.final_val_loss, 4),
+               "tokens_per_s": round(result.tokens_per_s), "wall_time_s": round(result.wall_time, 1),
+               "interrupted": result.interrupted, "out": str(Path(args.out))}
+    print(json.dumps(summary))
+    return 130 if result.interrupted else 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Load a checkpoint and print a continuation of the prompt."""
+    import torch
+
+    from .data import Tokenizer
+    from .train import auto_device, load_checkpoint
+
+    device = auto_device(args.device)
+    model, _ = load_checkpoint(args.checkpoint, device)
+    tok = Tokenizer(Path(args.checkpoint) / "tokenizer.model")
+    # Training packs documents separated by EOS, so EOS is how a document starts.
+    ids = [tok.eos_id] + tok.encode(args.prompt)
+    prompt = torch.tensor([ids], device=device)
+    room = model.cfg.max_seq_len - prompt.shape[1]
+    if room <= 0:
+        raise ValueError(f"the prompt is {prompt.shape[1]} tokens, the model's limit is {model.cfg.max_seq_len}")
+    out = model.eval().generate(prompt, min(args.max_new_tokens, room), temperature=args.temperature,
+                                top_k=args.top_k, top_p=args.top_p, eos_id=tok.eos_id,
+                                generator=torch.Generator(device).manual_seed(args.seed))
+    print(args.prompt + tok.decode(out[0, len(ids):].tolist()))
+    return 0
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    """Print the presets with their parameter counts."""
+    from .accounting import param_count
+    from .config import get_config, list_configs
+
+    for name in list_configs():
+        c = get_config(name)
+        print(f"{name:20s} {c.n_layers:3d} x {c.dim:5d}  heads {c.n_heads:2d}/{c.n_kv_heads}  "
+              f"ffn {c.ffn_hidden_dim:5d}  sharing {c.layer_sharing:9s} params {param_count(c)['total']:>13,}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; user errors print one line and exit 2, never a traceback."""
+    parser = argparse.ArgumentParser(prog="python -m mobilellm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_generate(sub)
+    sub.add_parser("configs", help="list the model presets")
+    args = parser.parse_args(argv)
+    handler = {"train": cmd_train, "generate": cmd_generate, "configs": cmd_configs}[args.command]
+    try:
+        return handler(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

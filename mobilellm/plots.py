@@ -1,0 +1,89 @@
+"""One function per figure, one house style: readable on a workshop projector, seeds visible,
+the paper's numbers beside ours but never on the same axis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from .experiments import RunRecord, output_dirs, summarize
+
+STYLE = {
+    "figure.dpi": 110, "savefig.dpi": 130, "font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12,
+    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
+    "legend.frameon": False,
+}
+OURS, PAPER = "#1f77b4", "#7f7f7f"
+SEED_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
+
+
+def save(fig, name: str) -> Path:
+    """Write ``figures/<name>.png`` (a temp folder in quick mode) and return its path."""
+    folder = output_dirs()[1]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
+def ablation(records: list[RunRecord], title: str, paper: dict[str, float] | None = None,
+             paper_label: str = "paper: zero-shot avg. accuracy (%)", name: str | None = None):
+    """Left: our validation loss per variant (every seed a dot, mean ± std as a bar).
+    Right (if ``paper``): the paper's numbers for the same steps, on their own axis."""
+    with plt.rc_context(STYLE):
+        ncols = 2 if paper else 1
+        fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.2), squeeze=False,
+                                 gridspec_kw={"width_ratios": [1.4, 1][:ncols]})
+        ax = axes[0, 0]
+        summary = summarize(records)
+        for i, s in enumerate(summary):
+            ax.errorbar(i, s["mean"], yerr=s["std"], fmt="s", color=OURS, ms=9, capsize=6, zorder=3)
+            for j, loss in enumerate(s["losses"]):
+                ax.scatter(i + 0.12, loss, color=SEED_COLORS[j % len(SEED_COLORS)], s=22, zorder=4,
+                           label=f"seed {j}" if i == 0 else None)
+            ax.annotate(f"{s['mean']:.3f}", (i, s["mean"]), xytext=(-14, 0), textcoords="offset points",
+                        ha="right", va="center", fontsize=11)
+        ax.set_xticks(range(len(summary)), [f"{s['label']}\n{s['params']:,} params" for s in summary])
+        ax.set_xlim(-0.6, len(summary) - 0.4)
+        ax.set_ylabel("validation loss (nats/token) ↓")
+        tok = summary[0]["tokens"]
+        ax.set_title(f"ours: {tok / 1e6:.1f}M tokens, {len(summary[0]['losses'])} seeds")
+        if len(summary[0]["losses"]) > 1:
+            ax.legend(loc="best", fontsize=9)
+        if paper:
+            ax2 = axes[0, 1]
+            labels = list(paper)
+            bars = ax2.bar(range(len(labels)), [paper[k] for k in labels], color=PAPER, width=0.6)
+            ax2.bar_label(bars, fmt="%.1f", fontsize=11)
+            ax2.set_xticks(range(len(labels)), labels)
+            lo = min(paper.values())
+            ax2.set_ylim(lo - 3, max(paper.values()) + 1.5)
+            ax2.set_ylabel(paper_label + " ↑")
+            ax2.set_title("paper: 125M, 0.25T tokens")
+        fig.suptitle(title, fontsize=14)
+        fig.tight_layout()
+        if name:
+            save(fig, name)
+        return fig
+
+
+def loss_curves(records: list[RunRecord], title: str, name: str | None = None):
+    """Validation loss against tokens seen, one line per run, a colour per variant."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        labels = list(dict.fromkeys(r.label for r in records))
+        for r in records:
+            color = SEED_COLORS[labels.index(r.label) % len(SEED_COLORS)]
+            tokens_per_step = r.tokens / max(1, r.val_curve[-1][0])
+            xs = [s * tokens_per_step / 1e6 for s, _ in r.val_curve]
+            ax.plot(xs, [v for _, v in r.val_curve], color=color, alpha=0.8, lw=1.5,
+                    label=r.label if r.seed == min(x.seed for x in records if x.label == r.label) else None)
+        ax.set_xlabel("training tokens (millions)")
+        ax.set_ylabel("validation loss (nats/token) ↓")
+        ax.set_title(title)
+        ax.legend()
+        fig.tight_layout()
+        if name:
+            save(fig, name)
+        return fig

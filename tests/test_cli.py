@@ -1,0 +1,47 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mobilellm.__main__ import main
+
+
+def test_help_documents_every_option():
+    out = subprocess.run([sys.executable, "-m", "mobilellm", "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for opt in ("--config", "--corpus", "--max-steps", "--out", "--resume", "--batch-size", "--lr",
+                "--device", "--compile"):
+        assert opt in out.stdout
+
+
+def test_bad_options_are_argparse_errors(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--config", "gpt-5", "--out", "x"])
+    assert e.value.code == 2 and "invalid choice: 'gpt-5'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--max-steps", "ten", "--out", "x"])
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", "--corpus", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: corpus file") and "Traceback" not in err
+    assert main(["generate", "--checkpoint", str(tmp_path)]) == 2
+    assert "is not a checkpoint" in capsys.readouterr().err
+
+
+def test_train_resume_generate_end_to_end(tmp_path, small_corpus_file, capsys):
+    out = tmp_path / "run"
+    common = ["train", "--config", "teach-micro", "--corpus", str(small_corpus_file), "--out", str(out),
+              "--batch-size", "8", "--seq-len", "64", "--eval-every", "15", "--cache-dir",
+              str(tmp_path / "cache"), "--no-progress"]
+    assert main(common + ["--max-steps", "15"]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["steps"] == 15 and first["final_val_loss"] < 6.3  # below ln(512)
+    assert main(common + ["--max-steps", "30", "--resume"]) == 0
+    second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert second["steps"] == 30 and second["final_val_loss"] < first["final_val_loss"]
+    assert main(["generate", "--checkpoint", str(out), "--prompt", "KING:", "--max-new-tokens", "20"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("KING:") and len(text) > len("KING:") + 5
