@@ -115,6 +115,23 @@ def cmd_configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablation(args: argparse.Namespace) -> int:
+    """Run (or read from the results cache) one ablation and print its summary."""
+    from .experiments import compare, get_ablation, run_ablation, summarize
+
+    ab = get_ablation(args.name)
+    records = run_ablation(ab, fresh=args.fresh, command=f"python -m mobilellm ablation {args.name}")
+    print(f"{ab.name}: {ab.question}")
+    for s in summarize(records):
+        print(f"  {s['label']:28s} {s['params']:>9,} params  val loss {s['mean']:.4f} ± {s['std']:.4f} "
+              f"(seeds {', '.join(f'{x:.4f}' for x in s['losses'])})")
+    base = ab.variants[0][0]
+    for label, _ in ab.variants[1:]:
+        c = compare(records, base, label)
+        print(f"  {label} - {base}: {c['diff']:+.4f} nats ({c['verdict']})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line and exit 2, never a traceback."""
     parser = argparse.ArgumentParser(prog="python -m mobilellm", description=__doc__)
@@ -122,8 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(sub)
     _add_generate(sub)
     sub.add_parser("configs", help="list the model presets")
+    from .experiments import ABLATIONS
+
+    p = sub.add_parser("ablation", help="run one of the curriculum's ablations (cached in data/results)")
+    p.add_argument("name", choices=list(ABLATIONS), help="which ablation")
+    p.add_argument("--fresh", action="store_true", help="retrain even what data/results already has")
     args = parser.parse_args(argv)
-    handler = {"train": cmd_train, "generate": cmd_generate, "configs": cmd_configs}[args.command]
+    handler = {"train": cmd_train, "generate": cmd_generate, "configs": cmd_configs,
+               "ablation": cmd_ablation}[args.command]
     try:
         return handler(args)
     except (ValueError, FileNotFoundError) as e:

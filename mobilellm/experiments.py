@@ -259,9 +259,13 @@ def compare(records: list[RunRecord], a: str, b: str) -> dict:
     sa, sb = (next(s for s in summarize(records) if s["label"] == lab) for lab in (a, b))
     diff = sb["mean"] - sa["mean"]
     noise = max(sa["spread"], sb["spread"])
-    return {"a": a, "b": b, "diff": diff, "noise": noise,
-            "verdict": ("inside the seed noise" if abs(diff) <= noise else
-                        f"{b} {'better' if diff < 0 else 'worse'} by more than the seed spread")}
+    if min(sa["n_seeds"], sb["n_seeds"]) < 2:
+        verdict = "one seed only: no estimate of the noise"
+    elif abs(diff) <= noise:
+        verdict = "inside the seed noise"
+    else:
+        verdict = f"{b} {'better' if diff < 0 else 'worse'} than {a} by more than the seed spread"
+    return {"a": a, "b": b, "diff": diff, "noise": noise, "verdict": verdict}
 
 
 # --- the ablations of the curriculum ---------------------------------------------------------
