@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -qq
 # Spinning OpenMP threads make training 5x slower when two processes share the 2 cores.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: venv test lint lab clean
+.PHONY: venv test lint figures lab clean
 
 venv: $(VENV)/.installed
 
@@ -22,8 +22,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 lint: venv
 	$(VENV)/bin/ruff check .
 
+# Unit tests, then every notebook under nbval in quick mode (a few steps, one seed, temp output).
 test: venv lint
-	MOBILELLM_QUICK=1 $(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q tests
+	MOBILELLM_QUICK=1 MOBILELLM_HEADLESS=1 $(VENV)/bin/pytest -q --nbval-lax --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly notebooks
+
+# Every notebook in order, in place, full mode: trains what data/results/ lacks (FRESH=1: all).
+figures: venv
+	$(PY) -m mobilellm figures
 
 lab: venv
 	$(VENV)/bin/jupyter lab notebooks

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 
@@ -36,7 +37,7 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (~1.25x after compiling)")
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard with FSDP2 instead of DDP")
-    p.add_argument("--cache-dir", default="data/cache", help="where prepared tokens are cached")
+    p.add_argument("--cache-dir", default=None, help="where prepared tokens are cached (default data/cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -132,6 +133,20 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_figures(args: argparse.Namespace) -> int:
+    """Run the notebooks in order (full mode), then regenerate the README's notebook map."""
+    from .figures import record_times, run_notebooks, update_readme
+
+    if not args.readme_only:
+        start = time.perf_counter()
+        times = run_notebooks(args.only)
+        record_times(times)
+        print(f"all notebooks: {(time.perf_counter() - start) / 60:.1f} min")
+    update_readme()
+    print("README.md notebook map updated")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line and exit 2, never a traceback."""
     parser = argparse.ArgumentParser(prog="python -m mobilellm", description=__doc__)
@@ -144,9 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("ablation", help="run one of the curriculum's ablations (cached in data/results)")
     p.add_argument("name", choices=list(ABLATIONS), help="which ablation")
     p.add_argument("--fresh", action="store_true", help="retrain even what data/results already has")
+    p = sub.add_parser("figures", help="run every notebook in order and regenerate figures and the README map")
+    p.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run (e.g. 02 03)")
+    p.add_argument("--readme-only", action="store_true", help="only regenerate the README's notebook map")
     args = parser.parse_args(argv)
     handler = {"train": cmd_train, "generate": cmd_generate, "configs": cmd_configs,
-               "ablation": cmd_ablation}[args.command]
+               "ablation": cmd_ablation, "figures": cmd_figures}[args.command]
     try:
         return handler(args)
     except (ValueError, FileNotFoundError) as e:

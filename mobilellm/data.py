@@ -1,7 +1,7 @@
 """Data: corpora (embedded, hub, local), a SentencePiece tokenizer, packed tokens, and batches.
 
 The pipeline is text -> train/validation split -> tokenizer trained on the training split ->
-``uint16`` token files (memmaps) cached under ``data/cache/``, keyed by fingerprints of the corpus
+``uint16`` token files (memmaps) cached under ``data/cache/`` (see ``default_cache_dir``), keyed by fingerprints of the corpus
 and the tokenizer -> random contiguous windows for training, a fixed set for validation.
 """
 
@@ -26,7 +26,16 @@ HUB_CORPORA = {
     "fineweb-edu": ("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", "text", "ODC-By 1.0"),
 }
 CORPORA = ("shakespeare", *HUB_CORPORA)
-DEFAULT_CACHE = Path("data") / "cache"
+
+
+def default_cache_dir() -> Path:
+    """``$MOBILELLM_CACHE``, else ``data/cache`` of this checkout, else ``~/.cache/mobilellm``."""
+    if os.environ.get("MOBILELLM_CACHE"):
+        return Path(os.environ["MOBILELLM_CACHE"])
+    root = Path(__file__).resolve().parents[1]
+    if (root / "pyproject.toml").is_file():  # a checkout (editable install): keep data beside the code
+        return root / "data" / "cache"
+    return Path.home() / ".cache" / "mobilellm"
 
 
 @dataclass
@@ -323,7 +332,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def prepare(corpus: str | Corpus = "shakespeare", vocab_size: int = 512,
-            cache_dir: str | os.PathLike = DEFAULT_CACHE, tokenizer: str | os.PathLike | None = None,
+            cache_dir: str | os.PathLike | None = None, tokenizer: str | os.PathLike | None = None,
             **corpus_kwargs) -> TokenData:
     """Tokens for ``corpus``, built once and cached: corpus -> tokenizer -> uint16 memmaps.
 
@@ -331,7 +340,7 @@ def prepare(corpus: str | Corpus = "shakespeare", vocab_size: int = 512,
     ``vocab_size`` pieces is trained on the training split.
     """
     c = corpus if isinstance(corpus, Corpus) else load_corpus(corpus, **corpus_kwargs)
-    root = Path(cache_dir) / f"{c.name}-{c.fingerprint[:12]}"
+    root = Path(cache_dir or default_cache_dir()) / f"{c.name}-{c.fingerprint[:12]}"
     root.mkdir(parents=True, exist_ok=True)
     if tokenizer is not None:
         tok = Tokenizer(tokenizer)

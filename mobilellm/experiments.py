@@ -35,6 +35,11 @@ def quick_mode() -> bool:
     return os.environ.get("MOBILELLM_QUICK", "") not in ("", "0")
 
 
+def headless() -> bool:
+    """True when notebooks run unattended (``make figures``, nbval): no progress bars in outputs."""
+    return os.environ.get("MOBILELLM_HEADLESS", "") not in ("", "0")
+
+
 def fresh_mode() -> bool:
     """True under ``FRESH=1`` (``make figures FRESH=1``): retrain even what the cache has."""
     return os.environ.get("FRESH", "") not in ("", "0")
@@ -84,7 +89,7 @@ class Recipe:
         return TrainConfig(max_steps=self.steps, batch_size=self.batch_size, seq_len=self.seq_len, lr=self.lr,
                            warmup_steps=min(self.warmup_steps, self.steps), seed=seed,
                            eval_every=max(1, self.steps // self.evals), eval_windows=self.eval_windows,
-                           device="cpu")
+                           device="cpu", progress=not headless())
 
 
 @dataclass(frozen=True)
@@ -177,7 +182,7 @@ def load_data(recipe: Recipe):
 
     key = (recipe.corpus, recipe.vocab_size)
     if key not in _DATA_CACHE:
-        _DATA_CACHE[key] = prepare(recipe.corpus, recipe.vocab_size, ROOT / "data" / "cache")
+        _DATA_CACHE[key] = prepare(recipe.corpus, recipe.vocab_size)
     return _DATA_CACHE[key]
 
 
@@ -198,6 +203,8 @@ def run_one(label: str, cfg: ModelConfig, recipe: Recipe, seed: int, results_dir
         return rec
     print(f"training {label!r} ({describe(cfg)}), seed {seed}: {recipe.steps} steps", flush=True)
     model, res = train(cfg, recipe.train_config(seed), data)
+    print(f"  done: validation loss {res.final_val_loss:.4f} after {res.tokens:,} tokens, {res.wall_time:.0f} s "
+          f"({res.tokens_per_s:,.0f} tokens/s)", flush=True)
     results_dir.mkdir(parents=True, exist_ok=True)
     weights = None
     if seed == 0:  # kept so that later notebooks can sample from and evaluate the trained models

@@ -1,0 +1,118 @@
+"""``make figures``: run every notebook in order, in place, and regenerate the README's notebook map
+from what the run measured (wall times, and each ablation's finding from ``data/results/``)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+from .experiments import ABLATIONS, ROOT, compare, fresh_mode, provenance, run_ablation
+
+NOTEBOOKS_DIR = ROOT / "notebooks"
+TIMES_FILE = ROOT / "data" / "results" / "notebook_times.json"
+README = ROOT / "README.md"
+
+# notebook stem: (what it builds, the paper's reference, (ablation, base label, changed label) or None)
+CURRICULUM = {
+    "00_setup_and_data": ("environment check, the embedded corpus, a SentencePiece tokenizer, packed batches",
+                          "—", None),
+    "01_baseline": ("RMSNorm, RoPE, MHA, ReLU FFN, untied embeddings by hand; the training loop; samples",
+                    "baseline 12 layers, 125M: avg 42.6", None),
+    "02_swiglu": ("FC-ReLU-FC → SwiGLU at equal parameters (3 seeds)", "42.6 → 43.9",
+                  ("swiglu", "ReLU (baseline)", "SwiGLU")),
+}
+
+
+def notebooks() -> list[Path]:
+    """The curriculum's notebooks, in order."""
+    return sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def run_notebooks(only: list[str] | None = None) -> dict[str, float]:
+    """Execute notebooks in place (full mode unless MOBILELLM_QUICK is set); return seconds per notebook."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    os.environ["MOBILELLM_HEADLESS"] = "1"  # no progress bars in the committed outputs
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ["MOBILELLM_COMMAND"] = "make figures" + (" FRESH=1" if fresh_mode() else "")
+    times: dict[str, float] = {}
+    selected = [p for p in notebooks() if not only or any(p.stem.startswith(o) for o in only)]
+    if not selected:
+        raise ValueError(f"no notebook matches {only}; notebooks: {[p.stem for p in notebooks()]}")
+    for path in selected:
+        print(f"▶ {path.name} …", flush=True)
+        start = time.perf_counter()
+        nb = nbformat.read(path, as_version=4)
+        client = NotebookClient(nb, timeout=None, kernel_name="python3",
+                                resources={"metadata": {"path": str(NOTEBOOKS_DIR)}})
+        try:
+            client.execute()
+        finally:
+            nbformat.write(nb, path)  # keep what ran, errors included, for inspection
+        times[path.stem] = round(time.perf_counter() - start, 1)
+        print(f"  {path.name}: {times[path.stem]:.0f} s", flush=True)
+    return times
+
+
+def record_times(times: dict[str, float]) -> dict:
+    """Merge this run's wall times into ``data/results/notebook_times.json``."""
+    stored = json.loads(TIMES_FILE.read_text()) if TIMES_FILE.is_file() else {}
+    prov = provenance()
+    for name, seconds in times.items():
+        stored[name] = {"seconds": seconds, "fresh": fresh_mode(), "date": prov["date"], "commit": prov["commit"],
+                        "machine": prov["machine"]}
+    TIMES_FILE.parent.mkdir(parents=True, exist_ok=True)
+    TIMES_FILE.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
+    return stored
+
+
+def finding(spec: tuple[str, str, str] | None) -> str:
+    """One line for an ablation: our difference against the noise (from the results cache)."""
+    if spec is None:
+        return "—"
+    name, base, changed = spec
+    records = run_ablation(ABLATIONS[name], fresh=False) if _cached(name) else None
+    if records is None:
+        return "not run yet"
+    c = compare(records, base, changed)
+    return f"{changed} − {base}: {c['diff']:+.3f} nats (seed spread {c['noise']:.3f}: {c['verdict']})"
+
+
+def _cached(name: str) -> bool:
+    """Whether every run of an ablation is in the results cache (never train from the README step)."""
+    from .experiments import RESULTS_DIR, describe, load_data, run_key
+
+    ab = ABLATIONS[name]
+    fp = load_data(ab.recipe).fingerprint
+    return all((RESULTS_DIR / f"{describe(c)}-s{s}-{run_key(c, ab.recipe, fp, s)}.json").is_file()
+               for _, c in ab.variants for s in ab.seeds)
+
+
+def notebook_map() -> str:
+    """The README's notebook table, from the curriculum, the stored times and the results cache."""
+    times = json.loads(TIMES_FILE.read_text()) if TIMES_FILE.is_file() else {}
+    rows = ["| notebook | builds | paper | ours (validation loss, teaching scale) | `make figures` time |",
+            "|---|---|---|---|---|"]
+    for path in notebooks():
+        builds, paper, spec = CURRICULUM.get(path.stem, ("", "", None))
+        t = times.get(path.stem)
+        when = f"{t['seconds'] / 60:.1f} min{' (fresh)' if t.get('fresh') else ''}" if t else "—"
+        rows.append(f"| [{path.stem}](notebooks/{path.name}) | {builds} | {paper} | {finding(spec)} | {when} |")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    return "\n".join(rows) + f"\n\n<sub>Generated by `make figures` on {stamp} from `data/results/`.</sub>"
+
+
+def update_readme() -> None:
+    """Rewrite the README between the notebook-map markers."""
+    text = README.read_text()
+    start, end = "<!-- notebook-map:start -->", "<!-- notebook-map:end -->"
+    if start not in text or end not in text:
+        raise ValueError(f"README.md lacks the markers {start} … {end}")
+    new = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{notebook_map()}\n{end}", text,
+                 flags=re.S)
+    README.write_text(new)
