@@ -298,7 +298,27 @@ SWIGLU = Ablation(
     ),
 )
 
-ABLATIONS = {ab.name: ab for ab in (SWIGLU,)}
+
+def _shape(n_layers: int, dim: int, n_heads: int, ffn_hidden_dim: int) -> ModelConfig:
+    return _teach(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_heads, ffn_hidden_dim=ffn_hidden_dim,
+                  ffn_type="swiglu", share_embedding=False)
+
+
+# Depth against width at the SwiGLU model's 132k parameters (±1%): FFN ≈ 8/3·d, head_dim 8-14.
+# 3 x 48 is exactly notebook 02's SwiGLU model, so its runs are reused.
+DEPTH = Ablation(
+    name="depth",
+    question="At a fixed parameter budget, is deeper and thinner better?",
+    variants=(
+        ("1×72", _shape(1, 72, 6, 176)),
+        ("2×56", _shape(2, 56, 4, 148)),
+        ("3×48", _shape(3, 48, 4, 128)),
+        ("5×40", _shape(5, 40, 4, 100)),
+        ("8×32", _shape(8, 32, 4, 88)),
+    ),
+)
+
+ABLATIONS = {ab.name: ab for ab in (SWIGLU, DEPTH)}
 
 
 def get_ablation(name: str) -> Ablation:
