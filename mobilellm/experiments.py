@@ -318,7 +318,20 @@ DEPTH = Ablation(
     ),
 )
 
-ABLATIONS = {ab.name: ab for ab in (SWIGLU, DEPTH)}
+
+def budget_sweep(ab: Ablation, labels: tuple[str, ...], factors: tuple[float, ...] = (0.25, 1.0, 3.0),
+                 seeds: tuple[int, ...] = (0,)) -> list[Ablation]:
+    """The same variants trained on ``factor`` × the recipe's tokens (≈5, 20, 60 tokens/parameter):
+    does the ranking hold when the budget changes? The 1× point reuses the ablation's own runs."""
+    variants = tuple((label, ab.config(label)) for label in labels)
+    return [Ablation(name=f"{ab.name}-budget-{f:g}x", variants=variants, seeds=seeds,
+                     recipe=dataclasses.replace(ab.recipe, tokens=int(ab.recipe.tokens * f)),
+                     question=f"{ab.question} ({f:g}x the tokens)") for f in factors]
+
+
+DEPTH_BUDGET = budget_sweep(DEPTH, ("2×56", "8×32"))
+
+ABLATIONS = {ab.name: ab for ab in (SWIGLU, DEPTH, *DEPTH_BUDGET)}
 
 
 def get_ablation(name: str) -> Ablation:
