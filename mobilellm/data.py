@@ -1,8 +1,9 @@
 """Data: corpora (embedded, hub, local), a SentencePiece tokenizer, packed tokens, and batches.
 
 The pipeline is text -> train/validation split -> tokenizer trained on the training split ->
-``uint16`` token files (memmaps) cached under ``data/cache/`` (see ``default_cache_dir``), keyed by fingerprints of the corpus
-and the tokenizer -> random contiguous windows for training, a fixed set for validation.
+``uint16`` token files (memmaps) cached under ``data/cache/`` (see ``default_cache_dir``), keyed by
+fingerprints of the corpus and the tokenizer -> random contiguous windows for training, a fixed set
+for validation.
 """
 
 from __future__ import annotations

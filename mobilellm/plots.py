@@ -87,3 +87,62 @@ def loss_curves(records: list[RunRecord], title: str, name: str | None = None):
         if name:
             save(fig, name)
         return fig
+
+
+def versus(records: list[RunRecord], x_of, xlabel: str, title: str, paper: dict[str, float] | None = None,
+           name: str | None = None, logx: bool = False):
+    """Validation loss against a numeric property of each variant (e.g. its depth), seeds as dots."""
+    with plt.rc_context(STYLE):
+        ncols = 2 if paper else 1
+        fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.2), squeeze=False,
+                                 gridspec_kw={"width_ratios": [1.4, 1][:ncols]})
+        ax = axes[0, 0]
+        summary = summarize(records)
+        xs = [x_of(next(r for r in records if r.label == s["label"])) for s in summary]
+        ax.plot(xs, [s["mean"] for s in summary], "-", color=OURS, lw=1.5, zorder=2)
+        for x, s in zip(xs, summary, strict=True):
+            ax.errorbar(x, s["mean"], yerr=s["std"], fmt="s", color=OURS, ms=8, capsize=5, zorder=3)
+            ax.scatter([x] * len(s["losses"]), s["losses"], color="k", s=12, alpha=0.5, zorder=4)
+            ax.annotate(s["label"], (x, s["mean"]), xytext=(6, 8), textcoords="offset points", fontsize=10)
+        if logx:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("validation loss (nats/token) ↓")
+        ax.set_title(f"ours: {summary[0]['tokens'] / 1e6:.1f}M tokens, {len(summary[0]['losses'])} seeds, "
+                     f"~{summary[0]['params'] / 1e3:.0f}k params")
+        if paper:
+            ax2 = axes[0, 1]
+            labels = list(paper)
+            bars = ax2.bar(range(len(labels)), [paper[k] for k in labels], color=PAPER, width=0.6)
+            ax2.bar_label(bars, fmt="%.1f", fontsize=11)
+            ax2.set_xticks(range(len(labels)), labels)
+            ax2.set_ylim(min(paper.values()) - 3, max(paper.values()) + 1.5)
+            ax2.set_ylabel("paper: zero-shot avg. accuracy (%) ↑")
+            ax2.set_title("paper: 125M, 0.25T tokens")
+        fig.suptitle(title, fontsize=14)
+        fig.tight_layout()
+        if name:
+            save(fig, name)
+        return fig
+
+
+def budget(runs: dict[float, list[RunRecord]], title: str, name: str | None = None):
+    """Validation loss against tokens per parameter, one line per variant: does the ranking hold?"""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        labels = list(dict.fromkeys(r.label for recs in runs.values() for r in recs))
+        for i, label in enumerate(labels):
+            pts = sorted((r.tokens / r.params, r.final_val_loss) for recs in runs.values() for r in recs
+                         if r.label == label)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=SEED_COLORS[i % len(SEED_COLORS)],
+                    label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("training tokens per parameter")
+        ax.set_ylabel("validation loss (nats/token) ↓")
+        ax.set_title(title)
+        ax.legend()
+        fig.tight_layout()
+        if name:
+            save(fig, name)
+        return fig

@@ -1,0 +1,70 @@
+import dataclasses
+import json
+
+import pytest
+
+from mobilellm import experiments as E
+from mobilellm.experiments import Ablation, Recipe, RunRecord
+
+
+def record(label, loss, seed=0):
+    return RunRecord(label=label, config={}, recipe={}, seed=seed, data_fingerprint="x", params=100, tokens=1000,
+                     final_val_loss=loss, best_val_loss=loss, val_curve=[(1, loss)], train_curve=[], wall_time=1.0)
+
+
+def test_compare_reads_the_noise():
+    recs = [record("a", v, i) for i, v in enumerate([3.00, 3.02, 3.01])]
+    recs += [record("b", v, i) for i, v in enumerate([2.90, 2.91, 2.92])]
+    c = E.compare(recs, "a", "b")
+    assert c["diff"] == pytest.approx(-0.10) and c["noise"] == pytest.approx(0.02)
+    assert c["verdict"] == "b better than a by more than the seed spread"
+    recs += [record("c", v, i) for i, v in enumerate([3.03, 2.99, 3.00])]
+    assert E.compare(recs, "a", "c")["verdict"] == "inside the seed noise"
+    assert E.compare(recs[:1] + recs[3:4], "a", "b")["verdict"].startswith("one seed only")
+
+
+def test_run_keys_change_with_what_matters():
+    cfg, recipe = E.SWIGLU.config("SwiGLU"), Recipe()
+    key = E.run_key(cfg, recipe, "data", 0)
+    assert key == E.run_key(cfg, Recipe(), "data", 0)
+    assert key != E.run_key(cfg, recipe, "data", 1)
+    assert key != E.run_key(cfg.replace(n_layers=4), recipe, "data", 0)
+    assert key != E.run_key(cfg, dataclasses.replace(recipe, lr=2e-2), "data", 0)
+    assert key != E.run_key(cfg, recipe, "other-corpus", 0)
+
+
+def test_ablations_compare_at_equal_parameters():
+    from mobilellm.accounting import param_count
+
+    for ab in (E.SWIGLU, E.DEPTH):
+        counts = [param_count(c)["total"] for _, c in ab.variants]
+        assert max(counts) / min(counts) < 1.03, ab.name
+    # the variant shared by notebooks 02 and 03 is one config, so its runs are trained once
+    assert E.DEPTH.config("3×48") == E.SWIGLU.config("SwiGLU")
+    assert E.DEPTH_BUDGET[1].recipe == E.DEPTH.recipe
+
+
+def test_ablation_validation():
+    cfg = E.SWIGLU.config("SwiGLU")
+    with pytest.raises(ValueError, match="duplicate labels"):
+        Ablation("x", (("a", cfg), ("a", cfg)))
+    with pytest.raises(ValueError, match="vocab_size 512"):
+        Ablation("x", (("a", cfg.replace(vocab_size=100)),))
+    with pytest.raises(ValueError, match="no variant 'z'"):
+        E.SWIGLU.config("z")
+    with pytest.raises(ValueError, match="unknown ablation"):
+        E.get_ablation("nope")
+
+
+def test_runner_trains_once_then_reads_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOBILELLM_QUICK", "1")
+    ab = Ablation("tiny", (("micro", E.SWIGLU.config("SwiGLU")),), recipe=Recipe(tokens=4 * 32 * 128))
+    first = E.run_ablation(ab, results_dir=tmp_path, command="pytest")
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(first) == 1 and len(files) == 2  # the JSON and the seed-0 weights
+    stored = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert stored["provenance"]["command"] == "pytest" and stored["tokens"] == 12 * 32 * 128
+    again = E.run_ablation(ab, results_dir=tmp_path)
+    assert again[0].final_val_loss == first[0].final_val_loss and again[0].wall_time == first[0].wall_time
+    model = E.load_model(again[0])
+    assert sum(p.numel() for p in model.parameters()) == first[0].params
