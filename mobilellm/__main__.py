@@ -1,4 +1,4 @@
-"""Command line: ``python -m mobilellm {train,generate,configs} …`` (``--help`` on each)."""
+"""Command line: ``python -m mobilellm {train,generate,export,configs} …`` (``--help`` on each)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,43 @@ def _add_generate(sub) -> None:
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+
+
+EXPORT_FORMATS = ("hf",)  # "pte" (ExecuTorch) joins here
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a checkpoint in another format (Hugging Face Llama folder)",
+                       description="Convert a trained or released checkpoint. --format hf writes a folder "
+                                   "that transformers loads as LlamaForCausalLM (layer-shared blocks are "
+                                   "written out as separate layers) and load_pretrained restores exactly.")
+    p.add_argument("--checkpoint", required=True,
+                   help="a folder written by `train --out`, by save_pretrained, or a released MobileLLM "
+                        "(facebook/MobileLLM-125M layout); a hub repo id downloads it, when online")
+    p.add_argument("--format", default="hf", choices=EXPORT_FORMATS,
+                   help="hf: Hugging Face LlamaForCausalLM folder (default)")
+    p.add_argument("--out", required=True, help="folder to write")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Load a checkpoint in any layout we read and write it in ``--format``."""
+    import importlib.util
+
+    from .export import load_pretrained, save_pretrained
+
+    out = Path(args.out)
+    if out.exists() and Path(args.checkpoint).exists() and out.resolve() == Path(args.checkpoint).resolve():
+        raise ValueError(f"--out {args.out} is the checkpoint folder itself: choose another folder")
+    if importlib.util.find_spec("transformers") is None:
+        raise ValueError("--format hf needs transformers: pip install 'transformers>=4.48'")
+    model, tok = load_pretrained(args.checkpoint)
+    save_pretrained(model, out, tok)
+    cfg = model.cfg
+    print(json.dumps({"format": args.format, "out": str(out), "params": sum(p.numel() for p in model.parameters()),
+                      "stored_blocks": cfg.n_layers, "llama_layers": cfg.n_executed_layers,
+                      "layer_sharing": cfg.layer_sharing, "tied_embeddings": cfg.share_embedding,
+                      "tokenizer": tok is not None}))
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -153,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_generate(sub)
+    _add_export(sub)
     sub.add_parser("configs", help="list the model presets")
     from .experiments import ABLATIONS
 
@@ -163,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run (e.g. 02 03)")
     p.add_argument("--readme-only", action="store_true", help="only regenerate the README's notebook map")
     args = parser.parse_args(argv)
-    handler = {"train": cmd_train, "generate": cmd_generate, "configs": cmd_configs,
+    handler = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "configs": cmd_configs,
                "ablation": cmd_ablation, "figures": cmd_figures}[args.command]
     try:
         return handler(args)

@@ -1,16 +1,31 @@
-"""Ways out of (and into) ``MobileLLM``: Hugging Face ``LlamaForCausalLM``.
+"""Ways out of (and into) ``MobileLLM``: Hugging Face ``LlamaForCausalLM`` and the released checkpoints.
 
 A MobileLLM with SwiGLU is exactly a Llama; layer sharing is a Llama whose layers repeat. So a
 shared model converts to the equivalent *unshared* Llama (blocks duplicated in execution order),
 and the sharing is remembered in the config (``mobilellm``) so that the way back restores it.
+
+``load_pretrained`` reads three folder layouts: Meta's released checkpoints (``facebook/MobileLLM-*``:
+Llama names, ``share_embedding``/``layer_sharing`` flags, N stored blocks), what
+``save_pretrained`` writes (a plain Llama folder), and our trainer's checkpoints.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+from pathlib import Path
+
 import torch
 
 from .config import ModelConfig
+from .data import Tokenizer
 from .model import MobileLLM
+
+# owner/name, as on the hub; anything else that does not exist locally is a wrong path, not a repo
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+# Rotary tables are recomputed from the config; old Llama checkpoints still carry them.
+_DERIVED = ("rotary_emb.inv_freq",)
 
 
 def _hf_config(cfg: ModelConfig):
@@ -27,9 +42,10 @@ def _hf_config(cfg: ModelConfig):
         tie_word_embeddings=cfg.share_embedding, attention_bias=False, mlp_bias=False,
         hidden_act="silu", initializer_range=cfg.init_std,
     )
-    # Remembered so that from_transformers can fold the duplicated layers back.
+    # Remembered so that from_transformers can fold the duplicated layers back (and give back
+    # head_dim exactly as set: the released presets spell out 64 although it is dim // n_heads).
     hf.mobilellm = {"n_layers": cfg.n_layers, "layer_sharing": cfg.layer_sharing,
-                    "layer_repeats": cfg.layer_repeats, "init": cfg.init}
+                    "layer_repeats": cfg.layer_repeats, "init": cfg.init, "head_dim": cfg.head_dim}
     return hf
 
 
@@ -46,7 +62,11 @@ def hf_state_dict(model: MobileLLM) -> dict[str, torch.Tensor]:
 
 def to_transformers(model: MobileLLM):
     """An equivalent ``transformers.LlamaForCausalLM`` (fp32, weights copied, same logits)."""
-    from transformers import LlamaForCausalLM
+    try:
+        from transformers import LlamaForCausalLM
+    except ImportError:
+        raise ImportError("converting to Hugging Face format needs transformers: "
+                          "pip install 'transformers>=4.48'") from None
 
     hf = LlamaForCausalLM(_hf_config(model.cfg))
     state = hf_state_dict(model)
@@ -56,50 +76,93 @@ def to_transformers(model: MobileLLM):
     return hf.eval()
 
 
+def _is_released(c: dict) -> bool:
+    """Meta's config.json: MobileLLM's own flags, and not one of ours (which records ``mobilellm``)."""
+    return ("share_embedding" in c or "layer_sharing" in c) and not c.get("mobilellm")
+
+
 def config_from_hf(hf_cfg) -> ModelConfig:
-    """A ModelConfig from a ``LlamaConfig``, undoing our layer-sharing expansion if recorded."""
-    rope = getattr(hf_cfg, "rope_parameters", None) or {}
-    theta = rope.get("rope_theta", getattr(hf_cfg, "rope_theta", 10000.0))
-    if getattr(hf_cfg, "hidden_act", "silu") != "silu":
-        raise ValueError(f"hidden_act {hf_cfg.hidden_act!r} is not SwiGLU ('silu')")
-    extra = getattr(hf_cfg, "mobilellm", None) or {}
-    n_layers = extra.get("n_layers", hf_cfg.num_hidden_layers)
-    head_dim = getattr(hf_cfg, "head_dim", None)
-    if head_dim == hf_cfg.hidden_size // hf_cfg.num_attention_heads:
-        head_dim = None  # the default: keep configs comparable with ==
+    """A ModelConfig from a ``LlamaConfig`` or a config.json dict: ours, a plain Llama, or a released MobileLLM.
+
+    Ours undoes the layer-sharing expansion recorded in ``mobilellm``. A released config counts
+    stored blocks in ``num_hidden_layers``, runs each twice in a row when ``layer_sharing`` is true
+    (our ``immediate``), and shares embeddings by ``share_embedding`` whatever
+    ``tie_word_embeddings`` says (it says false in every released config).
+    """
+    c = dict(hf_cfg) if isinstance(hf_cfg, dict) else hf_cfg.to_dict()
+
+    def need(key: str):
+        if key not in c:
+            raise ValueError(f"config has no {key!r}: it is not a Llama or MobileLLM config.json")
+        return c[key]
+
+    if c.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"hidden_act {c['hidden_act']!r} is not SwiGLU ('silu')")
+    if c.get("attention_bias") or c.get("mlp_bias"):
+        raise ValueError("the config has attention or MLP biases; MobileLLM (like Llama) has none")
+    rope = c.get("rope_parameters") or {}
+    scaling = c.get("rope_scaling") or {}
+    for r in (rope, scaling):
+        kind = r.get("rope_type", r.get("type", "default"))
+        if kind != "default":
+            raise ValueError(f"RoPE scaling {kind!r} is not supported: only plain rotary embeddings")
+    theta = rope.get("rope_theta", c.get("rope_theta", 10000.0))
+    n_hidden = need("num_hidden_layers")
+    n_heads = need("num_attention_heads")
+    extra = c.get("mobilellm") or {}
+    released = _is_released(c)
+    if released:
+        flag = c.get("layer_sharing", False)
+        if not isinstance(flag, bool):
+            raise ValueError(f"layer_sharing ({flag!r}) must be true or false in a released MobileLLM config")
+        n_layers, sharing, repeats = n_hidden, "immediate" if flag else "none", 2
+        share = bool(c.get("share_embedding", False))
+        head_dim = c.get("head_dim")
+    else:
+        n_layers = extra.get("n_layers", n_hidden)
+        sharing, repeats = extra.get("layer_sharing", "none"), extra.get("layer_repeats", 2)
+        share = bool(c.get("tie_word_embeddings", False))
+        if "head_dim" in extra:
+            head_dim = extra["head_dim"]
+        else:
+            head_dim = c.get("head_dim")
+            if head_dim == need("hidden_size") // n_heads:
+                head_dim = None  # the default: keep configs comparable with ==
     cfg = ModelConfig(
-        vocab_size=hf_cfg.vocab_size, dim=hf_cfg.hidden_size, n_layers=n_layers,
-        n_heads=hf_cfg.num_attention_heads, n_kv_heads=hf_cfg.num_key_value_heads,
-        ffn_hidden_dim=hf_cfg.intermediate_size, ffn_type="swiglu",
-        max_seq_len=hf_cfg.max_position_embeddings, norm_eps=hf_cfg.rms_norm_eps, rope_theta=theta,
-        share_embedding=bool(hf_cfg.tie_word_embeddings),
-        layer_sharing=extra.get("layer_sharing", "none"), layer_repeats=extra.get("layer_repeats", 2),
-        head_dim=head_dim, init=extra.get("init", "normal"),
-        init_std=getattr(hf_cfg, "initializer_range", 0.02),
+        vocab_size=need("vocab_size"), dim=need("hidden_size"), n_layers=n_layers, n_heads=n_heads,
+        n_kv_heads=c.get("num_key_value_heads") or n_heads, ffn_hidden_dim=need("intermediate_size"),
+        ffn_type="swiglu", max_seq_len=need("max_position_embeddings"), norm_eps=need("rms_norm_eps"),
+        rope_theta=theta, share_embedding=share, layer_sharing=sharing, layer_repeats=repeats,
+        head_dim=head_dim, init=extra.get("init", "normal"), init_std=c.get("initializer_range", 0.02),
     )
-    if cfg.n_executed_layers != hf_cfg.num_hidden_layers:
+    if not released and cfg.n_executed_layers != n_hidden:
         raise ValueError(f"config records layer sharing {cfg.layer_sharing!r} over {n_layers} blocks "
-                         f"({cfg.n_executed_layers} executed) but the model has "
-                         f"{hf_cfg.num_hidden_layers} layers")
+                         f"({cfg.n_executed_layers} executed) but the model has {n_hidden} layers")
     return cfg
 
 
-def load_hf_state_dict(model: MobileLLM, state: dict[str, torch.Tensor]) -> MobileLLM:
-    """Copy Llama-named weights into ``model`` with shape checks; shared blocks must agree."""
+def load_hf_state_dict(model: MobileLLM, state: dict[str, torch.Tensor], stored_blocks: bool = False) -> MobileLLM:
+    """Copy Llama-named weights into ``model`` with shape checks; shared blocks must agree.
+
+    ``stored_blocks``: ``model.layers.N`` names stored block N (the released layout), not the
+    N-th executed layer (a Llama with the shared blocks written out, as ``to_transformers`` makes).
+    """
     cfg = model.cfg
     ours: dict[str, torch.Tensor] = {}
     seen: dict[str, str] = {}
     problems: list[str] = []
+    n_slots = cfg.n_layers if stored_blocks else cfg.n_executed_layers
     for key, tensor in state.items():
-        if key == "lm_head.weight" and cfg.share_embedding:
+        if (key == "lm_head.weight" and cfg.share_embedding) or key.endswith(_DERIVED):
             continue
         name = key.removeprefix("model.")
         if name.startswith("layers."):
             _, idx, rest = name.split(".", 2)
-            if int(idx) >= cfg.n_executed_layers:
+            if not idx.isdigit() or int(idx) >= n_slots:
                 problems.append(f"unexpected {key}")
                 continue
-            name = f"layers.{cfg.execution_order[int(idx)]}.{rest}"
+            block = int(idx) if stored_blocks else cfg.execution_order[int(idx)]
+            name = f"layers.{block}.{rest}"
             if name in ours and not torch.equal(ours[name], tensor):
                 problems.append(f"{key} differs from {seen[name]}, but layer sharing says they are one block")
             seen.setdefault(name, key)
@@ -126,3 +189,158 @@ def from_transformers(hf_model) -> MobileLLM:
     cfg = config_from_hf(hf_model.config)
     model = MobileLLM(cfg)
     return load_hf_state_dict(model, hf_model.state_dict()).eval()
+
+
+# --- folders: load_pretrained / save_pretrained ----------------------------------------------
+
+def _why(e: Exception) -> str:
+    """An exception in one line: its type and the first line of its message."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def _download(repo_id: str) -> Path:
+    """The hub snapshot of ``repo_id`` (config, tokenizer, weights), from the local cache if there."""
+    common = ["config.json", "tokenizer.model"]
+    try:
+        from huggingface_hub import snapshot_download
+
+        d = Path(snapshot_download(repo_id, allow_patterns=common + ["model*.safetensors",
+                                                                    "model.safetensors.index.json"]))
+        if not any(d.glob("model*.safetensors")):
+            # The released MobileLLMs ship pickled weights only; fetch those rather than both kinds.
+            d = Path(snapshot_download(repo_id, allow_patterns=common + ["pytorch_model*.bin",
+                                                                        "pytorch_model.bin.index.json"]))
+    except Exception as e:  # offline, DNS, HTTP, gated or missing repo: one answer for the user
+        raise FileNotFoundError(
+            f"{repo_id!r} is not a local folder, and downloading it from the Hugging Face hub failed "
+            f"({_why(e)}): the hub is unreachable from here (or HF_HUB_OFFLINE=1 is set, "
+            f"or the repo is gated or does not exist). Download it where there is network "
+            f"(`hf download {repo_id}`) and pass the local folder instead") from None
+    return d
+
+
+def _resolve(path_or_repo_id: str | os.PathLike) -> Path:
+    p = Path(path_or_repo_id).expanduser()
+    if p.is_dir():
+        return p
+    if p.exists():
+        raise FileNotFoundError(f"{p} is a file; pass the folder that holds config.json and the weights")
+    if isinstance(path_or_repo_id, str) and _REPO_ID.fullmatch(path_or_repo_id):
+        return _download(path_or_repo_id)
+    raise FileNotFoundError(f"{p} does not exist: pass a checkpoint folder or a hub repo id such as "
+                            "facebook/MobileLLM-125M")
+
+
+def _weight_files(d: Path) -> list[Path]:
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if (d / single).is_file():
+            return [d / single]
+        if (d / index).is_file():
+            try:
+                shards = json.loads((d / index).read_text())["weight_map"].values()
+            except (json.JSONDecodeError, KeyError, AttributeError) as e:
+                raise ValueError(f"{d / index} is not a weight index ({type(e).__name__}: {e})") from None
+            return [d / s for s in sorted(set(shards))]
+    raise FileNotFoundError(f"{d} has no weights: expected model.safetensors or pytorch_model.bin "
+                            "(or a sharded *.index.json)")
+
+
+def _read_weights(d: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for f in _weight_files(d):
+        if not f.is_file():
+            raise FileNotFoundError(f"weight shard {f} listed in the index is missing")
+        try:
+            # weights_only: a .bin is a pickle, and pickles from the internet can run code.
+            part = load_file(f) if f.suffix == ".safetensors" else torch.load(f, map_location="cpu",
+                                                                               weights_only=True)
+        except Exception as e:  # both loaders raise several types for garbled or hostile files
+            raise ValueError(f"weights file {f} is corrupt, truncated or not a plain state dict "
+                             f"({_why(e)})") from None
+        if not isinstance(part, dict) or not all(isinstance(t, torch.Tensor) for t in part.values()):
+            raise ValueError(f"weights file {f} is not a state dict of tensors")
+        state.update(part)
+    return state
+
+
+def _read_config(d: Path) -> dict:
+    path = d / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{d} is not a checkpoint: it has no config.json")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return meta
+
+
+def _shares_embedding(state: dict[str, torch.Tensor], declared: bool) -> bool:
+    """Tied or not, as the weights say: an ``lm_head`` of its own means untied, whatever the flags."""
+    head, emb = state.get("lm_head.weight"), state.get("model.embed_tokens.weight")
+    if head is None:
+        return declared
+    return emb is not None and head.shape == emb.shape and torch.equal(head, emb)
+
+
+def load_pretrained(path_or_repo_id: str | os.PathLike,
+                    device: str | torch.device = "cpu") -> tuple[MobileLLM, Tokenizer | None]:
+    """A MobileLLM (eval mode) and its tokenizer (None if the folder has none) from a folder or hub id.
+
+    Reads Meta's released layout (``facebook/MobileLLM-125M`` …), ``save_pretrained`` folders
+    (and other Llama folders) and our trainer's checkpoints. A string that is no local path but
+    looks like ``owner/name`` is downloaded from the hub.
+    """
+    from .train import auto_device, load_checkpoint
+
+    d = _resolve(path_or_repo_id)
+    dev = auto_device(device) if isinstance(device, str) else device
+    meta = _read_config(d)
+    if isinstance(meta.get("model"), dict):  # our trainer's checkpoint
+        model, _ = load_checkpoint(d, dev)
+    else:
+        state = _read_weights(d)
+        cfg = config_from_hf(meta)
+        cfg = cfg.replace(share_embedding=_shares_embedding(state, cfg.share_embedding))
+        model = load_hf_state_dict(MobileLLM(cfg), state, stored_blocks=_is_released(meta)).to(dev)
+    tok = Tokenizer(d / "tokenizer.model") if (d / "tokenizer.model").is_file() else None
+    return model.eval(), tok
+
+
+def _note(cfg: ModelConfig) -> str:
+    text = "Written by mobilellm.export.save_pretrained. A MobileLLM is a Llama: transformers loads this " \
+           "folder as LlamaForCausalLM with the same logits."
+    if cfg.layer_sharing != "none":
+        text += (f" The model shares layers ({cfg.layer_sharing}): its {cfg.n_layers} stored blocks run as "
+                 f"{cfg.n_executed_layers} layers per forward pass. Llama has no layer sharing, so they are saved "
+                 f"as {cfg.n_executed_layers} separate layers (copies; layer i holds block "
+                 f"{list(cfg.execution_order)}[i]); mobilellm.export.load_pretrained folds them back "
+                 f"into {cfg.n_layers} shared blocks.")
+    text += (" Input and output embeddings are tied." if cfg.share_embedding
+             else " Input and output embeddings are separate (untied).")
+    return text
+
+
+def save_pretrained(model: MobileLLM, out_dir: str | os.PathLike, tokenizer: Tokenizer | None = None) -> Path:
+    """Write a Hugging Face Llama folder (config.json, model.safetensors, tokenizer.model) for ``model``.
+
+    ``transformers.AutoModelForCausalLM.from_pretrained(out_dir)`` gives the same logits;
+    ``load_pretrained(out_dir)`` gives back this model, layer sharing included.
+    """
+    out = Path(out_dir)
+    if (out / "train_state.pt").exists() or (
+            (out / "config.json").is_file() and isinstance(_read_config(out).get("model"), dict)):
+        raise ValueError(f"{out} holds a training checkpoint, which this would overwrite: "
+                         "write to another folder")
+    hf = to_transformers(model)
+    hf.config.mobilellm["note"] = _note(model.cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save(out / "tokenizer.model")
+    return out

@@ -24,6 +24,11 @@ CURRICULUM = {
                     "baseline 12 layers, 125M: avg 42.6", None),
     "02_swiglu": ("FC-ReLU-FC → SwiGLU at equal parameters (3 seeds)", "42.6 → 43.9",
                   ("swiglu", "ReLU (baseline)", "SwiGLU")),
+    "03_deep_and_thin": ("depth vs width at 132k parameters (5 shapes × 3 seeds); the same at ≈5/20/60 tokens "
+                         "per parameter", "12 → 30 layers: 43.9 → 44.8", ("depth", "2×56", "8×32")),
+    "08_full_size": ("the released configs: exact parameters, memory, KV cache, FLOPs; pretraining cost; "
+                     "125M measured on CPU; loading the released checkpoints", "124.6M … 1.51B; 3–18 days on "
+                     "32×A100", None),
 }
 
 
