@@ -91,6 +91,63 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="zero-shot accuracy on the paper's commonsense tasks (a Table 3 row)",
+                       description="Score a model on multiple-choice tasks the way lm-eval 0.4 does (acc, acc_norm).")
+    p.add_argument("--checkpoint", required=True,
+                   help="a folder written by `train --out` or save_pretrained, a released MobileLLM folder, or a "
+                        "hub repo id such as facebook/MobileLLM-125M (needs network)")
+    p.add_argument("--tasks", default="paper",
+                   help="comma-separated tasks, or 'paper' for the paper's eight (default): arc_easy, arc_challenge, "
+                        "boolq, piqa, siqa, hellaswag, openbookqa, winogrande (also: copa)")
+    p.add_argument("--data-dir", default=None,
+                   help="read TASK.jsonl files (hub schema) from this folder instead of the hub (offline)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N rows of each task")
+    p.add_argument("--batch-size", type=int, default=32, help="requests per forward pass (default 32)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint on tasks and print a table like the paper's Table 3."""
+    from .evaluate import PAPER_TASKS, TASKS, evaluate_task
+    from .export import load_pretrained
+    from .train import auto_device
+
+    tasks = list(PAPER_TASKS) if args.tasks == "paper" else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; valid: {', '.join(TASKS)}")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit ({args.limit}) must be >= 1")
+    files = {}
+    if args.data_dir:
+        for t in tasks:
+            f = Path(args.data_dir) / f"{t}.jsonl"
+            if not f.is_file():
+                raise FileNotFoundError(f"{f} does not exist: --data-dir needs one TASK.jsonl per task")
+            files[t] = f
+    device = auto_device(args.device)
+    model, tok = load_pretrained(args.checkpoint, device=device)
+    if tok is None:
+        raise FileNotFoundError(f"{args.checkpoint} has no tokenizer.model: cannot turn text into tokens")
+    results = [evaluate_task(model, tok, t, files.get(t), args.limit, args.batch_size) for t in tasks]
+    width = max(10, *(len(t) for t in tasks))
+    print(f"{'metric':10s} " + " ".join(f"{t:>{width}s}" for t in tasks) + f" {'average':>{width}s}")
+    for metric in ("acc", "acc_norm"):
+        # acc_norm where lm-eval reports it, else acc (as lm-eval's tables are usually read)
+        vals = [r[metric] if metric in r["metrics"] else r["acc"] for r in results]
+        print(f"{metric:10s} " + " ".join(f"{100 * v:>{width}.1f}" for v in vals)
+              + f" {100 * sum(vals) / len(vals):>{width}.1f}")
+    print(f"{'chance':10s} " + " ".join(f"{100 * r['chance']:>{width}.1f}" for r in results)
+          + f" {100 * sum(r['chance'] for r in results) / len(results):>{width}.1f}")
+    print(f"{'rows':10s} " + " ".join(f"{r['n']:>{width}d}" for r in results))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "results": results}, indent=1,
+                                              default=str))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Prepare the data, train, print the result."""
     from .config import get_config
@@ -191,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(sub)
     _add_generate(sub)
     _add_export(sub)
+    _add_eval(sub)
     sub.add_parser("configs", help="list the model presets")
     from .experiments import ABLATIONS
 
@@ -201,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run (e.g. 02 03)")
     p.add_argument("--readme-only", action="store_true", help="only regenerate the README's notebook map")
     args = parser.parse_args(argv)
-    handler = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "configs": cmd_configs,
-               "ablation": cmd_ablation, "figures": cmd_figures}[args.command]
+    handler = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "eval": cmd_eval,
+               "configs": cmd_configs, "ablation": cmd_ablation, "figures": cmd_figures}[args.command]
     try:
         return handler(args)
     except (ValueError, FileNotFoundError) as e:

@@ -450,10 +450,6 @@ def get_task(name: str) -> TaskSpec:
     return TASKS[name]
 
 
-def _row_position(i: int, local: bool) -> str:
-    return f"row {i} (line {i + 1})" if local else f"row {i}"
-
-
 def _first_bad_json_line(files: list[str]) -> str:
     for f in files:
         with open(f, encoding="utf-8", errors="replace") as fh:
@@ -501,12 +497,21 @@ def load_rows(task: str, data_files: str | os.PathLike | Sequence[str | os.PathL
     return list(ds), source
 
 
-def task_items(task: str, rows: Sequence[dict], source: str = "rows", local: bool = True) -> list[MCItem]:
+def _line_numbers(files: Sequence[str | os.PathLike]) -> list[int] | None:
+    """Line number of each row of a single JSONL file (blank lines hold no row), to point at a bad one."""
+    if len(files) != 1 or not Path(files[0]).is_file():
+        return None
+    with open(files[0], encoding="utf-8", errors="replace") as fh:
+        return [n for n, line in enumerate(fh, 1) if line.strip()]
+
+
+def task_items(task: str, rows: Sequence[dict], source: str = "rows",
+               lines: Sequence[int] | None = None) -> list[MCItem]:
     """Each row turned into an MCItem with lm-eval's prompt; a malformed row raises ValueError naming where it is."""
     spec = get_task(task)
     items = []
     for i, doc in enumerate(rows):
-        where = f"{source}: {_row_position(i, local)}"
+        where = f"{source}: row {i}" + (f" (line {lines[i]})" if lines is not None and i < len(lines) else "")
         if not isinstance(doc, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(doc).__name__}")
         missing = [f for f in spec.fields if doc.get(f) is None]
@@ -541,15 +546,20 @@ def evaluate_task(model: torch.nn.Module, tokenizer: Tokenizer, task: str,
     if batch_size < 1:
         raise ValueError(f"batch_size ({batch_size}) must be >= 1")
     rows, source = load_rows(task, data_files, limit)
-    items = task_items(task, rows, source, local=data_files is not None)
+    lines = None
+    if data_files is not None:
+        lines = _line_numbers([str(data_files)] if isinstance(data_files, (str, os.PathLike)) else list(data_files))
+    items = task_items(task, rows, source, lines)
     result = score_multiple_choice(model, tokenizer, items, batch_size=batch_size, progress=progress, desc=task)
     return {"task": task, **result, "metrics": spec.metrics, "source": source}
 
 
 def register_lm_eval() -> type:
     """Register the ``mobilellm`` model with lm-evaluation-harness (an optional extra); returns the class."""
-    try:
-        from .lm_eval_adapter import MobileLLMEval
-    except ImportError as e:
-        raise ImportError(f"lm-eval is not installed ({e}): pip install 'lm-eval>=0.4'") from None
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise ImportError("lm-eval is not installed: pip install 'lm-eval>=0.4' (or the package's [eval] extra)")
+    from .lm_eval_adapter import MobileLLMEval
+
     return MobileLLMEval

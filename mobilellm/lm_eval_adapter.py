@@ -2,16 +2,16 @@
 
 Importing this module imports ``lm_eval`` (an optional extra); ``evaluate.register_lm_eval()``
 does it lazily. Use it as ``lm_eval.simple_evaluate(model=MobileLLMEval(model, tokenizer), …)``,
-or by name with ``model="mobilellm", model_args="pretrained=CHECKPOINT_DIR"``.
+or by name with ``model="mobilellm", model_args="pretrained=DIR_OR_HUB_ID"`` (see ``export.load_pretrained``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
-import lm_eval.models  # noqa: F401  (keep lm-eval's own models registered: its lookup only loads them into an empty registry)
+# lm-eval loads its own models only into an empty registry: load them first, or adding ours hides them.
+import lm_eval.models  # noqa: F401
 import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
@@ -29,23 +29,24 @@ log = logging.getLogger(__name__)
 class MobileLLMEval(LM):
     """A MobileLLM and its tokenizer behind lm-eval's ``LM`` interface (loglikelihood, rolling, generate)."""
 
-    def __init__(self, model: MobileLLM | None = None, tokenizer: Tokenizer | None = None,
+    def __init__(self, model: MobileLLM | None = None, tokenizer: Tokenizer | str | os.PathLike | None = None,
                  pretrained: str | os.PathLike | None = None, batch_size: int | str | None = 32,
                  device: str | None = None, max_gen_toks: int = 256, **_ignored) -> None:
         super().__init__()
+        if isinstance(tokenizer, (str, os.PathLike)):  # a .model path, as --model_args give it
+            tokenizer = Tokenizer(tokenizer)
         if model is None:
             if pretrained is None:
-                raise ValueError("give a model and tokenizer, or pretrained=CHECKPOINT_DIR "
-                                 "(written by `python -m mobilellm train --out DIR`)")
-            from .train import auto_device, load_checkpoint
+                raise ValueError("give a model and tokenizer, or pretrained=DIR_OR_HUB_ID (a trainer checkpoint, "
+                                 "a save_pretrained folder, or a released MobileLLM)")
+            from .export import load_pretrained
 
-            model, _ = load_checkpoint(pretrained, device=auto_device(device or "auto"))
-            tok_file = Path(pretrained) / "tokenizer.model"
-            tokenizer = tokenizer or Tokenizer(tok_file)
+            model, found = load_pretrained(pretrained, device=device or "auto")
+            tokenizer = tokenizer or found
         elif device is not None:
             model = model.to(device)
         if tokenizer is None:
-            raise ValueError("a tokenizer is needed with the model (data.Tokenizer)")
+            raise ValueError("no tokenizer: pass tokenizer= (a data.Tokenizer or a SentencePiece .model path)")
         self.model, self.tokenizer = model, tokenizer
         # lm-eval passes batch_size as a string from the command line, or "auto"
         self.batch_size = 32 if batch_size in (None, "auto") else int(str(batch_size).split(":")[0])

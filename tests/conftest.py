@@ -1,10 +1,12 @@
 import os
-from pathlib import Path
 
-import pytest
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: tests share 2 cores with other processes
+from pathlib import Path  # noqa: E402
 
-from mobilellm import ModelConfig
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from mobilellm import ModelConfig  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -45,3 +45,24 @@ def test_train_resume_generate_end_to_end(tmp_path, small_corpus_file, capsys):
     assert main(["generate", "--checkpoint", str(out), "--prompt", "KING:", "--max-new-tokens", "20"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("KING:") and len(text) > len("KING:") + 5
+
+
+def test_eval_prints_a_table(tmp_path, small_data, shared_data, capsys):
+    from mobilellm import MobileLLM
+    from mobilellm.train import save_checkpoint
+
+    from .conftest import tiny_config
+
+    model = MobileLLM(tiny_config(vocab_size=128, max_seq_len=256, init="fan_in"))
+    save_checkpoint(tmp_path / "ck", model, None, None, 0, 0, None, small_data.tokenizer)
+    out = tmp_path / "r.json"
+    assert main(["eval", "--checkpoint", str(tmp_path / "ck"), "--tasks", "copa,piqa", "--data-dir",
+                 str(shared_data / "eval"), "--limit", "8", "--json", str(out)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["metric", "copa", "piqa", "average"]
+    assert table[-1].split() == ["rows", "8", "8"]
+    assert [r["n"] for r in json.loads(out.read_text())["results"]] == [8, 8]
+    assert main(["eval", "--checkpoint", str(tmp_path / "ck"), "--tasks", "mmlu"]) == 2
+    assert "unknown task(s) ['mmlu']" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(tmp_path / "ck"), "--tasks", "boolq", "--data-dir", str(tmp_path)]) == 2
+    assert "boolq.jsonl does not exist" in capsys.readouterr().err

@@ -26,6 +26,16 @@ lm_eval = pytest.importorskip("lm_eval")
 LM_EVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny matmuls gain nothing from threads, and spinning OpenMP workers crawl when another process
+    # shares the cores (conftest imports torch before mobilellm can set OMP_WAIT_POLICY=PASSIVE).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
@@ -360,7 +370,8 @@ def test_unknown_task_lists_the_valid_ones(model, small_data):
 @pytest.mark.parametrize("task, rows, match", [
     ("piqa", [SAMPLE_ROWS["piqa"], {k: v for k, v in SAMPLE_ROWS["piqa"].items() if k != "label"}],
      r"bad\.jsonl: row 1 \(line 2\): missing field\(s\) 'label'"),
-    ("piqa", [SAMPLE_ROWS["piqa"], dict(SAMPLE_ROWS["piqa"], label=2)], r"row 1 \(line 2\): gold label 2 is out of range"),
+    ("piqa", [SAMPLE_ROWS["piqa"], dict(SAMPLE_ROWS["piqa"], label=2)],
+     r"row 1 \(line 2\): gold label 2 is out of range"),
     ("arc_easy", [dict(SAMPLE_ROWS["arc_easy"], answerKey="E")], r"row 0 \(line 1\): answerKey 'E'"),
     ("winogrande", [dict(SAMPLE_ROWS["winogrande"], answer="")], "answer '' is not"),
     ("copa", [dict(SAMPLE_ROWS["copa"], question="why")], "question 'why'"),
