@@ -554,6 +554,37 @@ def evaluate_task(model: torch.nn.Module, tokenizer: Tokenizer, task: str,
     return {"task": task, **result, "metrics": spec.metrics, "source": source}
 
 
+def corpus_cloze(texts: Sequence[str], n: int = 200, n_choices: int = 4, context_lines: int = 4,
+                 seed: int = 0) -> list[MCItem]:
+    """An offline multiple-choice task from held-out text: which line comes next?
+
+    Context: ``context_lines`` consecutive lines; options: the true next line and ``n_choices - 1``
+    lines drawn at random from elsewhere in the same texts. Chance is 1 / n_choices. It needs no
+    download and suits models far too small for commonsense benchmarks.
+    """
+    import random
+
+    lines = [line for t in texts for line in t.split("\n")]
+    # a "line" worth guessing: verse or prose of a few words, not a speaker tag or a blank
+    good = [i for i in range(context_lines, len(lines))
+            if len(lines[i].split()) >= 4 and not lines[i].endswith(":") and all(lines[i - context_lines:i])]
+    if len(good) < n + n_choices:
+        raise ValueError(f"only {len(good)} usable lines for a cloze of {n} items: give more text or a smaller n")
+    rng = random.Random(seed)
+    pool = [lines[i] for i in good]
+    items = []
+    for i in rng.sample(good, n):
+        distractors: list[str] = []
+        while len(distractors) < n_choices - 1:
+            cand = rng.choice(pool)
+            if cand != lines[i] and cand not in distractors:
+                distractors.append(cand)
+        gold = rng.randrange(n_choices)
+        choices = distractors[:gold] + [lines[i]] + distractors[gold:]
+        items.append(MCItem("\n".join(lines[i - context_lines:i]) + "\n", choices, gold, delimiter=""))
+    return items
+
+
 def register_lm_eval() -> type:
     """Register the ``mobilellm`` model with lm-evaluation-harness (an optional extra); returns the class."""
     import importlib.util
