@@ -331,7 +331,35 @@ def budget_sweep(ab: Ablation, labels: tuple[str, ...], factors: tuple[float, ..
 
 DEPTH_BUDGET = budget_sweep(DEPTH, ("2×56", "8×32"))
 
-ABLATIONS = {ab.name: ab for ab in (SWIGLU, DEPTH, *DEPTH_BUDGET)}
+# The roadmap continues from a deep-and-thin shape fixed in advance (not picked from the sweep's
+# results): 5 x 40, 4 heads of 10 — so that 2 and 1 KV heads are possible in notebook 05.
+DEEP_THIN = DEPTH.config("5×40")
+
+EMBEDDING = Ablation(
+    name="embedding",
+    question="Does sharing the input and output embeddings cost quality, and does reinvesting the saving help?",
+    variants=(
+        ("untied", DEEP_THIN),
+        ("tied", DEEP_THIN.replace(share_embedding=True)),
+        # the 20k parameters the tie saves, spent on one more block
+        ("tied + 1 layer", DEEP_THIN.replace(share_embedding=True, n_layers=6)),
+    ),
+)
+
+TIED6 = EMBEDDING.config("tied + 1 layer")
+
+GQA = Ablation(
+    name="gqa",
+    question="Do fewer key/value heads cost quality at equal parameters?",
+    variants=(
+        ("MHA (4 KV heads)", TIED6),
+        # K and V shrink; the saving goes back into the feed-forward layers (as the paper reinvests it)
+        ("GQA (2 KV heads)", TIED6.replace(n_kv_heads=2, ffn_hidden_dim=112)),
+        ("MQA (1 KV head)", TIED6.replace(n_kv_heads=1, ffn_hidden_dim=120)),
+    ),
+)
+
+ABLATIONS = {ab.name: ab for ab in (SWIGLU, DEPTH, *DEPTH_BUDGET, EMBEDDING, GQA)}
 
 
 def get_ablation(name: str) -> Ablation:
