@@ -26,6 +26,12 @@ CURRICULUM = {
                   ("swiglu", "ReLU (baseline)", "SwiGLU")),
     "03_deep_and_thin": ("depth vs width at 132k parameters (5 shapes × 3 seeds); the same at ≈5/20/60 tokens "
                          "per parameter", "12 → 30 layers: 43.9 → 44.8", ("depth", "2×56", "8×32")),
+    "04_embedding_sharing": ("where parameters go (teaching, 125M–1.5B, 70B); tying checked by data_ptr; untied vs "
+                             "tied vs tied + the saving reinvested in depth", "135M/44.8 → 119M/44.6 → 125M/45.0",
+                             ("embedding", "untied", "tied + 1 layer")),
+    "05_grouped_query_attention": ("MHA → GQA → MQA by repeat_interleave; KV-cache sizes; cached vs uncached "
+                                   "decoding; KV heads at equal parameters", "16 → 4 KV heads: 44.6 → 45.0",
+                                   ("gqa", "MHA (4 KV heads)", "GQA (2 KV heads)")),
     "08_full_size": ("the released configs: exact parameters, memory, KV cache, FLOPs; pretraining cost; "
                      "125M measured on CPU; loading the released checkpoints", "124.6M … 1.51B; 3–18 days on "
                      "32×A100", None),

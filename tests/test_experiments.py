@@ -36,7 +36,7 @@ def test_run_keys_change_with_what_matters():
 def test_ablations_compare_at_equal_parameters():
     from mobilellm.accounting import param_count
 
-    for ab in (E.SWIGLU, E.DEPTH):
+    for ab in (E.SWIGLU, E.DEPTH, E.GQA):
         counts = [param_count(c)["total"] for _, c in ab.variants]
         assert max(counts) / min(counts) < 1.03, ab.name
     # the variant shared by notebooks 02 and 03 is one config, so its runs are trained once
