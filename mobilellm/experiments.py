@@ -248,6 +248,16 @@ def run_ablation(ab: Ablation, results_dir: Path | None = None, fresh: bool | No
             for label, cfg in ab.variants for seed in seeds]
 
 
+def is_cached(ab: Ablation) -> bool:
+    """Whether every run of ``ab`` is in the results cache (in quick mode runs take seconds: always True)."""
+    if quick_mode():
+        return True
+    results = output_dirs()[0]
+    fp = load_data(ab.recipe).fingerprint
+    return all((results / f"{describe(c)}-s{s}-{run_key(c, ab.recipe, fp, s)}.json").is_file()
+               for _, c in ab.variants for s in ab.seeds)
+
+
 def summarize(records: list[RunRecord]) -> list[dict]:
     """Per variant: mean, spread (max - min) and standard deviation of the final validation loss."""
     out = []

@@ -10,7 +10,7 @@ import re
 import time
 from pathlib import Path
 
-from .experiments import ABLATIONS, ROOT, compare, fresh_mode, provenance, run_ablation
+from .experiments import ABLATIONS, ROOT, compare, fresh_mode, is_cached, provenance, run_ablation
 
 NOTEBOOKS_DIR = ROOT / "notebooks"
 TIMES_FILE = ROOT / "data" / "results" / "notebook_times.json"
@@ -87,21 +87,11 @@ def finding(spec: tuple[str, str, str] | None) -> str:
     if spec is None:
         return "—"
     name, base, changed = spec
-    records = run_ablation(ABLATIONS[name], fresh=False) if _cached(name) else None
+    records = run_ablation(ABLATIONS[name], fresh=False) if is_cached(ABLATIONS[name]) else None
     if records is None:
         return "not run yet"
     c = compare(records, base, changed)
     return f"{changed} − {base}: {c['diff']:+.3f} nats (seed spread {c['noise']:.3f}: {c['verdict']})"
-
-
-def _cached(name: str) -> bool:
-    """Whether every run of an ablation is in the results cache (never train from the README step)."""
-    from .experiments import RESULTS_DIR, describe, load_data, run_key
-
-    ab = ABLATIONS[name]
-    fp = load_data(ab.recipe).fingerprint
-    return all((RESULTS_DIR / f"{describe(c)}-s{s}-{run_key(c, ab.recipe, fp, s)}.json").is_file()
-               for _, c in ab.variants for s in ab.seeds)
 
 
 def notebook_map() -> str:

@@ -1,0 +1,730 @@
+"""Benchmarks: training and decoding speed, int8, and layer sharing, each beside a peer in the same run.
+
+``python -m mobilellm bench`` runs four suites and writes one JSON report:
+
+- ``train``: tokens/s and achieved GFLOP/s of a full AdamW step, ours (eager and compiled) vs
+  ``transformers.LlamaForCausalLM`` holding the same weights, against the machine's fp32 matmul rate;
+- ``decode``: batch-1 prefill latency and cached decode tokens/s, ``MobileLLM.generate`` vs Hugging
+  Face ``generate`` on the same weights, against the memory-bandwidth bound (weights read per token);
+- ``int8``: fp32 vs torchao int8 (W8A8, weight-only) vs ExecuTorch ``.pte``: latency and size;
+- ``sharing``: per-token decode latency of a layer-shared model vs its unshared twin (the same
+  stored blocks) vs a model twice as deep — the paper's iPhone table (+2.6% vs +86%).
+
+Every figure is the median of repeated runs after warm-up. Whatever is compared is measured in
+the same run, interleaved round by round with the order rotated, so a change in the machine's load
+hits every side alike; comparisons are reported as ratios. Absolute times vary on shared machines:
+quote the ratios (DESIGN §7). Everything runs on the CPU in float32, the reference path.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .accounting import flops_per_token, kv_cache_bytes_per_token, param_count, weight_bytes
+from .config import ModelConfig, get_config
+from .model import MobileLLM
+from .quantize import torchao_quantize
+
+SUITES = ("train", "decode", "int8", "sharing")
+SCHEMA_VERSION = 1
+# Above this many parameters a model is "big": smaller batches and fewer repeats.
+BIG_PARAMS = 20_000_000
+DEFAULT_CONFIGS = {"train": ("teach-micro", "mobilellm-125m"), "decode": ("teach-micro", "mobilellm-125m"),
+                   "int8": ("mobilellm-125m",), "sharing": ("mobilellm-125m",)}
+QUICK_CONFIGS = {s: ("teach-micro",) for s in SUITES}
+# The paper's on-device latency (iPhone 13, ExecuTorch, fp16): execute ms per token, 125M.
+PAPER_SHARING_MS = {"unshared": 15.6, "immediate": 16.0, "deeper": 29.0}
+DEVICE = torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How hard to measure: repeats, warm-up, problem sizes (``quick`` shrinks them), compile on/off."""
+
+    repeats: int = 10
+    warmup: int = 2
+    quick: bool = False
+    compile: bool = True
+    executorch: bool = True  # lower to .pte (30-60 s a model) where the export helpers exist
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.repeats, int) or self.repeats < 1:
+            raise ValueError(f"repeats ({self.repeats!r}) must be a positive integer")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"warmup ({self.warmup!r}) must be a non-negative integer")
+
+    @classmethod
+    def make(cls, quick: bool = False, repeats: int | None = None, compile: bool | None = None,
+             progress: bool = True) -> BenchSettings:
+        """Defaults for a full run, or a smoke run (``quick``: 3 repeats, 1 warm-up, no compile, no .pte)."""
+        return cls(repeats=repeats if repeats is not None else (3 if quick else 10), warmup=1 if quick else 2,
+                   quick=quick, compile=(not quick) if compile is None else compile, executorch=not quick,
+                   progress=progress)
+
+    def repeats_for(self, cfg: ModelConfig) -> int:
+        """Fewer repeats for big models, whose runs are long and steady."""
+        return min(self.repeats, 5) if is_big(cfg) else self.repeats
+
+
+def is_big(cfg: ModelConfig) -> bool:
+    """Whether a config is full-size (gets smaller batches and fewer repeats)."""
+    return param_count(cfg)["total"] > BIG_PARAMS
+
+
+def resolve(config: str | ModelConfig) -> tuple[str, ModelConfig]:
+    """(name, config) from a preset name or a ModelConfig."""
+    if isinstance(config, ModelConfig):
+        return "custom", config
+    return config, get_config(config)
+
+
+# --- timing ----------------------------------------------------------------------------------
+
+
+def wall(fn: Callable[[], object]) -> Callable[[], float]:
+    """A timer for ``fn``: calling it runs ``fn`` once and returns the seconds it took."""
+    def timed() -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+    return timed
+
+
+def _bar(total: int, desc: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, disable=not progress)
+
+
+def measure(timers: dict[str, Callable[[], float]], repeats: int, warmup: int = 1, desc: str = "",
+            progress: bool = False) -> dict[str, list[float]]:
+    """Seconds per run of each timer, ``repeats`` rounds after ``warmup`` rounds.
+
+    The timers take turns within each round and the order rotates from round to round, so a
+    slow spell of the machine (another process, frequency scaling) lands on all of them alike.
+    """
+    names = list(timers)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    with _bar((warmup + repeats) * len(names), desc, progress) as bar:
+        for r in range(warmup + repeats):
+            k = r % len(names)
+            for n in names[k:] + names[:k]:
+                t = timers[n]()
+                if r >= warmup:
+                    times[n].append(t)
+                bar.update()
+    return times
+
+
+def median(xs: list[float]) -> float:
+    """The median (of run times)."""
+    return statistics.median(xs)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None when either side is missing or b is not positive."""
+    if a is None or b is None or not b > 0 or not math.isfinite(a):
+        return None
+    return a / b
+
+
+# --- the machine -----------------------------------------------------------------------------
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode:
+            return None
+        # --no-optional-locks: never take the index lock from under a concurrent commit.
+        dirty = subprocess.run(["git", "--no-optional-locks", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """Where and with what the numbers were measured (including the load, to judge how quiet it was)."""
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "platform": platform.platform(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+        "cpus_available": affinity, "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "python": platform.python_version(),
+        "torch": torch.__version__, "transformers": _version("transformers"), "torchao": _version("torchao"),
+        "executorch": _version("executorch"), "git_commit": _git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "device": str(DEVICE),
+    }
+
+
+def matmul_gflops(s: BenchSettings) -> dict:
+    """The fp32 matmul rate of a large square product: the ceiling for training's GFLOP/s."""
+    n = 512 if s.quick else 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    t = measure({"matmul": wall(lambda: a @ b)}, s.repeats, s.warmup, "matmul", s.progress)["matmul"]
+    return {"n": n, "gflops": 2 * n ** 3 / median(t) / 1e9, "ms": median(t) * 1e3}
+
+
+def memory_bandwidth(s: BenchSettings) -> dict:
+    """Memory bandwidth (GB/s) by a large copy (read + write counted) and a large matrix-vector product.
+
+    Cached decoding is a chain of matrix-vector products that stream every weight from memory once
+    per token, so the GEMV figure is the one its pattern matches; the bound uses the larger of the two.
+    """
+    mb = 32 if s.quick else 256
+    n = mb * 2 ** 20 // 4
+    src, dst = torch.randn(n), torch.empty(n)
+    side = int(math.sqrt(n))
+    w, x = src[: side * side].view(side, side), torch.randn(side)
+    t = measure({"copy": wall(lambda: dst.copy_(src)), "gemv": wall(lambda: w @ x)}, s.repeats, s.warmup,
+                "bandwidth", s.progress)
+    copy_gbs = 2 * n * 4 / median(t["copy"]) / 1e9
+    gemv_gbs = side * side * 4 / median(t["gemv"]) / 1e9
+    return {"mb": mb, "copy_gbs": copy_gbs, "gemv_gbs": gemv_gbs, "gbs": max(copy_gbs, gemv_gbs)}
+
+
+# --- building models -------------------------------------------------------------------------
+
+
+def build(cfg: ModelConfig, seed: int = 0) -> MobileLLM:
+    """A freshly initialised model (fp32, CPU, eval mode), seeded so that every run holds the same weights."""
+    torch.manual_seed(seed)
+    return MobileLLM(cfg).to(DEVICE).eval()
+
+
+def twin(model: MobileLLM, cfg: ModelConfig) -> MobileLLM:
+    """A model with ``cfg``'s execution order over ``model``'s very modules (no copy, no extra memory)."""
+    if cfg.replace(layer_sharing="none", layer_repeats=2) != model.cfg.replace(layer_sharing="none",
+                                                                               layer_repeats=2):
+        raise ValueError("a twin may differ from its model only in layer sharing")
+    with torch.device("meta"):  # an empty shell: its parameters are replaced by the model's below
+        shell = MobileLLM(cfg)
+    shell.embed_tokens, shell.layers, shell.norm, shell.lm_head = (model.embed_tokens, model.layers, model.norm,
+                                                                   model.lm_head)
+    shell.rope_cos, shell.rope_sin = model.rope_cos, model.rope_sin
+    return shell.eval()
+
+
+def _hf_peer(model: MobileLLM):
+    """The Llama twin of ``model``, or the reason there is none."""
+    if importlib.util.find_spec("transformers") is None:
+        return None, "transformers is not installed: pip install 'transformers>=4.48'"
+    from .export import to_transformers
+
+    try:
+        return to_transformers(model), None
+    except ValueError as e:  # e.g. a ReLU model has no Llama equivalent
+        return None, str(e)
+
+
+def _tokens(cfg: ModelConfig, shape: tuple[int, ...], seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, cfg.vocab_size, shape, generator=torch.Generator().manual_seed(seed))
+
+
+# --- train -----------------------------------------------------------------------------------
+
+
+def _train_shape(cfg: ModelConfig, s: BenchSettings) -> tuple[int, int]:
+    if is_big(cfg):
+        batch, seq = (1, 64) if s.quick else (2, 256)
+    else:
+        batch, seq = (8, 64) if s.quick else (32, 128)
+    return batch, min(seq, cfg.max_seq_len)
+
+
+def _train_step(forward: Callable[[torch.Tensor], torch.Tensor], params: list[torch.nn.Parameter],
+                optimizer: torch.optim.Optimizer, inputs: torch.Tensor, targets: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        logits = forward(inputs)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)  # as train.py does: part of a real step
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def bench_train(config: str | ModelConfig, s: BenchSettings, matmul: dict | None = None) -> dict:
+    """Training throughput of one config: ours eager (and compiled) vs Hugging Face Llama, same weights and step."""
+    from .train import TrainConfig, make_optimizer
+
+    name, cfg = resolve(config)
+    batch, seq = _train_shape(cfg, s)
+    repeats = s.repeats_for(cfg)
+    fpt = flops_per_token(cfg, seq, training=True)
+    data = _tokens(cfg, (batch, seq + 1))
+    inputs, targets = data[:, :-1], data[:, 1:]
+    tc = TrainConfig(lr=1e-3)
+    model = build(cfg).train()
+    params = list(model.parameters())
+    opt = make_optimizer(model, tc)
+    timers = {"ours": wall(_train_step(model, params, opt, inputs, targets))}
+    skipped: dict[str, str] = {}
+    hf, why = _hf_peer(model)
+    if hf is None:
+        skipped["hf"] = why
+    else:
+        hf.train()
+        hf_params = list(hf.parameters())
+        hf_opt = make_optimizer(hf, tc)  # same grouping: Llama's names also say "embed_tokens"
+        timers["hf"] = wall(_train_step(lambda x: hf(input_ids=x, use_cache=False).logits, hf_params, hf_opt,
+                                        inputs, targets))
+    compile_s = None
+    if s.compile:
+        compiled = torch.compile(model)
+        step = _train_step(compiled, params, opt, inputs, targets)
+        try:
+            compile_s = wall(step)()  # the first call compiles forward and backward
+            timers["ours_compiled"] = wall(step)
+        except Exception as e:  # a compiler failure is a result to report, not a reason to stop
+            skipped["ours_compiled"] = f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0]}"
+    else:
+        skipped["ours_compiled"] = "compile off (--quick or --no-compile)"
+    times = measure(timers, repeats, s.warmup, f"train {name}", s.progress)
+
+    def side(key: str) -> dict | None:
+        if key not in times:
+            return None
+        sec = median(times[key])
+        tps = batch * seq / sec
+        return {"step_ms": sec * 1e3, "tokens_per_s": tps, "gflops": fpt * tps / 1e9,
+                "fraction_of_matmul": ratio(fpt * tps / 1e9, matmul["gflops"]) if matmul else None}
+
+    ours, peer, comp = side("ours"), side("hf"), side("ours_compiled")
+    if peer is not None:
+        peer["attn_implementation"] = hf.config._attn_implementation
+    result = {
+        "config": name, "params": param_count(cfg)["total"], "batch": batch, "seq_len": seq,
+        "tokens_per_step": batch * seq, "flops_per_token": fpt, "repeats": repeats, "ours": ours, "hf": peer,
+        "ours_compiled": comp, "compile_s": compile_s,
+        "ratio_vs_hf": ratio(ours["tokens_per_s"], peer and peer["tokens_per_s"]),
+        "ratio_compiled_vs_eager": ratio(comp and comp["tokens_per_s"], ours["tokens_per_s"]),
+        "ratio_compiled_vs_hf": ratio(comp and comp["tokens_per_s"], peer and peer["tokens_per_s"]),
+        "skipped": skipped,
+    }
+    return result
+
+
+# --- decode ----------------------------------------------------------------------------------
+
+
+def _decode_shape(cfg: ModelConfig, s: BenchSettings) -> tuple[int, int]:
+    prompt, new = (16, 8) if s.quick else (64, 64)
+    prompt = min(prompt, cfg.max_seq_len // 2)
+    return prompt, min(new, cfg.max_seq_len - prompt)
+
+
+def decode_timer(model: MobileLLM, prompt: torch.Tensor, new_tokens: int) -> Callable[[], float]:
+    """A timer of cached greedy decoding: prefill (untimed), then seconds per generated token."""
+    @torch.no_grad()
+    def run() -> float:
+        cache = model.new_cache(prompt.shape[0], prompt.shape[1] + new_tokens)
+        logits = model(prompt, cache)[:, -1]
+        start = time.perf_counter()
+        for _ in range(new_tokens):
+            logits = model(logits.argmax(-1, keepdim=True), cache)[:, -1]
+        return (time.perf_counter() - start) / new_tokens
+    return run
+
+
+def bench_decode(config: str | ModelConfig, s: BenchSettings, bandwidth: dict | None = None) -> dict:
+    """Batch-1 prefill latency and cached decode rate: ``generate`` vs Hugging Face ``generate``, same weights."""
+    name, cfg = resolve(config)
+    plen, new = _decode_shape(cfg, s)
+    if new < 2:
+        raise ValueError(f"config {name!r} has max_seq_len {cfg.max_seq_len}: too short to benchmark decoding")
+    repeats = s.repeats_for(cfg)
+    model = build(cfg)
+    prompt = _tokens(cfg, (1, plen))
+    mask = torch.ones_like(prompt)
+
+    @torch.no_grad()
+    def ours_prefill() -> None:
+        model(prompt, model.new_cache(1, plen + new))
+
+    timers = {"ours_prefill": wall(ours_prefill),
+              "ours_gen1": wall(lambda: model.generate(prompt, 1)),
+              "ours_genN": wall(lambda: model.generate(prompt, new))}
+    skipped: dict[str, str] = {}
+    hf, why = _hf_peer(model)
+    same_tokens = None
+    if hf is None:
+        skipped["hf"] = why
+    else:
+        def hf_gen(n: int) -> torch.Tensor:
+            # min_new_tokens: the random weights must not stop early on the EOS id.
+            return hf.generate(prompt, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                               use_cache=True, pad_token_id=0)
+
+        @torch.no_grad()
+        def hf_prefill() -> None:
+            hf(input_ids=prompt, attention_mask=mask, use_cache=True)
+
+        timers.update({"hf_prefill": wall(hf_prefill), "hf_gen1": wall(lambda: hf_gen(1)),
+                       "hf_genN": wall(lambda: hf_gen(new))})
+        same_tokens = bool(torch.equal(model.generate(prompt, new), hf_gen(new)))
+    times = measure(timers, repeats, s.warmup, f"decode {name}", s.progress)
+
+    def side(key: str) -> dict | None:
+        if f"{key}_genN" not in times:
+            return None
+        # generate(n) - generate(1) is n - 1 cached steps: prefill and set-up cancel out, round by round.
+        diffs = [b - a for a, b in zip(times[f"{key}_gen1"], times[f"{key}_genN"], strict=True)]
+        step = median(diffs) / (new - 1)
+        step = step if step > 0 else float("nan")
+        return {"prefill_ms": median(times[f"{key}_prefill"]) * 1e3, "decode_ms_per_token": step * 1e3,
+                "decode_tokens_per_s": 1 / step, "generate_ms": median(times[f"{key}_genN"]) * 1e3}
+
+    ours, peer = side("ours"), side("hf")
+    per_token = weight_bytes(cfg, "fp32")
+    ceiling = bandwidth["gbs"] * 1e9 / per_token if bandwidth else None
+    result = {
+        "config": name, "params": param_count(cfg)["total"], "prompt_len": plen, "new_tokens": new,
+        "repeats": repeats, "ours": ours, "hf": peer, "same_tokens": same_tokens,
+        "prefill_speedup_vs_hf": ratio(peer and peer["prefill_ms"], ours["prefill_ms"]),
+        "decode_ratio_vs_hf": ratio(ours["decode_tokens_per_s"], peer and peer["decode_tokens_per_s"]),
+        # Every stored weight is read once per token (the tied table once, as the output head);
+        # the KV cache read is small beside it at these lengths, and reported for the record.
+        "weight_bytes_per_token": per_token,
+        "kv_bytes_at_end": kv_cache_bytes_per_token(cfg, "fp32") * (plen + new),
+        "ceiling_tokens_per_s": ceiling,
+        "fraction_of_ceiling": ratio(ours["decode_tokens_per_s"], ceiling),
+        "skipped": skipped,
+    }
+    return result
+
+
+# --- int8 ------------------------------------------------------------------------------------
+
+
+def _saved_mb(model: torch.nn.Module, folder: Path, name: str) -> float:
+    path = folder / f"{name}.pt"
+    torch.save(model.state_dict(), path)  # tied tensors are stored once
+    return path.stat().st_size / 1e6
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
+
+
+def _executorch_variants(model: MobileLLM, example: torch.Tensor, folder: Path) -> tuple[dict, dict]:
+    """ExecuTorch ``.pte`` programs (fp32 and int8) written by ``export.export_executorch``, where it exists.
+
+    Returns ``{label: (timer, size_mb, extra)}`` and ``{label: why skipped}``. The timer runs the
+    loaded method's ``execute`` only, as an app does per call; loading (the paper's load + init)
+    is timed once and reported apart.
+    """
+    from . import export
+
+    labels = ("executorch fp32", "executorch int8")
+    if importlib.util.find_spec("executorch") is None:
+        return {}, dict.fromkeys(labels, "executorch is not installed: pip install executorch")
+    if not hasattr(export, "export_executorch"):
+        return {}, dict.fromkeys(labels, "mobilellm.export has no export_executorch")
+    from executorch.runtime import Runtime
+
+    with torch.no_grad():
+        ref = model(example)
+    found, skipped = {}, {}
+    for label, quant in zip(labels, (None, "int8"), strict=True):
+        try:
+            start = time.perf_counter()
+            path = Path(export.export_executorch(model, folder / f"{label.replace(' ', '_')}.pte", quantize=quant,
+                                                 seq_len=example.shape[1]))
+            lower_s = time.perf_counter() - start
+            start = time.perf_counter()
+            method = Runtime.get().load_program(path).load_method("forward")
+            load_s = time.perf_counter() - start
+            got = method.execute((example,))[0]
+        except Exception as e:  # lowering is fragile across versions: report it, keep the other figures
+            skipped[label] = f"export or run failed: {_first_line(e)}"
+            continue
+        extra = {"lower_s": lower_s, "load_ms": load_s * 1e3,
+                 "max_abs_diff_vs_fp32": (got - ref).abs().max().item()}
+        found[label] = (wall(lambda m=method: m.execute((example,))), path.stat().st_size / 1e6, extra)
+    return found, skipped
+
+
+def bench_int8(config: str | ModelConfig, s: BenchSettings) -> dict:
+    """fp32 vs int8 (torchao W8A8 and weight-only, ExecuTorch .pte): forward and decode latency, size on disk."""
+    name, cfg = resolve(config)
+    repeats = s.repeats_for(cfg)
+    seq = min(16 if s.quick else 64, cfg.max_seq_len // 2)
+    new = min(8 if s.quick else 32, cfg.max_seq_len - seq)
+    example = _tokens(cfg, (1, seq))
+    base = build(cfg)
+    models: dict[str, torch.nn.Module] = {"fp32": base}
+    skipped: dict[str, str] = {}
+    if importlib.util.find_spec("torchao") is None:
+        skipped["torchao"] = "torchao is not installed: pip install torchao"
+    else:
+        for scheme in ("w8a8", "w8"):
+            try:
+                models[f"int8 {scheme}"] = torchao_quantize(base, scheme)
+            except Exception as e:  # an unsupported CPU kernel is a result, not a crash
+                skipped[f"int8 {scheme}"] = f"torchao failed: {_first_line(e)}"
+    fwd_timers: dict[str, Callable[[], float]] = {}
+    dec_timers: dict[str, Callable[[], float]] = {}
+    sizes: dict[str, float] = {}
+    compile_s: dict[str, float] = {}
+    extras: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for label, m in models.items():
+            sizes[label] = _saved_mb(m, folder, label.replace(" ", "_"))
+            fwd_timers[label] = wall(torch.no_grad()(lambda m=m: m(example)))
+            dec_timers[label] = decode_timer(m, example, new)
+        if s.compile:
+            # Fixed-shape forward only: a KV cache's moving position would recompile every step.
+            for label in [k for k in models if k in ("fp32", "int8 w8a8")]:
+                c = torch.compile(models[label])
+                run = wall(torch.no_grad()(lambda c=c: c(example)))
+                try:
+                    compile_s[f"{label} compiled"] = run()
+                    fwd_timers[f"{label} compiled"] = run
+                except Exception as e:
+                    skipped[f"{label} compiled"] = f"torch.compile failed: {_first_line(e)}"
+        else:
+            skipped["compiled"] = "compile off (--quick or --no-compile)"
+        if s.executorch:
+            et, et_skipped = _executorch_variants(base, example, folder)
+            skipped.update(et_skipped)
+        else:
+            et, skipped["executorch"] = {}, "lowering off (--quick)"
+        for label, (timer, size, extra) in et.items():
+            fwd_timers[label], sizes[label], extras[label] = timer, size, extra
+        fwd = measure(fwd_timers, repeats, s.warmup, f"int8 forward {name}", s.progress)
+        dec = measure(dec_timers, repeats, s.warmup, f"int8 decode {name}", s.progress)
+    variants = []
+    for label in fwd:
+        f_ms = median(fwd[label]) * 1e3
+        d_ms = median(dec[label]) * 1e3 if label in dec else None
+        variants.append({"name": label, "forward_ms": f_ms, "decode_ms_per_token": d_ms, "size_mb": sizes.get(label),
+                         "compile_s": compile_s.get(label), **extras.get(label, {})})
+    ref = variants[0]
+    for v in variants:
+        v["forward_speedup_vs_fp32"] = ratio(ref["forward_ms"], v["forward_ms"])
+        v["decode_speedup_vs_fp32"] = ratio(ref["decode_ms_per_token"], v["decode_ms_per_token"])
+        v["size_ratio_vs_fp32"] = ratio(v["size_mb"], ref["size_mb"])
+    result = {"config": name, "params": param_count(cfg)["total"], "forward_len": seq, "new_tokens": new,
+              "repeats": repeats, "variants": variants, "skipped": skipped,
+              "note": "torchao W8A8 runs int8 matmuls; on CPUs without fast int8 paths it is faster than fp32 "
+                      "only under torch.compile (DESIGN §10)"}
+    return result
+
+
+# --- sharing ---------------------------------------------------------------------------------
+
+
+def bench_sharing(config: str | ModelConfig, s: BenchSettings) -> dict:
+    """Per-token cached decode latency: unshared vs layer-shared (same stored blocks) vs twice as deep."""
+    name, cfg = resolve(config)
+    base_cfg = cfg.replace(layer_sharing="none")
+    n = base_cfg.n_layers
+    repeats = s.repeats_for(cfg)
+    plen = min(16, cfg.max_seq_len // 4)
+    new = min(8 if s.quick else 64, cfg.max_seq_len - plen)
+    prompt = _tokens(cfg, (1, plen))
+    base = build(base_cfg)
+    deep_cfg = base_cfg.replace(n_layers=2 * n)
+    models = {
+        "unshared": (base, f"{n} blocks, {n} layers"),
+        "immediate": (twin(base, base_cfg.replace(layer_sharing="immediate")), f"{n} blocks run as A A B B …"),
+        "repeat_all": (twin(base, base_cfg.replace(layer_sharing="repeat_all")), f"{n} blocks run as A B … A B …"),
+        "deeper": (build(deep_cfg), f"{2 * n} blocks, {2 * n} layers (2x deeper, unshared)"),
+    }
+    times = measure({k: decode_timer(m, prompt, new) for k, (m, _) in models.items()}, repeats, s.warmup,
+                    f"sharing {name}", s.progress)
+    ref = median(times["unshared"])
+    variants = []
+    for key, (m, what) in models.items():
+        ms = median(times[key]) * 1e3
+        variants.append({"name": key, "what": what, "layer_sharing": m.cfg.layer_sharing,
+                         "stored_blocks": m.cfg.n_layers, "executed_layers": m.cfg.n_executed_layers,
+                         "params": param_count(m.cfg)["total"], "ms_per_token": ms,
+                         "latency_ratio_vs_unshared": ratio(ms, ref * 1e3),
+                         "paper_ms": PAPER_SHARING_MS.get(key),
+                         "paper_ratio": ratio(PAPER_SHARING_MS.get(key), PAPER_SHARING_MS["unshared"])})
+    r = {v["name"]: v["latency_ratio_vs_unshared"] for v in variants}
+    result = {"config": name, "prompt_len": plen, "new_tokens": new, "repeats": repeats, "variants": variants,
+              "immediate_vs_repeat_all": ratio(r["immediate"], r["repeat_all"]),
+              "paper": "iPhone 13, ExecuTorch fp16, 125M: 15.6 ms, LS 16.0 ms (+2.6%), 60 layers 29.0 ms (+86%)"}
+    return result
+
+
+# --- the whole run ---------------------------------------------------------------------------
+
+
+def run_bench(suites: list[str] | tuple[str, ...] = SUITES, configs: list[str | ModelConfig] | None = None,
+              settings: BenchSettings | None = None) -> dict:
+    """Run the chosen suites (each on its default configs, or on ``configs``) and return the report."""
+    s = settings or BenchSettings.make()
+    suites = list(SUITES) if "all" in suites else list(suites)
+    unknown = [x for x in suites if x not in SUITES]
+    if unknown:
+        raise ValueError(f"unknown suite {unknown[0]!r}; valid: {', '.join(SUITES)}, all")
+    for c in configs or []:
+        resolve(c)  # an unknown name fails now, not after minutes of measuring
+    report: dict = {"schema": SCHEMA_VERSION, "machine": machine_info(),
+                    "settings": {"suites": suites, "repeats": s.repeats, "warmup": s.warmup, "quick": s.quick,
+                                 "compile": s.compile, "executorch": s.executorch},
+                    "ceilings": {}}
+    defaults = QUICK_CONFIGS if s.quick else DEFAULT_CONFIGS
+
+    def chosen(suite: str) -> list[str | ModelConfig]:
+        return list(configs) if configs else list(defaults[suite])
+
+    if "train" in suites:
+        report["ceilings"]["matmul"] = matmul_gflops(s)
+    if {"decode", "sharing", "int8"} & set(suites):
+        report["ceilings"]["memory"] = memory_bandwidth(s)
+    runners = {"train": lambda c: bench_train(c, s, report["ceilings"]["matmul"]),
+               "decode": lambda c: bench_decode(c, s, report["ceilings"]["memory"]),
+               "int8": lambda c: bench_int8(c, s), "sharing": lambda c: bench_sharing(c, s)}
+    for suite in (x for x in SUITES if x in suites):
+        report[suite] = []
+        for c in chosen(suite):
+            report[suite].append(runners[suite](c))
+            gc.collect()  # closures keep the last models alive in cycles: free them before the next
+    report["machine"]["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return report
+
+
+# --- printing --------------------------------------------------------------------------------
+
+
+def _f(x: float | None, fmt: str = ".1f", suffix: str = "") -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:{fmt}}{suffix}"
+
+
+def format_report(report: dict) -> str:
+    """The report as plain-text tables, one per suite."""
+    m = report["machine"]
+    out = [f"machine: {m['cpu']} | {m['cpus_available']} CPUs, torch {m['torch']} with {m['torch_threads']} "
+           f"threads | transformers {m['transformers']} | commit {m['git_commit']} | {m['date']} | "
+           f"load {', '.join(f'{x:.1f}' for x in m['load_average'] or [])}"]
+    c = report["ceilings"]
+    if "matmul" in c:
+        out.append(f"ceiling: fp32 matmul {c['matmul']['n']}^2: {c['matmul']['gflops']:.1f} GFLOP/s")
+    if "memory" in c:
+        mem = c["memory"]
+        out.append(f"ceiling: memory {mem['gbs']:.1f} GB/s (copy {mem['copy_gbs']:.1f}, gemv {mem['gemv_gbs']:.1f}; "
+                   f"{mem['mb']} MB)")
+    for r in report.get("train", []):
+        out.append(f"\ntrain {r['config']} ({r['params']:,} params), batch {r['batch']} x {r['seq_len']}, AdamW "
+                   f"step, median of {r['repeats']}")
+        out.append(f"  {'':16s}{'tokens/s':>11s}{'GFLOP/s':>10s}{'of matmul':>11s}{'step ms':>10s}")
+        for key, label in (("ours", "ours eager"), ("ours_compiled", "ours compiled"), ("hf", "HF Llama")):
+            v = r[key]
+            if v is not None:
+                out.append(f"  {label:16s}{v['tokens_per_s']:11.0f}{v['gflops']:10.2f}"
+                           f"{_f(v['fraction_of_matmul'] and 100 * v['fraction_of_matmul'], '.1f', '%'):>11s}"
+                           f"{v['step_ms']:10.1f}")
+        out.append(f"  ours/HF {_f(r['ratio_vs_hf'], '.2f', 'x')}   compiled/eager "
+                   f"{_f(r['ratio_compiled_vs_eager'], '.2f', 'x')}   "
+                   f"compiled/HF {_f(r['ratio_compiled_vs_hf'], '.2f', 'x')}"
+                   + (f"   (compile {r['compile_s']:.0f} s)" if r["compile_s"] else ""))
+        out += [f"  skipped {k}: {why}" for k, why in r["skipped"].items()]
+    for r in report.get("decode", []):
+        out.append(f"\ndecode {r['config']} ({r['params']:,} params), batch 1, prompt {r['prompt_len']}, "
+                   f"{r['new_tokens']} new tokens greedy, median of {r['repeats']}")
+        out.append(f"  {'':12s}{'prefill ms':>11s}{'tokens/s':>10s}{'ms/token':>10s}")
+        for key, label in (("ours", "ours"), ("hf", "HF generate")):
+            v = r[key]
+            if v is not None:
+                out.append(f"  {label:12s}{v['prefill_ms']:11.2f}{_f(v['decode_tokens_per_s'], '.1f'):>10s}"
+                           f"{_f(v['decode_ms_per_token'], '.2f'):>10s}")
+        out.append(f"  ours vs HF (>1: ours faster): prefill {_f(r['prefill_speedup_vs_hf'], '.2f', 'x')}, decode "
+                   f"{_f(r['decode_ratio_vs_hf'], '.2f', 'x')}; same tokens: {r['same_tokens']}")
+        out.append(f"  bound: {r['weight_bytes_per_token'] / 1e6:.1f} MB of weights per token -> "
+                   f"{_f(r['ceiling_tokens_per_s'], '.0f')} tokens/s; ours at "
+                   f"{_f(r['fraction_of_ceiling'] and 100 * r['fraction_of_ceiling'], '.1f', '%')}")
+        out += [f"  skipped {k}: {why}" for k, why in r["skipped"].items()]
+    for r in report.get("int8", []):
+        out.append(f"\nint8 {r['config']} ({r['params']:,} params): forward 1 x {r['forward_len']}, decode "
+                   f"{r['new_tokens']} tokens, median of {r['repeats']}")
+        out.append(f"  {'':22s}{'forward ms':>11s}{'x fp32':>8s}{'decode ms/tok':>14s}{'x fp32':>8s}"
+                   f"{'size MB':>9s}{'x fp32':>8s}")
+        for v in r["variants"]:
+            out.append(f"  {v['name']:22s}{v['forward_ms']:11.2f}{_f(v['forward_speedup_vs_fp32'], '.2f'):>8s}"
+                       f"{_f(v['decode_ms_per_token'], '.2f'):>14s}{_f(v['decode_speedup_vs_fp32'], '.2f'):>8s}"
+                       f"{_f(v['size_mb'], '.1f'):>9s}{_f(v['size_ratio_vs_fp32'], '.2f'):>8s}")
+        out.append("  (x fp32: speed-up for times, fraction for size)")
+        for v in r["variants"]:
+            if v.get("compile_s"):
+                out.append(f"  {v['name']}: compiled in {v['compile_s']:.0f} s")
+            if v.get("lower_s"):
+                out.append(f"  {v['name']}: lowered in {v['lower_s']:.0f} s, loaded in {v['load_ms']:.0f} ms, "
+                           f"max |logit - eager fp32| {v['max_abs_diff_vs_fp32']:.1e}")
+        out += [f"  skipped {k}: {why}" for k, why in r["skipped"].items()]
+    for r in report.get("sharing", []):
+        out.append(f"\nsharing {r['config']}: cached decode at batch 1, prompt {r['prompt_len']}, "
+                   f"{r['new_tokens']} tokens, median of {r['repeats']}")
+        out.append(f"  {'':12s}{'what':48s}{'ms/token':>9s}{'x unshared':>11s}{'paper':>8s}")
+        for v in r["variants"]:
+            out.append(f"  {v['name']:12s}{v['what']:48s}{v['ms_per_token']:9.2f}"
+                       f"{_f(v['latency_ratio_vs_unshared'], '.3f'):>11s}{_f(v['paper_ratio'], '.3f'):>8s}")
+        out.append(f"  immediate / repeat_all latency: {_f(r['immediate_vs_repeat_all'], '.3f')}  "
+                   f"(paper: {r['paper']})")
+    return "\n".join(out)
+
+
+def _finite(x: object) -> object:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None  # JSON has no NaN: a missing figure is null
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
+
+
+def write_json(report: dict, path: str | os.PathLike) -> Path:
+    """Write the report as strict JSON (non-finite numbers become null)."""
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"--json {out} is a folder: give a file name, e.g. {out / 'bench.json'}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_finite(report), indent=1, allow_nan=False) + "\n")
+    return out

@@ -1,0 +1,143 @@
+"""The benchmark runs end to end and reports what it promises. No timing assertions: speed is
+measured by ``python -m mobilellm bench`` on a quiet machine, never asserted in tests."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from mobilellm import MobileLLM
+from mobilellm.__main__ import main
+from mobilellm.bench import SUITES, BenchSettings, bench_train, measure, run_bench, twin, write_json
+
+from .conftest import tiny_config
+
+QUICK = BenchSettings.make(quick=True, repeats=1, progress=False)
+
+
+def _ok(x) -> bool:
+    return isinstance(x, float | int) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def report():
+    torch.manual_seed(0)
+    return run_bench(["all"], [tiny_config()], QUICK)
+
+
+def test_report_has_machine_and_ceilings(report):
+    m = report["machine"]
+    for key in ("platform", "cpu_count", "torch_threads", "torch", "transformers", "git_commit", "date"):
+        assert key in m
+    assert report["settings"]["suites"] == list(SUITES) and report["settings"]["quick"]
+    assert _ok(report["ceilings"]["matmul"]["gflops"]) and _ok(report["ceilings"]["memory"]["gbs"])
+
+
+def test_train_suite_compares_with_hf(report):
+    (r,) = report["train"]
+    assert r["tokens_per_step"] == r["batch"] * r["seq_len"]
+    for side in ("ours", "hf"):
+        for key in ("tokens_per_s", "gflops", "step_ms", "fraction_of_matmul"):
+            assert _ok(r[side][key]), (side, key)
+    assert _ok(r["ratio_vs_hf"])
+    assert r["ours_compiled"] is None and "ours_compiled" in r["skipped"]  # quick: no compile
+
+
+def test_decode_suite_compares_with_hf_and_the_bound(report):
+    (r,) = report["decode"]
+    for side in ("ours", "hf"):
+        assert _ok(r[side]["prefill_ms"]) and _ok(r[side]["generate_ms"])
+    for key in ("prefill_speedup_vs_hf", "weight_bytes_per_token", "ceiling_tokens_per_s"):
+        assert _ok(r[key]), key
+    # A difference of two noisy times may come out non-positive on a busy machine: then it is missing.
+    assert r["decode_ratio_vs_hf"] is None or _ok(r["decode_ratio_vs_hf"])
+    assert r["same_tokens"] is True  # greedy decoding on the same weights
+
+
+def test_int8_suite_reports_every_variant_or_why_not(report):
+    (r,) = report["int8"]
+    names = [v["name"] for v in r["variants"]]
+    assert names[0] == "fp32" and r["variants"][0]["size_ratio_vs_fp32"] == 1.0
+    for v in r["variants"]:
+        assert _ok(v["forward_ms"]) and _ok(v["size_mb"]) and _ok(v["forward_speedup_vs_fp32"])
+    for scheme in ("int8 w8a8", "int8 w8"):
+        assert scheme in names or scheme in r["skipped"] or "torchao" in r["skipped"]
+    assert "executorch" in r["skipped"]  # quick: no lowering
+
+
+def test_sharing_suite_has_the_paper_table(report):
+    (r,) = report["sharing"]
+    v = {x["name"]: x for x in r["variants"]}
+    assert list(v) == ["unshared", "immediate", "repeat_all", "deeper"]
+    n = tiny_config().n_layers
+    assert [v[k]["executed_layers"] for k in v] == [n, 2 * n, 2 * n, 2 * n]
+    assert v["immediate"]["params"] == v["unshared"]["params"] < v["deeper"]["params"]
+    assert v["unshared"]["latency_ratio_vs_unshared"] == 1.0
+    assert all(_ok(x["ms_per_token"]) and _ok(x["latency_ratio_vs_unshared"]) for x in v.values())
+    assert _ok(r["immediate_vs_repeat_all"]) and v["deeper"]["paper_ms"] == 29.0
+
+
+def test_json_is_strict(report, tmp_path):
+    bad = {**report, "extra": [float("nan"), {"x": float("inf")}]}
+    path = write_json(bad, tmp_path / "sub" / "b.json")
+    back = json.loads(path.read_text())  # strict: no NaN literals
+    assert back["extra"] == [None, {"x": None}] and back["schema"] == report["schema"]
+
+
+def test_twin_shares_the_blocks_and_runs_the_shared_order():
+    cfg = tiny_config()
+    base = MobileLLM(cfg).eval()
+    shared_cfg = cfg.replace(layer_sharing="immediate")
+    t = twin(base, shared_cfg)
+    assert t.layers[0].mlp.up_proj.weight.data_ptr() == base.layers[0].mlp.up_proj.weight.data_ptr()
+    ref = MobileLLM(shared_cfg).eval()
+    ref.load_state_dict(base.state_dict())
+    x = torch.randint(0, cfg.vocab_size, (1, 10))
+    torch.testing.assert_close(t(x), ref(x))
+    with pytest.raises(ValueError, match="only in layer sharing"):
+        twin(base, cfg.replace(n_layers=6))
+
+
+def test_measure_takes_turns_and_rotates():
+    calls = []
+
+    def timer(name):
+        return lambda: calls.append(name) or 1.0
+
+    times = measure({"a": timer("a"), "b": timer("b")}, repeats=3, warmup=1)
+    assert times == {"a": [1.0] * 3, "b": [1.0] * 3}
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
+
+
+def test_a_model_without_a_llama_twin_skips_the_peer():
+    r = bench_train(tiny_config(ffn_type="relu", ffn_hidden_dim=64), QUICK)
+    assert r["hf"] is None and "swiglu" in r["skipped"]["hf"] and r["ratio_vs_hf"] is None
+    assert _ok(r["ours"]["tokens_per_s"])
+
+
+def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--suite", "train", "decode", "--config", "teach-micro", "--repeats", "1",
+                 "--json", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "train teach-micro" in printed and "decode teach-micro" in printed and f"wrote {out}" in printed
+    report = json.loads(out.read_text())
+    assert report["settings"]["suites"] == ["train", "decode"] and "int8" not in report
+    assert report["train"][0]["config"] == "teach-micro" and _ok(report["train"][0]["ratio_vs_hf"])
+    assert report["machine"]["torch"] == torch.__version__
+
+
+def test_cli_rejects_unknown_suite_and_config(tmp_path, capsys):
+    for bad in (["--suite", "speed"], ["--config", "gpt-5"]):
+        with pytest.raises(SystemExit) as e:
+            main(["bench", *bad])
+        assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert main(["bench", "--repeats", "0", "--json", str(tmp_path / "b.json")]) == 2
+    assert "repeats (0) must be a positive integer" in capsys.readouterr().err
+    assert main(["bench", "--quick", "--json", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown suite 'speed'"):
+        run_bench(["speed"])
+    with pytest.raises(ValueError, match="unknown config 'gpt-5'"):
+        run_bench(["train"], ["gpt-5"])
