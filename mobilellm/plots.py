@@ -27,14 +27,40 @@ def save(fig, name: str) -> Path:
     return path
 
 
+def _paper_panel(ax, paper: dict[str, float], label: str = "paper: zero-shot avg. accuracy (%)") -> None:
+    """The paper's numbers as grey bars on their own axis."""
+    labels = list(paper)
+    bars = ax.bar(range(len(labels)), [paper[k] for k in labels], color=PAPER, width=0.6)
+    ax.bar_label(bars, fmt="%.1f", fontsize=11)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylim(min(paper.values()) - 3, max(paper.values()) + 1.5)
+    ax.set_ylabel(label + " ↑")
+    ax.set_title("paper: 125M, 0.25T tokens")
+
+
+def _ours_and_paper(paper: dict | None):
+    """A figure with our panel, and a narrower one for the paper's numbers when given."""
+    ncols = 2 if paper else 1
+    return plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.2), squeeze=False,
+                        gridspec_kw={"width_ratios": [1.4, 1][:ncols]})
+
+
+def _finish(fig, name: str | None, title: str | None = None):
+    """Title, layout, and ``figures/<name>.png`` if named."""
+    if title:
+        fig.suptitle(title, fontsize=14)
+    fig.tight_layout()
+    if name:
+        save(fig, name)
+    return fig
+
+
 def ablation(records: list[RunRecord], title: str, paper: dict[str, float] | None = None,
              paper_label: str = "paper: zero-shot avg. accuracy (%)", name: str | None = None):
     """Left: our validation loss per variant (every seed a dot, mean ± std as a bar).
     Right (if ``paper``): the paper's numbers for the same steps, on their own axis."""
     with plt.rc_context(STYLE):
-        ncols = 2 if paper else 1
-        fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.2), squeeze=False,
-                                 gridspec_kw={"width_ratios": [1.4, 1][:ncols]})
+        fig, axes = _ours_and_paper(paper)
         ax = axes[0, 0]
         summary = summarize(records)
         for i, s in enumerate(summary):
@@ -52,20 +78,8 @@ def ablation(records: list[RunRecord], title: str, paper: dict[str, float] | Non
         if len(summary[0]["losses"]) > 1:
             ax.legend(loc="best", fontsize=9)
         if paper:
-            ax2 = axes[0, 1]
-            labels = list(paper)
-            bars = ax2.bar(range(len(labels)), [paper[k] for k in labels], color=PAPER, width=0.6)
-            ax2.bar_label(bars, fmt="%.1f", fontsize=11)
-            ax2.set_xticks(range(len(labels)), labels)
-            lo = min(paper.values())
-            ax2.set_ylim(lo - 3, max(paper.values()) + 1.5)
-            ax2.set_ylabel(paper_label + " ↑")
-            ax2.set_title("paper: 125M, 0.25T tokens")
-        fig.suptitle(title, fontsize=14)
-        fig.tight_layout()
-        if name:
-            save(fig, name)
-        return fig
+            _paper_panel(axes[0, 1], paper, paper_label)
+        return _finish(fig, name, title)
 
 
 def loss_curves(records: list[RunRecord], title: str, name: str | None = None):
@@ -83,19 +97,14 @@ def loss_curves(records: list[RunRecord], title: str, name: str | None = None):
         ax.set_ylabel("validation loss (nats/token) ↓")
         ax.set_title(title)
         ax.legend()
-        fig.tight_layout()
-        if name:
-            save(fig, name)
-        return fig
+        return _finish(fig, name)
 
 
 def versus(records: list[RunRecord], x_of, xlabel: str, title: str, paper: dict[str, float] | None = None,
            name: str | None = None, logx: bool = False):
     """Validation loss against a numeric property of each variant (e.g. its depth), seeds as dots."""
     with plt.rc_context(STYLE):
-        ncols = 2 if paper else 1
-        fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.2), squeeze=False,
-                                 gridspec_kw={"width_ratios": [1.4, 1][:ncols]})
+        fig, axes = _ours_and_paper(paper)
         ax = axes[0, 0]
         summary = summarize(records)
         xs = [x_of(next(r for r in records if r.label == s["label"])) for s in summary]
@@ -112,19 +121,8 @@ def versus(records: list[RunRecord], x_of, xlabel: str, title: str, paper: dict[
         ax.set_title(f"ours: {summary[0]['tokens'] / 1e6:.1f}M tokens, {len(summary[0]['losses'])} seeds, "
                      f"~{summary[0]['params'] / 1e3:.0f}k params")
         if paper:
-            ax2 = axes[0, 1]
-            labels = list(paper)
-            bars = ax2.bar(range(len(labels)), [paper[k] for k in labels], color=PAPER, width=0.6)
-            ax2.bar_label(bars, fmt="%.1f", fontsize=11)
-            ax2.set_xticks(range(len(labels)), labels)
-            ax2.set_ylim(min(paper.values()) - 3, max(paper.values()) + 1.5)
-            ax2.set_ylabel("paper: zero-shot avg. accuracy (%) ↑")
-            ax2.set_title("paper: 125M, 0.25T tokens")
-        fig.suptitle(title, fontsize=14)
-        fig.tight_layout()
-        if name:
-            save(fig, name)
-        return fig
+            _paper_panel(axes[0, 1], paper)
+        return _finish(fig, name, title)
 
 
 def budget(runs: dict[float, list[RunRecord]], title: str, name: str | None = None):
@@ -142,7 +140,4 @@ def budget(runs: dict[float, list[RunRecord]], title: str, name: str | None = No
         ax.set_ylabel("validation loss (nats/token) ↓")
         ax.set_title(title)
         ax.legend()
-        fig.tight_layout()
-        if name:
-            save(fig, name)
-        return fig
+        return _finish(fig, name)
