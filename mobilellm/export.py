@@ -11,9 +11,12 @@ Llama names, ``share_embedding``/``layer_sharing`` flags, N stored blocks), what
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -396,7 +399,9 @@ def export_executorch(model: MobileLLM, path: str | os.PathLike, quantize: str |
     model.eval()
     example = (torch.zeros(1, seq_len, dtype=torch.long),)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch.export's own deprecation chatter (LeafSpec) says nothing about this model
+            warnings.simplefilter("ignore", FutureWarning)
             # The model's token-range check is data-dependent; it is skipped while tracing
             # (torch.compiler.is_compiling() is true under torch.export).
             program = torch.export.export(model, example)
@@ -428,6 +433,21 @@ def export_executorch(model: MobileLLM, path: str | os.PathLike, quantize: str |
 _PTE_CACHE: dict[tuple, object] = {}  # loaded programs, so that repeated runs time execution, not loading
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Hide what native code writes to fd 2: ExecuTorch's XNNPACK backend logs its CPU probing
+    ("Reading file /sys/devices/…") on every load, which would bury a notebook's output."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _load_pte(path: str | os.PathLike):
     p = Path(path)
     if not p.is_file():
@@ -440,7 +460,8 @@ def _load_pte(path: str | os.PathLike):
     from executorch.runtime import Runtime
 
     try:
-        program = Runtime.get().load_program(p)
+        with _native_stderr_silenced():
+            program = Runtime.get().load_program(p)
     except Exception as e:  # the runtime raises RuntimeError or ValueError for garbage
         raise ValueError(f"{p} is not an ExecuTorch program ({_why(e)})") from None
     if "forward" not in program.method_names:
@@ -471,7 +492,8 @@ def run_executorch(path: str | os.PathLike, input_ids: torch.Tensor) -> torch.Te
     # The .pte has no range check of its own; an id past the table would read out of bounds.
     if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
         raise ValueError(f"token ids must be in [0, {vocab}), got [{int(input_ids.min())}, {int(input_ids.max())}]")
-    forward = program.load_method("forward")
+    with _native_stderr_silenced():
+        forward = program.load_method("forward")
     rows = []
     for row in input_ids.cpu().long():
         padded = torch.zeros(fixed, dtype=torch.long)

@@ -35,6 +35,12 @@ CURRICULUM = {
     "08_full_size": ("the released configs: exact parameters, memory, KV cache, FLOPs; pretraining cost; "
                      "125M measured on CPU; loading the released checkpoints", "124.6M … 1.51B; 3–18 days on "
                      "32×A100", None),
+    "09_zero_shot_eval": ("lm-eval-exact multiple-choice scoring, acc vs acc_norm, the eight tasks' formats; "
+                          "teaching models scored against chance; the Table 3 command", "125M avg 46.3, 350M 51.3",
+                          None),
+    "10_int8_export": ("int8 by hand on one matrix; W8A8 by hand and with torchao (size, perplexity, agreement, "
+                       "latency); ExecuTorch XNNPACK .pte run and compared; the 125M exported", "W8A8 < 0.5 points "
+                       "lost; 125M 15.6 ms/token on iPhone 13", None),
 }
 
 
