@@ -26,8 +26,6 @@ from .config import ModelConfig
 from .data import TokenData, Tokenizer, get_batch, val_windows
 from .model import MobileLLM
 
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "train_state.pt", "tokenizer.model")
-
 
 @dataclass
 class TrainConfig:
