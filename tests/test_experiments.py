@@ -68,3 +68,20 @@ def test_runner_trains_once_then_reads_the_cache(tmp_path, monkeypatch):
     assert again[0].final_val_loss == first[0].final_val_loss and again[0].wall_time == first[0].wall_time
     model = E.load_model(again[0])
     assert sum(p.numel() for p in model.parameters()) == first[0].params
+
+
+def test_cached_measurement_measures_once_per_key(tmp_path):
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return {"ms": 1.5 * len(calls)}
+
+    first = E.cached_measurement("probe", {"config": "a"}, measure, results_dir=tmp_path, fresh=False)
+    again = E.cached_measurement("probe", {"config": "a"}, measure, results_dir=tmp_path, fresh=False)
+    assert (first["cached"], again["cached"]) == (False, True) and len(calls) == 1
+    assert again["result"] == first["result"] == {"ms": 1.5} and "commit" in again["provenance"]
+    other = E.cached_measurement("probe", {"config": "b"}, measure, results_dir=tmp_path, fresh=False)
+    assert other["result"] == {"ms": 3.0} and other["path"] != first["path"]
+    forced = E.cached_measurement("probe", {"config": "a"}, measure, results_dir=tmp_path, fresh=True)
+    assert forced["result"] == {"ms": 4.5} and not forced["cached"] and len(calls) == 3
