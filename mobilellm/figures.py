@@ -57,6 +57,8 @@ def run_notebooks(only: list[str] | None = None) -> dict[str, float]:
     os.environ["MOBILELLM_HEADLESS"] = "1"  # no progress bars in the committed outputs
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ["MOBILELLM_COMMAND"] = "make figures" + (" FRESH=1" if fresh_mode() else "")
+    # every notebook kernel counts results written from now on as fresh (see experiments.fresh_since)
+    os.environ.setdefault("MOBILELLM_FRESH_SINCE", str(time.time()))
     times: dict[str, float] = {}
     selected = [p for p in notebooks() if not only or any(p.stem.startswith(o) for o in only)]
     if not selected:

@@ -125,19 +125,30 @@ def versus(records: list[RunRecord], x_of, xlabel: str, title: str, paper: dict[
         return _finish(fig, name, title)
 
 
+def _budget_axes(ax, runs: dict[float, list[RunRecord]], title: str) -> None:
+    labels = list(dict.fromkeys(r.label for recs in runs.values() for r in recs))
+    for i, label in enumerate(labels):
+        pts = sorted((r.tokens / r.params, r.final_val_loss) for recs in runs.values() for r in recs
+                     if r.label == label)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=SEED_COLORS[i % len(SEED_COLORS)],
+                label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens per parameter")
+    ax.set_ylabel("validation loss (nats/token) ↓")
+    ax.set_title(title)
+    ax.legend()
+
+
 def budget(runs: dict[float, list[RunRecord]], title: str, name: str | None = None):
     """Validation loss against tokens per parameter, one line per variant: does the ranking hold?"""
+    return budget_panels({title: runs}, name=name)
+
+
+def budget_panels(panels: dict[str, dict[float, list[RunRecord]]], title: str | None = None,
+                  name: str | None = None):
+    """Several budget comparisons side by side (one panel per pair of variants)."""
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        labels = list(dict.fromkeys(r.label for recs in runs.values() for r in recs))
-        for i, label in enumerate(labels):
-            pts = sorted((r.tokens / r.params, r.final_val_loss) for recs in runs.values() for r in recs
-                         if r.label == label)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=SEED_COLORS[i % len(SEED_COLORS)],
-                    label=label)
-        ax.set_xscale("log")
-        ax.set_xlabel("training tokens per parameter")
-        ax.set_ylabel("validation loss (nats/token) ↓")
-        ax.set_title(title)
-        ax.legend()
-        return _finish(fig, name)
+        fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.2), squeeze=False)
+        for ax, (panel_title, runs) in zip(axes[0], panels.items(), strict=True):
+            _budget_axes(ax, runs, panel_title)
+        return _finish(fig, name, title)

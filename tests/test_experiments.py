@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import time
 
 import pytest
 
@@ -70,7 +71,7 @@ def test_runner_trains_once_then_reads_the_cache(tmp_path, monkeypatch):
     assert sum(p.numel() for p in model.parameters()) == first[0].params
 
 
-def test_cached_measurement_measures_once_per_key(tmp_path):
+def test_cached_measurement_measures_once_per_key(tmp_path, monkeypatch):
     calls = []
 
     def measure():
@@ -83,5 +84,10 @@ def test_cached_measurement_measures_once_per_key(tmp_path):
     assert again["result"] == first["result"] == {"ms": 1.5} and "commit" in again["provenance"]
     other = E.cached_measurement("probe", {"config": "b"}, measure, results_dir=tmp_path, fresh=False)
     assert other["result"] == {"ms": 3.0} and other["path"] != first["path"]
+    # FRESH redoes what was measured before the FRESH session began, once: a second notebook asking
+    # for the same result in the same session gets the fresh one
+    monkeypatch.setenv("MOBILELLM_FRESH_SINCE", "0")
+    assert E.cached_measurement("probe", {"config": "a"}, measure, results_dir=tmp_path, fresh=True)["cached"]
+    monkeypatch.setenv("MOBILELLM_FRESH_SINCE", str(time.time() + 60))
     forced = E.cached_measurement("probe", {"config": "a"}, measure, results_dir=tmp_path, fresh=True)
     assert forced["result"] == {"ms": 4.5} and not forced["cached"] and len(calls) == 3
