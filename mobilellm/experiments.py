@@ -445,8 +445,29 @@ SHARING_ORDERS = Ablation(
 EMBEDDING_BUDGET = budget_sweep(EMBEDDING, ("untied", "tied"))
 SHARING_BUDGET = budget_sweep(SHARING, ("no sharing", "immediate ×2"))
 
+# The paper's roadmap as one chain of the variants above: every step is a config
+# another ablation already trained, so this "ablation" only gathers cached runs. Like the paper's,
+# the tied step is smaller (113k; the paper's 119M) until the saving is spent on depth.
+ROADMAP = Ablation(
+    name="roadmap",
+    question="How far does each design choice move a ~130k-parameter model, one after another?",
+    variants=(
+        ("baseline", SWIGLU.config("ReLU (baseline)")),
+        ("+ SwiGLU", SWIGLU.config("SwiGLU")),
+        ("+ deep & thin", DEEP_THIN),
+        ("+ tied embeddings", EMBEDDING.config("tied")),
+        ("+ 1 layer", TIED6),
+        ("+ GQA", GQA6),
+        ("+ layer sharing", SHARING.config("immediate ×2")),
+    ),
+)
+# The paper's zero-shot averages for the same steps (125M, 0.25T tokens; the reinvested layers come
+# with its GQA step, so "+ 1 layer" has no number of its own).
+ROADMAP_PAPER = {"baseline": 42.6, "+ SwiGLU": 43.9, "+ deep & thin": 44.8, "+ tied embeddings": 44.6,
+                 "+ GQA": 45.0, "+ layer sharing": 46.1}
+
 ABLATIONS = {ab.name: ab for ab in (SWIGLU, DEPTH, *DEPTH_BUDGET, EMBEDDING, GQA, SHARING, SHARING_ORDERS,
-                                    *EMBEDDING_BUDGET, *SHARING_BUDGET)}
+                                    *EMBEDDING_BUDGET, *SHARING_BUDGET, ROADMAP)}
 
 
 def get_ablation(name: str) -> Ablation:
