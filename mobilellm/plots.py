@@ -152,3 +152,31 @@ def budget_panels(panels: dict[str, dict[float, list[RunRecord]]], title: str | 
         for ax, (panel_title, runs) in zip(axes[0], panels.items(), strict=True):
             _budget_axes(ax, runs, panel_title)
         return _finish(fig, name, title)
+
+
+def roadmap(records: list[RunRecord], paper: dict[str, float], title: str, name: str | None = None):
+    """The roadmap: our validation loss step by step (top; seeds as dots, mean joined by a line) and
+    the paper's zero-shot average for the same steps (bottom, its own axis; a step it has no number
+    for is left empty)."""
+    with plt.rc_context(STYLE):
+        summary = summarize(records)
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7.5), sharex=True,
+                                          gridspec_kw={"height_ratios": [1.5, 1]})
+        xs = range(len(summary))
+        top.plot(xs, [s["mean"] for s in summary], "-", color=OURS, lw=1.5, zorder=2)
+        for i, s in enumerate(summary):
+            top.errorbar(i, s["mean"], yerr=s["std"], fmt="s", color=OURS, ms=8, capsize=5, zorder=3)
+            top.scatter([i + 0.1] * len(s["losses"]), s["losses"], color="k", s=14, alpha=0.5, zorder=4)
+            top.annotate(f"{s['mean']:.3f}", (i, s["mean"]), xytext=(-10, 0), textcoords="offset points",
+                         ha="right", va="center", fontsize=10)
+        top.set_ylabel("validation loss (nats/token) ↓")
+        top.set_title(f"ours: ~{summary[0]['params'] / 1e3:.0f}k parameters, {summary[0]['tokens'] / 1e6:.1f}M "
+                      f"tokens, {max(s['n_seeds'] for s in summary)} seeds (dots)")
+        have = [(i, paper[s["label"]]) for i, s in enumerate(summary) if s["label"] in paper]
+        bars = bottom.bar([i for i, _ in have], [v for _, v in have], color=PAPER, width=0.55)
+        bottom.bar_label(bars, fmt="%.1f", fontsize=11)
+        bottom.set_ylim(min(v for _, v in have) - 3, max(v for _, v in have) + 1.5)
+        bottom.set_ylabel("zero-shot avg. (%) ↑")
+        bottom.set_title("paper: 125M, 0.25T tokens")
+        bottom.set_xticks(list(xs), [f"{s['label']}\n{s['params'] / 1e3:.0f}k" for s in summary])
+        return _finish(fig, name, title)
