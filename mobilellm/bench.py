@@ -109,7 +109,7 @@ def wall(fn: Callable[[], object]) -> Callable[[], float]:
 
 
 def _bar(total: int, desc: str, progress: bool):
-    from tqdm.auto import tqdm
+    from ._tqdm import tqdm
 
     return tqdm(total=total, desc=desc, leave=False, disable=not progress)
 

@@ -54,7 +54,7 @@ class _EvalMode:
 def _progress(iterable, total: int, desc: str, enabled: bool):
     if not enabled:
         return iterable
-    from tqdm.auto import tqdm
+    from ._tqdm import tqdm
 
     return tqdm(iterable, total=total, desc=desc)
 

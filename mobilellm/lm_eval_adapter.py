@@ -16,8 +16,8 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
-from tqdm.auto import tqdm
 
+from ._tqdm import tqdm
 from .data import Tokenizer
 from .evaluate import _model_max_len, encode_pair, score_requests
 from .model import MobileLLM

@@ -289,7 +289,7 @@ def train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: str | os.Path
 
     ``on_step(step, loss)`` is called after every optimizer step (for live plots or tests).
     """
-    from tqdm.auto import tqdm
+    from ._tqdm import tqdm
 
     if data.tokenizer.vocab_size != cfg.vocab_size:
         raise ValueError(f"the tokenizer has {data.tokenizer.vocab_size} ids but the model's vocab_size is "
