@@ -28,9 +28,10 @@ test: venv lint
 	MOBILELLM_QUICK=1 MOBILELLM_HEADLESS=1 $(VENV)/bin/pytest -q --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly notebooks/[0-9][0-9]_*.ipynb
 
-# Every notebook in order, in place, full mode: trains what data/results/ lacks (FRESH=1: all).
+# Every notebook in order, in place, full mode: trains what data/results/ lacks (FRESH=1: all;
+# SEEDS=1: only the first seed of each ablation).
 figures: venv
-	$(PY) -m mobilellm figures
+	MOBILELLM_SEEDS=$(SEEDS) $(PY) -m mobilellm figures
 
 # Speed, each figure beside a peer measured in the same run (minutes; not part of the tests).
 bench: venv

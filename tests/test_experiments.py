@@ -91,3 +91,16 @@ def test_cached_measurement_measures_once_per_key(tmp_path, monkeypatch):
     monkeypatch.setenv("MOBILELLM_FRESH_SINCE", str(time.time() + 60))
     forced = E.cached_measurement("probe", {"config": "a"}, measure, results_dir=tmp_path, fresh=True)
     assert forced["result"] == {"ms": 4.5} and not forced["cached"] and len(calls) == 3
+
+
+def test_seeds_can_be_limited_for_a_faster_fresh_run(monkeypatch):
+    monkeypatch.delenv("MOBILELLM_QUICK", raising=False)
+    monkeypatch.delenv("MOBILELLM_SEEDS", raising=False)
+    assert E.seeds_of(E.SWIGLU) == (0, 1, 2)
+    monkeypatch.setenv("MOBILELLM_SEEDS", "1")
+    assert E.seeds_of(E.SWIGLU) == (0,) and E.seeds_of(E.SHARING_ORDERS) == (0,)
+    monkeypatch.setenv("MOBILELLM_SEEDS", "two")
+    with pytest.raises(ValueError, match="MOBILELLM_SEEDS .'two'. must be a positive integer"):
+        E.seeds_of(E.SWIGLU)
+    monkeypatch.setenv("MOBILELLM_QUICK", "1")
+    assert E.seeds_of(E.SWIGLU) == (0,)
