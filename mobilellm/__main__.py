@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -248,10 +249,16 @@ def cmd_configs(args: argparse.Namespace) -> int:
 
 def cmd_ablation(args: argparse.Namespace) -> int:
     """Run (or read from the results cache) one ablation and print its summary."""
-    from .experiments import compare, get_ablation, run_ablation, summarize
+    from .experiments import compare, get_ablation, run_ablation, scaled, summarize
 
     ab = get_ablation(args.name)
-    records = run_ablation(ab, fresh=args.fresh, command=f"python -m mobilellm ablation {args.name}")
+    command = f"python -m mobilellm ablation {args.name}"
+    if args.scale != 1 or args.corpus:
+        ab = scaled(ab, args.scale, args.corpus)
+        command += f" --scale {args.scale}" + (f" --corpus {args.corpus}" if args.corpus else "")
+    if args.device:
+        os.environ["MOBILELLM_DEVICE"] = args.device
+    records = run_ablation(ab, fresh=args.fresh, command=command)
     print(f"{ab.name}: {ab.question}")
     for s in summarize(records):
         print(f"  {s['label']:28s} {s['params']:>9,} params  val loss {s['mean']:.4f} ± {s['std']:.4f} "
@@ -329,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("ablation", help="run one of the curriculum's ablations (cached in data/results)")
     p.add_argument("name", choices=list(ABLATIONS), help="which ablation")
     p.add_argument("--fresh", action="store_true", help="retrain even what data/results already has")
+    p.add_argument("--scale", type=int, default=1, metavar="W",
+                   help="every variant W times wider, tokens grown to match (for a GPU; default 1)")
+    p.add_argument("--corpus", default=None, help="train on this corpus instead (e.g. tinystories, a local file)")
+    p.add_argument("--device", default=None, help="cpu (the course's default), cuda, mps or auto")
     p = sub.add_parser("figures", help="run every notebook in order and regenerate figures and the README map")
     p.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run (e.g. 02 03)")
     p.add_argument("--readme-only", action="store_true", help="only regenerate the README's notebook map")

@@ -117,7 +117,7 @@ class Recipe:
         return TrainConfig(max_steps=self.steps, batch_size=self.batch_size, seq_len=self.seq_len, lr=self.lr,
                            warmup_steps=min(self.warmup_steps, self.steps), seed=seed,
                            eval_every=max(1, self.steps // self.evals), eval_windows=self.eval_windows,
-                           device="cpu", progress=not headless())
+                           device=os.environ.get("MOBILELLM_DEVICE", "cpu"), progress=not headless())
 
 
 @dataclass(frozen=True)
@@ -197,6 +197,7 @@ def provenance(command: str | None = None) -> dict:
     return {"commit": commit + ("+dirty" if dirty else ""),
             "command": command or os.environ.get("MOBILELLM_COMMAND") or " ".join(sys.argv),
             "torch": torch.__version__, "python": platform.python_version(),
+            "device": os.environ.get("MOBILELLM_DEVICE", "cpu"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {torch.get_num_threads()} threads",
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
@@ -376,6 +377,30 @@ DEPTH = Ablation(
         ("8×32", _shape(8, 32, 4, 88)),
     ),
 )
+
+
+def scaled(ab: Ablation, width: int, corpus: str | None = None) -> Ablation:
+    """``ab`` at a larger scale, for a GPU: every variant ``width``x wider (dim, FFN hidden and head
+    counts; head size, depth, sharing and vocabulary kept), trained on tokens grown with the first
+    variant's parameters, so that tokens per parameter stay as in the course. Run it with
+    ``MOBILELLM_DEVICE=cuda python -m mobilellm ablation sharing --scale 8``. The embedded corpus has
+    ~2.2M training tokens: beyond a few passes over it, pass a bigger ``corpus`` (e.g. ``tinystories``)."""
+    from .accounting import param_count
+
+    if not isinstance(width, int) or width < 1:
+        raise ValueError(f"width ({width!r}) must be a positive integer, e.g. 4 or 8")
+    if width == 1 and corpus is None:
+        return ab
+
+    def wider(c: ModelConfig) -> ModelConfig:
+        return c.replace(dim=c.dim * width, n_heads=c.n_heads * width, n_kv_heads=c.n_kv_heads * width,
+                         ffn_hidden_dim=c.ffn_hidden_dim * width)
+
+    variants = tuple((label, wider(c)) for label, c in ab.variants)
+    grow = param_count(variants[0][1])["total"] / param_count(ab.variants[0][1])["total"]
+    recipe = dataclasses.replace(ab.recipe, tokens=int(ab.recipe.tokens * grow), corpus=corpus or ab.recipe.corpus)
+    return Ablation(name=f"{ab.name}-x{width}" + (f"-{corpus}" if corpus else ""), variants=variants,
+                    recipe=recipe, seeds=ab.seeds, question=f"{ab.question} ({width}x wider)")
 
 
 def budget_runs(sweeps: list[Ablation]) -> dict[int, list[RunRecord]]:

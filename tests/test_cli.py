@@ -66,3 +66,9 @@ def test_eval_prints_a_table(tmp_path, small_data, shared_data, capsys):
     assert "unknown task(s) ['mmlu']" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(tmp_path / "ck"), "--tasks", "boolq", "--data-dir", str(tmp_path)]) == 2
     assert "boolq.jsonl does not exist" in capsys.readouterr().err
+
+
+def test_ablation_scale_errors_are_one_line(capsys):
+    assert main(["ablation", "swiglu", "--scale", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: width (0) must be a positive integer") and "Traceback" not in err

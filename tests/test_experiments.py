@@ -104,3 +104,19 @@ def test_seeds_can_be_limited_for_a_faster_fresh_run(monkeypatch):
         E.seeds_of(E.SWIGLU)
     monkeypatch.setenv("MOBILELLM_QUICK", "1")
     assert E.seeds_of(E.SWIGLU) == (0,)
+
+
+def test_scaled_ablations_keep_the_shapes_and_the_tokens_per_parameter():
+    from mobilellm.accounting import param_count
+
+    big = E.scaled(E.SHARING, 4)
+    assert big.name == "sharing-x4" and [lab for lab, _ in big.variants] == [lab for lab, _ in E.SHARING.variants]
+    for (_, small), (_, wide) in zip(E.SHARING.variants, big.variants, strict=True):
+        assert (wide.dim, wide.hd, wide.execution_order) == (4 * small.dim, small.hd, small.execution_order)
+        assert wide.n_heads // wide.n_kv_heads == small.n_heads // small.n_kv_heads
+    ratio = lambda ab: ab.recipe.tokens / param_count(ab.variants[0][1])["total"]  # noqa: E731
+    assert ratio(big) == pytest.approx(ratio(E.SHARING), rel=1e-3)
+    assert E.scaled(E.SWIGLU, 1) is E.SWIGLU
+    assert E.scaled(E.SWIGLU, 2, corpus="tinystories").recipe.corpus == "tinystories"
+    with pytest.raises(ValueError, match="width .0. must be a positive integer"):
+        E.scaled(E.SWIGLU, 0)
