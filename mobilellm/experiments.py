@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -397,6 +398,16 @@ def scaled(ab: Ablation, width: int, corpus: str | None = None) -> Ablation:
                          ffn_hidden_dim=c.ffn_hidden_dim * width)
 
     variants = tuple((label, wider(c)) for label, c in ab.variants)
+
+    def spread(vs) -> float:
+        sizes = [param_count(c)["total"] for _, c in vs]
+        return max(sizes) / min(sizes)
+
+    if spread(variants) > max(1.03, spread(ab.variants) * 1.03):
+        # the embeddings grow with the width, the blocks with its square: an equal-size balance drifts
+        warnings.warn(f"{ab.name} at {width}x: the variants' sizes now differ by {spread(variants) - 1:.0%} "
+                      f"(at 1x: {spread(ab.variants) - 1:.0%}); rebalance their widths before comparing them",
+                      stacklevel=2)
     grow = param_count(variants[0][1])["total"] / param_count(ab.variants[0][1])["total"]
     recipe = dataclasses.replace(ab.recipe, tokens=int(ab.recipe.tokens * grow), corpus=corpus or ab.recipe.corpus)
     return Ablation(name=f"{ab.name}-x{width}" + (f"-{corpus}" if corpus else ""), variants=variants,
