@@ -48,8 +48,8 @@ def fresh_mode() -> bool:
 
 def seeds_of(ab: Ablation) -> tuple[int, ...]:
     """The seeds to run: all of ``ab.seeds``, the first only in quick mode, or the first N under
-    ``MOBILELLM_SEEDS=N`` (``make figures FRESH=1 SEEDS=1``: a from-scratch run in about a third of
-    the time, every figure then showing one seed)."""
+    ``MOBILELLM_SEEDS=N`` (``make figures FRESH=1 SEEDS=1``: a from-scratch run in ~60% of the time,
+    as the budget sweeps already have one seed; every figure then shows one seed)."""
     if quick_mode():
         return ab.seeds[:1]
     n = os.environ.get("MOBILELLM_SEEDS", "")
@@ -247,11 +247,17 @@ def run_one(label: str, cfg: ModelConfig, recipe: Recipe, seed: int, results_dir
                     final_val_loss=res.final_val_loss, best_val_loss=res.best_val_loss,
                     val_curve=res.val_loss, train_curve=res.train_loss[::10], wall_time=round(res.wall_time, 2),
                     provenance=provenance(command), weights=weights)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(rec), indent=1))
-    os.replace(tmp, path)  # an interrupted run leaves no half-written result
+    _write_json(path, dataclasses.asdict(rec))
     rec.path = path
     return rec
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    """Write atomically: an interrupted run leaves no half-written result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
 
 
 def cached_measurement(name: str, key: dict, measure, results_dir: Path | None = None,
@@ -268,10 +274,7 @@ def cached_measurement(name: str, key: dict, measure, results_dir: Path | None =
     if _reusable(path, fresh):
         return {**json.loads(path.read_text()), "cached": True, "path": str(path)}
     result = {"name": name, "key": key, "result": measure(), "provenance": provenance()}
-    results_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, path)
+    _write_json(path, result)
     return {**result, "cached": False, "path": str(path)}
 
 
@@ -409,7 +412,7 @@ def scaled(ab: Ablation, width: int, corpus: str | None = None) -> Ablation:
     if drift > 0.03:
         warnings.warn(f"{ab.name} at {width}x: variants of equal size at 1x now differ by up to {drift:.0%}; "
                       f"rebalance their widths before comparing them", stacklevel=2)
-    grow = param_count(variants[0][1])["total"] / param_count(ab.variants[0][1])["total"]
+    grow = size(variants[0][1]) / size(ab.variants[0][1])
     recipe = dataclasses.replace(ab.recipe, tokens=int(ab.recipe.tokens * grow), corpus=corpus or ab.recipe.corpus)
     return Ablation(name=f"{ab.name}-x{width}" + (f"-{corpus}" if corpus else ""), variants=variants,
                     recipe=recipe, seeds=ab.seeds, question=f"{ab.question} ({width}x wider)")
@@ -476,7 +479,7 @@ SHARING = Ablation(
     ),
 )
 
-# The three orders of the paper's Fig. 6 at equal stored parameters and equal compute. Immediate
+# The paper's three sharing orders at equal stored parameters and equal compute. Immediate
 # sharing's runs are SHARING's; the other two orders cost 2x a plain run each (~7 minutes here), so
 # this comparison has one seed, read against the seed spread SHARING measures, and notebook 06 says so.
 SHARING_ORDERS = Ablation(

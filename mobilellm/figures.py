@@ -134,9 +134,9 @@ def ablation_table() -> str:
         if not is_cached(ab):
             missing.append(name)
             continue
-        records = run_ablation(ab, fresh=False)
-        best = min(summarize(records), key=lambda s: s["mean"])["label"]
-        for i, s in enumerate(summarize(records)):
+        summary = summarize(run_ablation(ab, fresh=False))
+        best = min(summary, key=lambda s: s["mean"])["label"]
+        for i, s in enumerate(summary):
             cfg = ab.config(s["label"])
             loss = f"{s['mean']:.3f}" + (f" ± {s['std']:.3f}" if s["n_seeds"] > 1 else "")
             loss = f"**{loss}**" if s["label"] == best else loss
