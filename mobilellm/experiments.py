@@ -424,16 +424,22 @@ def budget_runs(sweeps: list[Ablation]) -> dict[int, list[RunRecord]]:
 
 
 def budget_sweep(ab: Ablation, labels: tuple[str, ...], factors: tuple[float, ...] = (0.25, 1.0, 3.0),
-                 seeds: tuple[int, ...] = (0,)) -> list[Ablation]:
+                 seeds: tuple[int, ...] = (0,), kind: str = "budget") -> list[Ablation]:
     """The same variants trained on ``factor`` × the recipe's tokens (≈5, 20, 60 tokens/parameter):
-    does the ranking hold when the budget changes? The 1× point reuses the ablation's own runs."""
+    does the ranking hold when the budget changes? The 1× point reuses the ablation's own runs.
+    Each budget is an ablation named ``{ab.name}-{kind}-{factor}x``."""
     variants = tuple((label, ab.config(label)) for label in labels)
-    return [Ablation(name=f"{ab.name}-budget-{f:g}x", variants=variants, seeds=seeds,
+    return [Ablation(name=f"{ab.name}-{kind}-{f:g}x", variants=variants, seeds=seeds,
                      recipe=dataclasses.replace(ab.recipe, tokens=int(ab.recipe.tokens * f)),
                      question=f"{ab.question} ({f:g}x the tokens)") for f in factors]
 
 
 DEPTH_BUDGET = budget_sweep(DEPTH, ("2×56", "8×32"))
+# The budget trend with paired seeds: the deep-thin extremes and the 5×40 optimum at ≈5, 19 and
+# 57 tokens per parameter (three seeds), and ≈150 (8x the tokens; ~9 passes over the corpus, two
+# seeds: each 8x run takes 10-40 minutes here).
+DEPTH_TREND = (budget_sweep(DEPTH, ("2×56", "5×40", "8×32"), (0.25, 1.0, 3.0), (0, 1, 2), "trend")
+               + budget_sweep(DEPTH, ("2×56", "5×40", "8×32"), (8.0,), (0, 1), "trend"))
 
 # The roadmap continues from a deep-and-thin shape fixed in advance (not picked from the sweep's
 # results): 5 x 40, 4 heads of 10 — so that 2 and 1 KV heads are possible in notebook 05.
@@ -498,6 +504,27 @@ SHARING_ORDERS = Ablation(
 # "final small MobileLLM, trained longer".
 EMBEDDING_BUDGET = budget_sweep(EMBEDDING, ("untied", "tied"))
 SHARING_BUDGET = budget_sweep(SHARING, ("no sharing", "immediate ×2"))
+EMBEDDING_TREND = (budget_sweep(EMBEDDING, ("untied", "tied"), (0.25, 1.0, 3.0), (0, 1, 2), "trend")
+                   + budget_sweep(EMBEDDING, ("untied", "tied"), (8.0,), (0, 1), "trend"))
+SHARING_TREND = budget_sweep(SHARING, ("no sharing", "immediate ×2"), (0.25, 1.0, 3.0), (0, 1, 2), "trend")
+
+# Layer sharing where stored parameters are what is scarce: a model ~4x smaller than the teaching
+# models (tied 3 x 24, 4 heads of 6, 2 KV heads, SwiGLU 64: 31,464 parameters) trained to ~300
+# tokens per parameter, so that it is bound by what it can store rather than by its training.
+SCARCE = _teach(dim=24, n_layers=3, n_heads=4, n_kv_heads=2, ffn_hidden_dim=64, ffn_type="swiglu",
+                share_embedding=True)
+SHARING_SCARCE = Ablation(
+    name="sharing-scarce",
+    question="When a model is bound by its stored parameters, does running each block twice buy back "
+             "what a model with twice the blocks gains?",
+    variants=(
+        ("no sharing", SCARCE),
+        ("immediate ×2", SCARCE.replace(layer_sharing="immediate")),
+        ("repeat-all-over ×2", SCARCE.replace(layer_sharing="repeat_all")),
+        ("6 layers", SCARCE.replace(n_layers=6)),
+    ),
+    recipe=Recipe(tokens=9_400_000),
+)
 
 # The paper's roadmap as one chain of the variants above: every step is a config
 # another ablation already trained, so this "ablation" only gathers cached runs. Like the paper's,
@@ -521,7 +548,8 @@ ROADMAP_PAPER = {"baseline": 42.6, "+ SwiGLU": 43.9, "+ deep & thin": 44.8, "+ t
                  "+ GQA": 45.0, "+ layer sharing": 46.1}
 
 ABLATIONS = {ab.name: ab for ab in (SWIGLU, DEPTH, *DEPTH_BUDGET, EMBEDDING, GQA, SHARING, SHARING_ORDERS,
-                                    *EMBEDDING_BUDGET, *SHARING_BUDGET, ROADMAP)}
+                                    *EMBEDDING_BUDGET, *SHARING_BUDGET, ROADMAP, SHARING_SCARCE,
+                                    *DEPTH_TREND, *EMBEDDING_TREND, *SHARING_TREND)}
 
 
 def get_ablation(name: str) -> Ablation:
