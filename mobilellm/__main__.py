@@ -265,8 +265,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
               f"(seeds {', '.join(f'{x:.4f}' for x in s['losses'])})")
     base = ab.variants[0][0]
     for label, _ in ab.variants[1:]:
-        c = compare(records, base, label)
-        print(f"  {label} - {base}: {c['diff']:+.4f} nats ({c['verdict']})")
+        print(f"  {label} − {base}: {compare(records, base, label).text()} nats")
     return 0
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ModelConfig
+from .paired import Paired, paired
 
 RESULTS_VERSION = 1  # bump when the training code changes what a run measures
 ROOT = Path(__file__).resolve().parents[1]
@@ -325,18 +326,13 @@ def summarize(records: list[RunRecord]) -> list[dict]:
     return out
 
 
-def compare(records: list[RunRecord], a: str, b: str) -> dict:
-    """How ``b`` differs from ``a``: mean difference, and whether it exceeds the seed noise."""
-    sa, sb = (next(s for s in summarize(records) if s["label"] == lab) for lab in (a, b))
-    diff = sb["mean"] - sa["mean"]
-    noise = max(sa["spread"], sb["spread"])
-    if min(sa["n_seeds"], sb["n_seeds"]) < 2:
-        verdict = "one seed only: no estimate of the noise"
-    elif abs(diff) <= noise:
-        verdict = "inside the seed noise"
-    else:
-        verdict = f"{b} {'better' if diff < 0 else 'worse'} than {a} by more than the seed spread"
-    return {"a": a, "b": b, "diff": diff, "noise": noise, "verdict": verdict}
+def compare(records: list[RunRecord], a: str, b: str) -> Paired:
+    """How ``b`` differs from ``a``, seed by seed: the course's paired verdict (``mobilellm.paired``)."""
+    losses = {lab: {r.seed: r.final_val_loss for r in records if r.label == lab} for lab in (a, b)}
+    for lab in (a, b):
+        if not losses[lab]:
+            raise ValueError(f"no runs labelled {lab!r}; labels: {sorted({r.label for r in records})}")
+    return paired(a, b, losses[a], losses[b])
 
 
 # --- the ablations of the curriculum ---------------------------------------------------------
@@ -542,11 +538,6 @@ ROADMAP = Ablation(
         ("+ layer sharing", SHARING.config("immediate ×2")),
     ),
 )
-# The paper's zero-shot averages for the same steps (125M, 0.25T tokens; the reinvested layers come
-# with its GQA step, so "+ 1 layer" has no number of its own).
-ROADMAP_PAPER = {"baseline": 42.6, "+ SwiGLU": 43.9, "+ deep & thin": 44.8, "+ tied embeddings": 44.6,
-                 "+ GQA": 45.0, "+ layer sharing": 46.1}
-
 ABLATIONS = {ab.name: ab for ab in (SWIGLU, DEPTH, *DEPTH_BUDGET, EMBEDDING, GQA, SHARING, SHARING_ORDERS,
                                     *EMBEDDING_BUDGET, *SHARING_BUDGET, ROADMAP, SHARING_SCARCE,
                                     *DEPTH_TREND, *EMBEDDING_TREND, *SHARING_TREND)}

@@ -59,9 +59,11 @@ def notebooks() -> list[Path]:
 def run_notebooks(only: list[str] | None = None) -> dict[str, float]:
     """Execute notebooks in place (full mode unless MOBILELLM_QUICK is set); return seconds per notebook."""
     import nbformat
+    from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
 
     os.environ["MOBILELLM_HEADLESS"] = "1"  # no progress bars in the committed outputs
+    os.environ["TQDM_DISABLE"] = "1"  # nor the libraries' (datasets, lm-eval, transformers)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ["MOBILELLM_COMMAND"] = "make figures" + (" FRESH=1" if fresh_mode() else "")
     # every notebook kernel counts results written from now on as fresh (see experiments.fresh_since)
@@ -74,15 +76,26 @@ def run_notebooks(only: list[str] | None = None) -> dict[str, float]:
         print(f"▶ {path.name} …", flush=True)
         start = time.perf_counter()
         nb = nbformat.read(path, as_version=4)
-        client = NotebookClient(nb, timeout=None, kernel_name="python3",
+        # Unix sockets rather than TCP: local only, and no "running over TCP without encryption"
+        # warning from every kernel in the log.
+        km = KernelManager(kernel_name="python3", transport="ipc")
+        client = NotebookClient(nb, km=km, timeout=None, kernel_name="python3",
                                 resources={"metadata": {"path": str(NOTEBOOKS_DIR)}})
         try:
             client.execute()
         finally:
-            nbformat.write(nb, path)  # keep what ran, errors included, for inspection
+            nbformat.write(strip_volatile(nb), path)  # keep what ran, errors included, for inspection
         times[path.stem] = round(time.perf_counter() - start, 1)
         print(f"  {path.name}: {times[path.stem]:.0f} s", flush=True)
     return times
+
+
+def strip_volatile(nb):
+    """Drop what changes on every run without changing what a reader sees (execution timestamps),
+    so that re-running a notebook with the results cache changes only what really changed."""
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+    return nb
 
 
 def record_times(times: dict[str, float]) -> dict:
@@ -105,8 +118,7 @@ def finding(spec: tuple[str, str, str] | None) -> str:
     records = run_ablation(ABLATIONS[name], fresh=False) if is_cached(ABLATIONS[name]) else None
     if records is None:
         return "not run yet"
-    c = compare(records, base, changed)
-    return f"{changed} − {base}: {c['diff']:+.3f} nats (seed spread {c['noise']:.3f}: {c['verdict']})"
+    return f"{changed} − {base}: {compare(records, base, changed).text()} nats"
 
 
 def notebook_map() -> str:
@@ -124,26 +136,35 @@ def notebook_map() -> str:
 
 
 def ablation_table() -> str:
-    """Every ablation in the project whose runs are cached, one row per variant, as Markdown."""
-    rows = ["| ablation | variant | stored params | executed layers | tokens | seeds | validation loss |",
-            "|---|---|---:|---:|---:|---:|---|"]
+    """Every ablation in the project whose runs are cached, one row per variant, as Markdown, with
+    each variant's paired difference from the ablation's first variant."""
+    rows = ["| ablation | variant | stored params | executed layers | tokens | seeds | validation loss "
+            "| − first variant, paired by seed |",
+            "|---|---|---:|---:|---:|---:|---|---|"]
     missing = []
     for name, ab in ABLATIONS.items():
-        if name.endswith("-budget-1x"):  # seed 0 of the ablation it sweeps: already in the table
+        if name.endswith("-budget-1x") or name.endswith("-trend-1x"):  # the ablation it sweeps, already listed
             continue
         if not is_cached(ab):
             missing.append(name)
             continue
-        summary = summarize(run_ablation(ab, fresh=False))
+        records = run_ablation(ab, fresh=False)
+        summary = summarize(records)
         best = min(summary, key=lambda s: s["mean"])["label"]
+        first = summary[0]["label"]
         for i, s in enumerate(summary):
             cfg = ab.config(s["label"])
             loss = f"{s['mean']:.3f}" + (f" ± {s['std']:.3f}" if s["n_seeds"] > 1 else "")
             loss = f"**{loss}**" if s["label"] == best else loss
+            diff = "—" if i == 0 else compare(records, first, s["label"]).text()
             rows.append(f"| {name if i == 0 else ''} | {s['label']} | {s['params']:,} | {cfg.n_executed_layers} | "
-                        f"{s['tokens'] / 1e6:.2f}M | {s['n_seeds']} | {loss} |")
+                        f"{s['tokens'] / 1e6:.2f}M | {s['n_seeds']} | {loss} | {diff} |")
     note = ("\n\nMean ± standard deviation over seeds of the final validation loss (nats/token, lower is better; "
-            "the lowest in each ablation in bold). Definitions: `mobilellm/experiments.py`; runs: `data/results/`.")
+            "the lowest in each ablation in bold). The last column pairs runs by seed (same seed: same "
+            "initialisation and batch order): the mean difference with its 95% t-interval and how many seeds "
+            "agree in sign; *better*/*worse* when the interval excludes zero, *leaning* when every seed agrees "
+            "but the interval reaches zero, *mixed* when the seeds disagree. Definitions: "
+            "`mobilellm/experiments.py`; runs: `data/results/`.")
     if missing:
         note += f" Not run yet: {', '.join(missing)}."
     return "\n".join(rows) + note

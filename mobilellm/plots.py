@@ -3,11 +3,14 @@ the paper's numbers beside ours but never on the same axis."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import matplotlib as mpl
 import matplotlib.pyplot as plt
 
-from .experiments import RunRecord, output_dirs, summarize
+from .experiments import RunRecord, compare, output_dirs, summarize
 
 STYLE = {
     "figure.dpi": 110, "savefig.dpi": 130, "font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12,
@@ -16,6 +19,26 @@ STYLE = {
 }
 OURS, PAPER = "#1f77b4", "#7f7f7f"
 SEED_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
+
+
+@contextmanager
+def style() -> Iterator[None]:
+    """The house style for the figures drawn inside the ``with`` block.
+
+    It sets and restores only the keys of ``STYLE``. ``plt.rc_context`` restores *every* rcParam on
+    exit, the backend included, and in a Jupyter kernel that switches interactive mode off: the
+    first figure drawn in it is shown, every later one stays undisplayed in pyplot."""
+    saved = {key: mpl.rcParams[key] for key in STYLE}
+    mpl.rcParams.update(STYLE)
+    try:
+        yield
+    finally:
+        mpl.rcParams.update(saved)
+
+
+def seeds_label(n: int) -> str:
+    """"1 seed", "3 seeds"."""
+    return f"{n} seed{'s' if n != 1 else ''}"
 
 
 def save(fig, name: str) -> Path:
@@ -27,14 +50,21 @@ def save(fig, name: str) -> Path:
     return path
 
 
-def _paper_panel(ax, paper: dict[str, float], label: str = "paper: zero-shot avg. accuracy (%)") -> None:
-    """The paper's numbers as grey bars on their own axis."""
+def _paper_panel(ax, paper: dict[str, float], label: str = "zero-shot avg. accuracy") -> None:
+    """The paper's numbers as grey bars of their change from the first entry, in points, on an axis
+    that starts at zero: a 0.2-point step looks as small as it is. Each bar is labelled with the
+    change and the paper's absolute number."""
     labels = list(paper)
-    bars = ax.bar(range(len(labels)), [paper[k] for k in labels], color=PAPER, width=0.6)
-    ax.bar_label(bars, fmt="%.1f", fontsize=11)
+    ref = paper[labels[0]]
+    deltas = [paper[k] - ref for k in labels]
+    bars = ax.bar(range(len(labels)), deltas, color=PAPER, width=0.6)
+    ax.bar_label(bars, labels=[f"{paper[k]:.1f}" if i == 0 else f"{d:+.1f}\n({paper[k]:.1f})"
+                               for i, (k, d) in enumerate(zip(labels, deltas, strict=True))], fontsize=10)
+    ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(range(len(labels)), labels)
-    ax.set_ylim(min(paper.values()) - 3, max(paper.values()) + 1.5)
-    ax.set_ylabel(label + " ↑")
+    top = max(max(deltas), 0) + 0.6
+    ax.set_ylim(min(min(deltas), 0) - 0.6, top + 0.4)
+    ax.set_ylabel(f"change in {label}\n(points, vs {labels[0].splitlines()[0]}) ↑")
     ax.set_title("paper: 125M, 0.25T tokens")
 
 
@@ -56,10 +86,10 @@ def _finish(fig, name: str | None, title: str | None = None):
 
 
 def ablation(records: list[RunRecord], title: str, paper: dict[str, float] | None = None,
-             paper_label: str = "paper: zero-shot avg. accuracy (%)", name: str | None = None):
+             paper_label: str = "zero-shot avg. accuracy", name: str | None = None):
     """Left: our validation loss per variant (every seed a dot, mean ± std as a bar).
     Right (if ``paper``): the paper's numbers for the same steps, on their own axis."""
-    with plt.rc_context(STYLE):
+    with style():
         fig, axes = _ours_and_paper(paper)
         ax = axes[0, 0]
         summary = summarize(records)
@@ -73,37 +103,49 @@ def ablation(records: list[RunRecord], title: str, paper: dict[str, float] | Non
         ax.set_xticks(range(len(summary)), [f"{s['label']}\n{s['params']:,} params" for s in summary])
         ax.set_xlim(-0.6, len(summary) - 0.4)
         ax.set_ylabel("validation loss (nats/token) ↓")
-        tok = summary[0]["tokens"]
-        ax.set_title(f"ours: {tok / 1e6:.1f}M tokens, {len(summary[0]['losses'])} seeds")
-        if len(summary[0]["losses"]) > 1:
+        tok, n = summary[0]["tokens"], len(summary[0]["losses"])
+        ax.set_title(f"ours: {tok / 1e6:.1f}M tokens; " + (f"mean ± 1 SD over {seeds_label(n)}" if n > 1 else
+                                                           seeds_label(n)))
+        if n > 1:
             ax.legend(loc="best", fontsize=9)
         if paper:
             _paper_panel(axes[0, 1], paper, paper_label)
         return _finish(fig, name, title)
 
 
-def loss_curves(records: list[RunRecord], title: str, name: str | None = None):
-    """Validation loss against tokens seen, one line per run, a colour per variant."""
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(7, 4.2))
+def loss_curves(records: list[RunRecord], title: str, name: str | None = None, train: bool = True):
+    """Validation loss (solid) and training loss (faint, dashed) against tokens seen: one line per
+    run, a colour per variant. Training loss is measured on the batch just trained on, so it is
+    noisier; at this scale the two stay close, because the model sees each token only ~once."""
+    with style():
+        fig, ax = plt.subplots(figsize=(7.5, 4.4))
         labels = list(dict.fromkeys(r.label for r in records))
         for r in records:
             color = SEED_COLORS[labels.index(r.label) % len(SEED_COLORS)]
             tokens_per_step = r.tokens / max(1, r.val_curve[-1][0])
+            first = r.seed == min(x.seed for x in records if x.label == r.label)
+            if train and r.train_curve:
+                ax.plot([s * tokens_per_step / 1e6 for s, _ in r.train_curve], [v for _, v in r.train_curve],
+                        color=color, alpha=0.35, lw=0.8, ls="--")
             xs = [s * tokens_per_step / 1e6 for s, _ in r.val_curve]
-            ax.plot(xs, [v for _, v in r.val_curve], color=color, alpha=0.8, lw=1.5,
-                    label=r.label if r.seed == min(x.seed for x in records if x.label == r.label) else None)
+            ax.plot(xs, [v for _, v in r.val_curve], color=color, alpha=0.9, lw=1.6,
+                    label=r.label if first else None)
+        if train:
+            ax.plot([], [], color="grey", lw=1.6, label="validation (solid)")
+            ax.plot([], [], color="grey", lw=0.8, ls="--", alpha=0.6, label="training (dashed)")
+        vals = [v for r in records for _, v in r.val_curve]
+        ax.set_ylim(min(vals) - 0.1, min(max(vals), min(vals) + 2.5))  # the start is off-scale: the end matters
         ax.set_xlabel("training tokens (millions)")
-        ax.set_ylabel("validation loss (nats/token) ↓")
+        ax.set_ylabel("loss (nats/token) ↓")
         ax.set_title(title)
-        ax.legend()
+        ax.legend(fontsize=9)
         return _finish(fig, name)
 
 
 def versus(records: list[RunRecord], x_of, xlabel: str, title: str, paper: dict[str, float] | None = None,
            name: str | None = None, logx: bool = False):
     """Validation loss against a numeric property of each variant (e.g. its depth), seeds as dots."""
-    with plt.rc_context(STYLE):
+    with style():
         fig, axes = _ours_and_paper(paper)
         ax = axes[0, 0]
         summary = summarize(records)
@@ -118,65 +160,129 @@ def versus(records: list[RunRecord], x_of, xlabel: str, title: str, paper: dict[
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation loss (nats/token) ↓")
-        ax.set_title(f"ours: {summary[0]['tokens'] / 1e6:.1f}M tokens, {len(summary[0]['losses'])} seeds, "
-                     f"~{summary[0]['params'] / 1e3:.0f}k params")
+        n = len(summary[0]["losses"])
+        ax.set_title(f"ours: {summary[0]['tokens'] / 1e6:.1f}M tokens, ~{summary[0]['params'] / 1e3:.0f}k params; "
+                     + (f"mean ± 1 SD over {seeds_label(n)}" if n > 1 else seeds_label(n)), fontsize=11)
         if paper:
             _paper_panel(axes[0, 1], paper)
         return _finish(fig, name, title)
 
 
-def _budget_axes(ax, runs: dict[float, list[RunRecord]], title: str) -> None:
-    labels = list(dict.fromkeys(r.label for recs in runs.values() for r in recs))
-    for i, label in enumerate(labels):
-        pts = sorted((r.tokens / r.params, r.final_val_loss) for recs in runs.values() for r in recs
-                     if r.label == label)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=SEED_COLORS[i % len(SEED_COLORS)],
-                label=label)
+def _budget_axes(ax, a: str, b: str, runs: dict[int, list[RunRecord]], title: str,
+                 extrapolate_to: float | None = None) -> None:
+    """One panel of ``budget_panels``: ``b − a`` per seed (dots) and its mean with the 95% interval,
+    at each training budget; a zero line; optionally a fitted trend drawn out to ``extrapolate_to``."""
+    from .paired import log_trend
+
+    xs_all, ys_all = [], []
+    for tokens, recs in sorted(runs.items()):
+        p = compare(recs, a, b)
+        x = tokens / next(r.params for r in recs if r.label == a)
+        ax.scatter([x] * p.n, p.diffs, color="k", s=16, alpha=0.5, zorder=4)
+        if p.n > 1:
+            ax.errorbar(x, p.mean, yerr=[[p.mean - p.low], [p.high - p.mean]], fmt="s", color=OURS, ms=7,
+                        capsize=5, zorder=3)
+        else:
+            ax.scatter(x, p.mean, marker="s", color=OURS, s=40, zorder=3)
+        ax.annotate(seeds_label(p.n), (x, p.high if p.n > 1 else p.mean), xytext=(0, 7),
+                    textcoords="offset points", ha="center", fontsize=9, color="dimgray")
+        xs_all += [x] * p.n
+        ys_all += list(p.diffs)
+    ax.axhline(0, color="k", lw=0.8)
+    if extrapolate_to and len(set(xs_all)) >= 2 and len(xs_all) >= 3:
+        import numpy as np
+
+        trend = log_trend(xs_all, ys_all)
+        grid = np.logspace(np.log10(min(xs_all)), np.log10(extrapolate_to), 60)
+        lo, hi = zip(*(trend.band(g) for g in grid), strict=True)
+        ax.plot(grid, [trend.at(g) for g in grid], "--", color=OURS, lw=1.2,
+                label=f"linear in log budget: {trend.slope:+.3f} per 10×")
+        ax.fill_between(grid, lo, hi, color=OURS, alpha=0.12, label="95% band (extrapolation: a hypothesis)")
+        ax.axvline(max(xs_all), color="grey", lw=0.6, ls=":")
+        ax.legend(fontsize=8, loc="best")
     ax.set_xscale("log")
-    ax.set_xlabel("training tokens per parameter")
-    ax.set_ylabel("validation loss (nats/token) ↓")
-    ax.set_title(title)
-    ax.legend()
+    ax.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(mpl.ticker.NullFormatter())
+    ax.set_xlabel("training tokens per parameter (log scale)")
+    ax.set_ylabel(f"{b} − {a}\n(validation loss, nats; < 0: {b} better)", fontsize=10)
+    ax.set_title(title, fontsize=12)
 
 
-def budget(runs: dict[float, list[RunRecord]], title: str, name: str | None = None):
-    """Validation loss against tokens per parameter, one line per variant: does the ranking hold?"""
-    return budget_panels({title: runs}, name=name)
+def budget(a: str, b: str, runs: dict[int, list[RunRecord]], title: str, name: str | None = None):
+    """The paired difference ``b − a`` against the training budget: does the ranking hold?"""
+    return budget_panels({title: (a, b, runs)}, name=name)
 
 
-def budget_panels(panels: dict[str, dict[float, list[RunRecord]]], title: str | None = None,
-                  name: str | None = None):
-    """Several budget comparisons side by side (one panel per pair of variants)."""
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.2), squeeze=False)
-        for ax, (panel_title, runs) in zip(axes[0], panels.items(), strict=True):
-            _budget_axes(ax, runs, panel_title)
+def budget_panels(panels: dict[str, tuple[str, str, dict[int, list[RunRecord]]]], title: str | None = None,
+                  name: str | None = None, extrapolate_to: float | None = None):
+    """Several paired budget comparisons side by side: per panel ``(a, b, {tokens: runs})``; each
+    point is ``b − a`` seed by seed, the square its mean with a 95% t-interval."""
+    with style():
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.3), squeeze=False)
+        for ax, (panel_title, (a, b, runs)) in zip(axes[0], panels.items(), strict=True):
+            _budget_axes(ax, a, b, runs, panel_title, extrapolate_to)
         return _finish(fig, name, title)
 
 
-def roadmap(records: list[RunRecord], paper: dict[str, float], title: str, name: str | None = None):
-    """The roadmap: our validation loss step by step (top; seeds as dots, mean joined by a line) and
-    the paper's zero-shot average for the same steps (bottom, its own axis; a step it has no number
-    for is left empty)."""
-    with plt.rc_context(STYLE):
-        summary = summarize(records)
+def pairs(records: list[RunRecord], a: str, b: str, title: str, name: str | None = None):
+    """The paired rule as a picture. Left: each seed's two runs joined by a line (same seed = same
+    initialisation and batch order). Right: the per-seed differences ``b − a``, their mean and its
+    95% t-interval, against zero."""
+    p = compare(records, a, b)
+    with style():
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [1.3, 1]})
+        la = {r.seed: r.final_val_loss for r in records if r.label == a}
+        lb = {r.seed: r.final_val_loss for r in records if r.label == b}
+        for i, s in enumerate(p.seeds):
+            color = SEED_COLORS[i % len(SEED_COLORS)]
+            left.plot([0, 1], [la[s], lb[s]], "o-", color=color, label=f"seed {s}")
+        left.set_xticks([0, 1], [a, b])
+        left.set_xlim(-0.3, 1.3)
+        left.set_ylabel("validation loss (nats/token) ↓")
+        left.set_title("each seed's pair of runs")
+        left.legend(fontsize=9)
+        for i, d in enumerate(p.diffs):
+            right.scatter(0, d, color=SEED_COLORS[i % len(SEED_COLORS)], s=30, zorder=4)
+        if p.n > 1:
+            right.errorbar(0.25, p.mean, yerr=[[p.mean - p.low], [p.high - p.mean]], fmt="s", color="k", ms=7,
+                           capsize=6, label="mean, 95% t-interval")
+            right.legend(fontsize=9, loc="best")
+        right.axhline(0, color="k", lw=0.8)
+        right.set_xlim(-0.5, 0.75)
+        right.set_xticks([])
+        right.set_ylabel(f"{b} − {a} (nats) ↓")
+        right.set_title(p.text(), fontsize=10)
+        return _finish(fig, name, title)
+
+
+def roadmap(records: list[RunRecord], paper_steps: dict[str, float], title: str, name: str | None = None):
+    """The roadmap one step at a time. Top: what each step changed in our validation loss, paired by
+    seed against the step before (dots: seeds; square: mean with its 95% t-interval). Bottom: what
+    the paper's step changed in its zero-shot average (points; a step it has no number for is left
+    empty). Both axes start at zero, and better is up in both (our loss change is drawn negated)."""
+    labels = list(dict.fromkeys(r.label for r in records))
+    with style():
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7.5), sharex=True,
-                                          gridspec_kw={"height_ratios": [1.5, 1]})
-        xs = range(len(summary))
-        top.plot(xs, [s["mean"] for s in summary], "-", color=OURS, lw=1.5, zorder=2)
-        for i, s in enumerate(summary):
-            top.errorbar(i, s["mean"], yerr=s["std"], fmt="s", color=OURS, ms=8, capsize=5, zorder=3)
-            top.scatter([i + 0.1] * len(s["losses"]), s["losses"], color="k", s=14, alpha=0.5, zorder=4)
-            top.annotate(f"{s['mean']:.3f}", (i, s["mean"]), xytext=(-10, 0), textcoords="offset points",
-                         ha="right", va="center", fontsize=10)
-        top.set_ylabel("validation loss (nats/token) ↓")
-        top.set_title(f"ours: ~{summary[0]['params'] / 1e3:.0f}k parameters, {summary[0]['tokens'] / 1e6:.1f}M "
-                      f"tokens, {max(s['n_seeds'] for s in summary)} seeds (dots)")
-        have = [(i, paper[s["label"]]) for i, s in enumerate(summary) if s["label"] in paper]
+                                          gridspec_kw={"height_ratios": [1.3, 1]})
+        for i, (prev, cur) in enumerate(zip(labels, labels[1:], strict=False), start=1):
+            p = compare(records, prev, cur)
+            top.scatter([i + 0.12] * p.n, [-d for d in p.diffs], color="k", s=14, alpha=0.5, zorder=4)
+            top.errorbar(i, -p.mean, yerr=[[p.high - p.mean], [p.mean - p.low]] if p.n > 1 else None, fmt="s",
+                         color=OURS, ms=8, capsize=5, zorder=3)
+            top.annotate(f"{-p.mean:+.3f}\n{p.agree}/{p.n}", (i, -p.mean), xytext=(-12, 0),
+                         textcoords="offset points", ha="right", va="center", fontsize=9)
+        top.axhline(0, color="k", lw=0.8)
+        top.set_ylabel("ours: loss decrease vs the\nstep before (nats) ↑", fontsize=11)
+        n = max(len({r.seed for r in records if r.label == lab}) for lab in labels)
+        top.set_title(f"ours: ~{records[0].params / 1e3:.0f}k parameters, {records[0].tokens / 1e6:.1f}M tokens, "
+                      f"paired over {seeds_label(n)} (labels: mean, seeds agreeing in sign)", fontsize=11)
+        have = [(i, paper_steps[lab]) for i, lab in enumerate(labels) if lab in paper_steps]
         bars = bottom.bar([i for i, _ in have], [v for _, v in have], color=PAPER, width=0.55)
-        bottom.bar_label(bars, fmt="%.1f", fontsize=11)
-        bottom.set_ylim(min(v for _, v in have) - 3, max(v for _, v in have) + 1.5)
-        bottom.set_ylabel("zero-shot avg. (%) ↑")
-        bottom.set_title("paper: 125M, 0.25T tokens")
-        bottom.set_xticks(list(xs), [f"{s['label']}\n{s['params'] / 1e3:.0f}k" for s in summary])
+        bottom.bar_label(bars, fmt="%+.1f", fontsize=11)
+        bottom.axhline(0, color="k", lw=0.8)
+        bottom.set_ylim(min(0, min(v for _, v in have)) - 0.4, max(v for _, v in have) + 0.5)
+        bottom.set_ylabel("paper: change in zero-shot\navg. (points) ↑", fontsize=11)
+        bottom.set_title("paper: 125M at 0.25T tokens (layer sharing: at 1T tokens)", fontsize=11)
+        params = {r.label: r.params for r in records}
+        bottom.set_xticks(range(len(labels)), [f"{lab}\n{params[lab] / 1e3:.0f}k" for lab in labels], fontsize=10)
         return _finish(fig, name, title)

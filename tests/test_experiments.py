@@ -13,17 +13,19 @@ def record(label, loss, seed=0):
                      final_val_loss=loss, best_val_loss=loss, val_curve=[(1, loss)], train_curve=[], wall_time=1.0)
 
 
-def test_compare_reads_the_noise():
+def test_compare_pairs_runs_by_seed():
     recs = [record("a", v, i) for i, v in enumerate([3.00, 3.02, 3.01])]
     recs += [record("b", v, i) for i, v in enumerate([2.90, 2.91, 2.92])]
     c = E.compare(recs, "a", "b")
-    assert c["diff"] == pytest.approx(-0.10) and c["noise"] == pytest.approx(0.02)
-    assert c["verdict"] == "b better than a by more than the seed spread"
+    assert c.diffs == pytest.approx((-0.10, -0.11, -0.09)) and c.seeds == (0, 1, 2)
+    assert c.verdict == "better" and c.agree == 3 and c.high < 0
+    assert c.text().startswith("better on 3/3 seeds, mean -0.100 [")
+    # the seeds disagree in sign: mixed, whatever the means
     recs += [record("c", v, i) for i, v in enumerate([3.03, 2.99, 3.00])]
-    assert E.compare(recs, "a", "c")["verdict"] == "inside the seed noise"
-    assert E.compare(recs[:1] + recs[3:4], "a", "b")["verdict"].startswith("one seed only")
-
-
+    assert E.compare(recs, "a", "c").verdict == "mixed"
+    assert E.compare(recs[:1] + recs[3:4], "a", "b").verdict == "one seed"
+    with pytest.raises(ValueError, match="no runs labelled 'z'"):
+        E.compare(recs, "a", "z")
 def test_run_keys_change_with_what_matters():
     cfg, recipe = E.SWIGLU.config("SwiGLU"), Recipe()
     key = E.run_key(cfg, recipe, "data", 0)

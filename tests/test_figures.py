@@ -24,6 +24,9 @@ def test_ablation_table_and_readme_come_from_the_cache(tmp_path, monkeypatch):
     assert f"**{means[best]:.3f} ±" in row and "| 2 |" in row  # two seeds, the lower mean in bold
     assert "| tiny | relu | 132,432 | 3 |" in table and "| shared | 132,432 | 6 |" in table
     assert table.endswith("Not run yet: later.")
+    assert "| − first variant, paired by seed |" in table.splitlines()[0]
+    shared_row = next(line for line in table.splitlines() if "| shared |" in line)
+    assert " on 2/2 seeds, mean " in shared_row or "mixed (" in shared_row  # the paired verdict, per row
 
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- notebook-map:start -->\nstale map\n<!-- notebook-map:end -->\n"
