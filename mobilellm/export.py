@@ -11,16 +11,15 @@ Llama names, ``share_embedding``/``layer_sharing`` flags, N stored blocks), what
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import sys
 import warnings
 from pathlib import Path
 
 import torch
 
+from ._quiet import native_stderr_silenced, quiet_libraries
 from .config import ModelConfig
 from .data import Tokenizer
 from .model import MobileLLM
@@ -66,12 +65,14 @@ def hf_state_dict(model: MobileLLM) -> dict[str, torch.Tensor]:
 def to_transformers(model: MobileLLM):
     """An equivalent ``transformers.LlamaForCausalLM`` (fp32, weights copied, same logits)."""
     try:
-        from transformers import LlamaForCausalLM
+        with quiet_libraries():
+            from transformers import LlamaForCausalLM
     except ImportError:
         raise ImportError("converting to Hugging Face format needs transformers: "
                           "pip install 'transformers>=4.48'") from None
 
-    hf = LlamaForCausalLM(_hf_config(model.cfg))
+    with quiet_libraries():
+        hf = LlamaForCausalLM(_hf_config(model.cfg))
     state = hf_state_dict(model)
     if model.cfg.share_embedding:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
@@ -343,7 +344,8 @@ def save_pretrained(model: MobileLLM, out_dir: str | os.PathLike, tokenizer: Tok
     hf = to_transformers(model)
     hf.config.mobilellm["note"] = _note(model.cfg)
     out.mkdir(parents=True, exist_ok=True)
-    hf.save_pretrained(out)
+    with quiet_libraries():
+        hf.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save(out / "tokenizer.model")
     return out
@@ -399,7 +401,7 @@ def export_executorch(model: MobileLLM, path: str | os.PathLike, quantize: str |
     model.eval()
     example = (torch.zeros(1, seq_len, dtype=torch.long),)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), quiet_libraries(), native_stderr_silenced():
             # torch.export's own deprecation chatter (LeafSpec) says nothing about this model
             warnings.simplefilter("ignore", FutureWarning)
             # The model's token-range check is data-dependent; it is skipped while tracing
@@ -433,21 +435,6 @@ def export_executorch(model: MobileLLM, path: str | os.PathLike, quantize: str |
 _PTE_CACHE: dict[tuple, object] = {}  # loaded programs, so that repeated runs time execution, not loading
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """Hide what native code writes to fd 2: ExecuTorch's XNNPACK backend logs its CPU probing
-    ("Reading file /sys/devices/…") on every load, which would bury a notebook's output."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def _load_pte(path: str | os.PathLike):
     p = Path(path)
     if not p.is_file():
@@ -460,7 +447,7 @@ def _load_pte(path: str | os.PathLike):
     from executorch.runtime import Runtime
 
     try:
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             program = Runtime.get().load_program(p)
     except Exception as e:  # the runtime raises RuntimeError or ValueError for garbage
         raise ValueError(f"{p} is not an ExecuTorch program ({_why(e)})") from None
@@ -492,7 +479,7 @@ def run_executorch(path: str | os.PathLike, input_ids: torch.Tensor) -> torch.Te
     # The .pte has no range check of its own; an id past the table would read out of bounds.
     if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
         raise ValueError(f"token ids must be in [0, {vocab}), got [{int(input_ids.min())}, {int(input_ids.max())}]")
-    with _native_stderr_silenced():
+    with native_stderr_silenced():
         forward = program.load_method("forward")
     rows = []
     for row in input_ids.cpu().long():

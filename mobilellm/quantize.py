@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._quiet import quiet_libraries
+
 if TYPE_CHECKING:
     from .data import Tokenizer
 
@@ -178,7 +180,8 @@ def torchao_quantize(model: nn.Module, mode: str = "w8a8") -> nn.Module:
     if mode not in TORCHAO_MODES:
         raise ValueError(f"mode {mode!r} is not one of {TORCHAO_MODES}")
     try:
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
+        with quiet_libraries():
+            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
     except ImportError:
         raise ImportError("torchao_quantize needs torchao: pip install torchao") from None
     config = Int8DynamicActivationInt8WeightConfig() if mode == "w8a8" else Int8WeightOnlyConfig()

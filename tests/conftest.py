@@ -8,7 +8,9 @@ import torch  # noqa: E402
 
 from mobilellm import ModelConfig  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+EVAL_DATA = ROOT / "data" / "eval"  # real ARC-Easy, PIQA and COPA rows in hub schema (see its README)
+TINYSTORIES = ROOT / "tests" / "data" / "tinystories_sample.txt"
 
 
 def tiny_config(**changes) -> ModelConfig:
@@ -17,14 +19,6 @@ def tiny_config(**changes) -> ModelConfig:
                 max_seq_len=64)
     base.update(changes)
     return ModelConfig(**base)
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    """../shared/data beside the checkout; tests that need it skip on a user's fresh clone."""
-    if not SHARED.is_dir():
-        pytest.skip("../shared/data is absent (only present in the project's workspace)")
-    return SHARED
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,8 @@ import pytest
 
 from mobilellm.__main__ import main
 
+from .conftest import EVAL_DATA
+
 
 def test_help_documents_every_option():
     out = subprocess.run([sys.executable, "-m", "mobilellm", "train", "--help"], capture_output=True, text=True)
@@ -47,7 +49,7 @@ def test_train_resume_generate_end_to_end(tmp_path, small_corpus_file, capsys):
     assert text.startswith("KING:") and len(text) > len("KING:") + 5
 
 
-def test_eval_prints_a_table(tmp_path, small_data, shared_data, capsys):
+def test_eval_prints_a_table(tmp_path, small_data, capsys):
     from mobilellm import MobileLLM
     from mobilellm.train import save_checkpoint
 
@@ -57,7 +59,7 @@ def test_eval_prints_a_table(tmp_path, small_data, shared_data, capsys):
     save_checkpoint(tmp_path / "ck", model, None, None, 0, 0, None, small_data.tokenizer)
     out = tmp_path / "r.json"
     assert main(["eval", "--checkpoint", str(tmp_path / "ck"), "--tasks", "copa,piqa", "--data-dir",
-                 str(shared_data / "eval"), "--limit", "8", "--json", str(out)]) == 0
+                 str(EVAL_DATA), "--limit", "8", "--json", str(out)]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["metric", "copa", "piqa", "average"]
     assert table[-1].split() == ["rows", "8", "8"]

@@ -20,7 +20,7 @@ from mobilellm.evaluate import (
     task_items,
 )
 
-from .conftest import tiny_config
+from .conftest import EVAL_DATA, tiny_config
 
 lm_eval = pytest.importorskip("lm_eval")
 LM_EVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"
@@ -257,20 +257,20 @@ def test_prompts_equal_lm_evals(name, lm_eval_sample_tasks):
         assert item.choices == task.doc_to_choice(doc)
 
 
-# --- whole tasks on the shared real rows, and agreement with lm-eval through the adapter ------------
+# --- whole tasks on the committed real rows (data/eval), and agreement with lm-eval through the adapter ------------
 
 SHARED_TASKS = {"arc_easy": 0.25, "piqa": 0.5, "copa": 0.5}  # task: chance on the first rows
 
 
-def test_evaluate_task_on_shared_rows(model, small_data, shared_data):
+def test_evaluate_task_on_shared_rows(model, small_data):
     for name, chance in SHARED_TASKS.items():
-        r = evaluate_task(model, small_data.tokenizer, name, data_files=shared_data / "eval" / f"{name}.jsonl",
+        r = evaluate_task(model, small_data.tokenizer, name, data_files=EVAL_DATA / f"{name}.jsonl",
                           limit=8, progress=False)
         assert r["task"] == name and r["n"] == 8 and r["chance"] == pytest.approx(chance)
         assert 0 <= r["acc"] <= 1 and 0 <= r["acc_norm"] <= 1 and r["acc_stderr"] is not None
 
 
-def test_lm_eval_through_the_adapter_agrees(model, small_data, shared_data, tmp_path):
+def test_lm_eval_through_the_adapter_agrees(model, small_data, tmp_path):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -279,12 +279,12 @@ def test_lm_eval_through_the_adapter_agrees(model, small_data, shared_data, tmp_
     adapter = register_lm_eval()(model, small_data.tokenizer, batch_size=16)
     limit = 24
     splits = {"arc_easy": "test", "piqa": "validation", "copa": "validation"}
-    names = {n: _lm_eval_yaml(tmp_path, n, shared_data / "eval" / f"{n}.jsonl", splits[n]) for n in SHARED_TASKS}
+    names = {n: _lm_eval_yaml(tmp_path, n, EVAL_DATA / f"{n}.jsonl", splits[n]) for n in SHARED_TASKS}
     out = simple_evaluate(model=adapter, tasks=list(names.values()), limit=limit, bootstrap_iters=0,
                           task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
                           log_samples=True)
     for name, task in names.items():
-        ours = evaluate_task(model, small_data.tokenizer, name, data_files=shared_data / "eval" / f"{name}.jsonl",
+        ours = evaluate_task(model, small_data.tokenizer, name, data_files=EVAL_DATA / f"{name}.jsonl",
                              limit=limit, progress=False)
         theirs = out["results"][task]
         assert ours["acc"] == theirs["acc,none"], name
