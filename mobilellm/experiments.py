@@ -303,6 +303,43 @@ def run_ablation(ab: Ablation, results_dir: Path | None = None, fresh: bool | No
             for label, cfg in ab.variants for seed in seeds]
 
 
+def cached_runs(ab: Ablation) -> tuple[list[RunRecord], list[tuple[str, int]]]:
+    """The runs of ``ab`` already in the results cache, and the (label, seed) pairs still missing.
+
+    For sweeps too long for ``make figures`` (hours): a notebook shows what is cached and names the
+    command that trains the rest (``python -m mobilellm ablation NAME``). In quick mode every run
+    takes seconds, so they are all trained."""
+    if quick_mode():
+        return run_ablation(ab), []
+    results = output_dirs()[0]
+    fp = load_data(ab.recipe).fingerprint
+    found, missing = [], []
+    for label, cfg in ab.variants:
+        for seed in seeds_of(ab):
+            path = results / f"{describe(cfg)}-s{seed}-{run_key(cfg, ab.recipe, fp, seed)}.json"
+            if path.is_file():
+                found.append(run_one(label, cfg, ab.recipe, seed, results, fresh=False))
+            else:
+                missing.append((label, seed))
+    return found, missing
+
+
+def trend_runs(sweeps: list[Ablation], a: str, b: str) -> tuple[dict[int, list[RunRecord]], list[str]]:
+    """For a budget trend: training tokens → the cached runs of ``a`` and ``b`` (budgets where both
+    have a seed), and one line per sweep with runs still missing, naming the command to train them."""
+    runs, notes = {}, []
+    for sweep in sweeps:
+        found, missing = cached_runs(sweep)
+        found = [r for r in found if r.label in (a, b)]
+        seeds = {r.seed for r in found if r.label == a} & {r.seed for r in found if r.label == b}
+        if seeds:
+            runs[sweep.recipe.tokens] = [r for r in found if r.seed in seeds]
+        if missing:
+            notes.append(f"{sweep.name}: {len(missing)} run(s) not trained yet "
+                         f"(python -m mobilellm ablation {sweep.name})")
+    return runs, notes
+
+
 def is_cached(ab: Ablation) -> bool:
     """Whether every run of ``ab`` is in the results cache (in quick mode runs take seconds: always True)."""
     if quick_mode():

@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import re
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,12 +79,16 @@ def run_notebooks(only: list[str] | None = None) -> dict[str, float]:
         nb = nbformat.read(path, as_version=4)
         # Unix sockets rather than TCP: local only, and no "running over TCP without encryption"
         # warning from every kernel in the log.
-        km = KernelManager(kernel_name="python3", transport="ipc")
+        # (absolute socket path: the kernel runs in notebooks/, this process elsewhere)
+        km = KernelManager(kernel_name="python3", transport="ipc",
+                           ip=str(Path(tempfile.gettempdir()) / f"mobilellm-kernel-{os.getpid()}"))
         client = NotebookClient(nb, km=km, timeout=None, kernel_name="python3",
                                 resources={"metadata": {"path": str(NOTEBOOKS_DIR)}})
         try:
             client.execute()
         finally:
+            if km.has_kernel:  # the client shuts down only kernels it started itself
+                km.shutdown_kernel(now=True)
             nbformat.write(strip_volatile(nb), path)  # keep what ran, errors included, for inspection
         times[path.stem] = round(time.perf_counter() - start, 1)
         print(f"  {path.name}: {times[path.stem]:.0f} s", flush=True)

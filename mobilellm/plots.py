@@ -116,7 +116,7 @@ def ablation(records: list[RunRecord], title: str, paper: dict[str, float] | Non
 def loss_curves(records: list[RunRecord], title: str, name: str | None = None, train: bool = True):
     """Validation loss (solid) and training loss (faint, dashed) against tokens seen: one line per
     run, a colour per variant. Training loss is measured on the batch just trained on, so it is
-    noisier; at this scale the two stay close, because the model sees each token only ~once."""
+    noisier; it runs below the validation loss partly because the validation plays are other plays."""
     with style():
         fig, ax = plt.subplots(figsize=(7.5, 4.4))
         labels = list(dict.fromkeys(r.label for r in records))
@@ -134,7 +134,8 @@ def loss_curves(records: list[RunRecord], title: str, name: str | None = None, t
             ax.plot([], [], color="grey", lw=1.6, label="validation (solid)")
             ax.plot([], [], color="grey", lw=0.8, ls="--", alpha=0.6, label="training (dashed)")
         vals = [v for r in records for _, v in r.val_curve]
-        ax.set_ylim(min(vals) - 0.1, min(max(vals), min(vals) + 2.5))  # the start is off-scale: the end matters
+        low = min(vals + ([v for r in records for _, v in r.train_curve] if train else []))
+        ax.set_ylim(low - 0.05, min(max(vals), min(vals) + 2.5))  # the start is off-scale: the end matters
         ax.set_xlabel("training tokens (millions)")
         ax.set_ylabel("loss (nats/token) ↓")
         ax.set_title(title)
@@ -214,13 +215,18 @@ def budget(a: str, b: str, runs: dict[int, list[RunRecord]], title: str, name: s
 
 
 def budget_panels(panels: dict[str, tuple[str, str, dict[int, list[RunRecord]]]], title: str | None = None,
-                  name: str | None = None, extrapolate_to: float | None = None):
-    """Several paired budget comparisons side by side: per panel ``(a, b, {tokens: runs})``; each
-    point is ``b − a`` seed by seed, the square its mean with a 95% t-interval."""
+                  name: str | None = None, extrapolate_to: float | None = None, ncols: int = 3):
+    """Several paired budget comparisons, ``ncols`` to a row: per panel ``(a, b, {tokens: runs})``;
+    each point is ``b − a`` seed by seed, the square its mean with a 95% t-interval."""
+    ncols = min(ncols, len(panels))
+    nrows = -(-len(panels) // ncols)
     with style():
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.3), squeeze=False)
-        for ax, (panel_title, (a, b, runs)) in zip(axes[0], panels.items(), strict=True):
+        fig, axes = plt.subplots(nrows, ncols, figsize=(5.8 * ncols, 4.4 * nrows), squeeze=False)
+        flat = list(axes.flat)
+        for ax, (panel_title, (a, b, runs)) in zip(flat, panels.items(), strict=False):
             _budget_axes(ax, a, b, runs, panel_title, extrapolate_to)
+        for ax in flat[len(panels):]:
+            ax.set_visible(False)
         return _finish(fig, name, title)
 
 
