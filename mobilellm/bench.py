@@ -13,7 +13,7 @@
 Every figure is the median of repeated runs after warm-up. Whatever is compared is measured in
 the same run, interleaved round by round with the order rotated, so a change in the machine's load
 hits every side alike; comparisons are reported as ratios. Absolute times vary on shared machines:
-quote the ratios (DESIGN §7). Everything runs on the CPU in float32, the reference path.
+quote the ratios. Everything runs on the CPU in float32, the reference path.
 """
 
 from __future__ import annotations
@@ -550,7 +550,7 @@ def bench_int8(config: str | ModelConfig, s: BenchSettings) -> dict:
     result = {"config": name, "params": param_count(cfg)["total"], "forward_len": seq, "new_tokens": new,
               "repeats": repeats, "variants": variants, "skipped": skipped,
               "note": "torchao W8A8 runs int8 matmuls; on CPUs without fast int8 paths it is faster than fp32 "
-                      "only under torch.compile (DESIGN §10)"}
+                      "only under torch.compile"}
     return result
 
 

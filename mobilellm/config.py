@@ -130,7 +130,7 @@ _RELEASED["mobilellm-350m-ls"] = _RELEASED["mobilellm-350m"].replace(layer_shari
 # Teaching presets: the final MobileLLM recipe (SwiGLU, deep-thin, tied, GQA 2:1) at sizes a
 # laptop trains in about a minute (micro, ~126k params, vocab 512) or a quarter of an hour (tiny,
 # ~1M params, vocab 2048, for longer runs). The vocabularies are SentencePiece tokenizers trained
-# on the embedded corpus; embeddings stay ~15-25% of the parameters, as at 125M (DESIGN §4-5).
+# on the embedded corpus; embeddings stay ~15-25% of the parameters, as at 125M.
 _TEACHING = {
     "teach-micro": ModelConfig(vocab_size=512, dim=48, n_layers=4, n_heads=4, n_kv_heads=2,
                                ffn_hidden_dim=128, max_seq_len=128, init="fan_in"),

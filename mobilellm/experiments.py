@@ -467,7 +467,6 @@ def budget_sweep(ab: Ablation, labels: tuple[str, ...], factors: tuple[float, ..
                      question=f"{ab.question} ({f:g}x the tokens)") for f in factors]
 
 
-DEPTH_BUDGET = budget_sweep(DEPTH, ("2×56", "8×32"))
 # The budget trend with paired seeds: the deep-thin extremes and the 5×40 optimum at ≈5, 19 and
 # 57 tokens per parameter (three seeds), and ≈150 (8x the tokens; ~9 passes over the corpus, two
 # seeds: each 8x run takes 10-40 minutes here).
@@ -532,11 +531,9 @@ SHARING_ORDERS = Ablation(
     seeds=(0,),
 )
 
-# Budget dependence of the later choices (notebook 03's budget figure): 0.25x, 1x, 3x the tokens,
-# one seed (1x is the ablation's own seed-0 run). The 3x shared model is also the roadmap's
-# "final small MobileLLM, trained longer".
-EMBEDDING_BUDGET = budget_sweep(EMBEDDING, ("untied", "tied"))
-SHARING_BUDGET = budget_sweep(SHARING, ("no sharing", "immediate ×2"))
+# Budget dependence of the later choices (notebook 03's budget figure): 0.25x, 1x, 3x the tokens
+# with three seeds (1x is the ablation itself), and 8x with two for tying. The 3x shared model of
+# seed 0 is also the roadmap's "final small MobileLLM, trained longer".
 EMBEDDING_TREND = (budget_sweep(EMBEDDING, ("untied", "tied"), (0.25, 1.0, 3.0), (0, 1, 2), "trend")
                    + budget_sweep(EMBEDDING, ("untied", "tied"), (8.0,), (0, 1), "trend"))
 SHARING_TREND = budget_sweep(SHARING, ("no sharing", "immediate ×2"), (0.25, 1.0, 3.0), (0, 1, 2), "trend")
@@ -575,8 +572,7 @@ ROADMAP = Ablation(
         ("+ layer sharing", SHARING.config("immediate ×2")),
     ),
 )
-ABLATIONS = {ab.name: ab for ab in (SWIGLU, DEPTH, *DEPTH_BUDGET, EMBEDDING, GQA, SHARING, SHARING_ORDERS,
-                                    *EMBEDDING_BUDGET, *SHARING_BUDGET, ROADMAP, SHARING_SCARCE,
+ABLATIONS = {ab.name: ab for ab in (SWIGLU, DEPTH, EMBEDDING, GQA, SHARING, SHARING_ORDERS, ROADMAP, SHARING_SCARCE,
                                     *DEPTH_TREND, *EMBEDDING_TREND, *SHARING_TREND)}
 
 

@@ -47,9 +47,9 @@ IPHONE13_MS = {"MobileLLM-125M": (39.2, 1361.7, 15.6), "MobileLLM-LS-125M": (43.
 # W8A8 post-training quantization (per-token activations): under half a point lost.
 W8A8_MAX_LOSS_POINTS = 0.5
 
-# Pretraining: 1T tokens on 32 A100s, days per model.
-TRAINING_DAYS = {"MobileLLM-125M": 3, "MobileLLM-350M": 6, "MobileLLM-600M": 8, "MobileLLM-1B": 12,
-                 "MobileLLM-1.5B": 18}
+# Pretraining: 1T tokens on 32 A100s, days per model (keyed by this package's config names).
+TRAINING_DAYS = {"mobilellm-125m": 3, "mobilellm-350m": 6, "mobilellm-600m": 8, "mobilellm-1b": 12,
+                 "mobilellm-1.5b": 18}
 
 
 def roadmap_steps() -> dict[str, float]:

@@ -50,7 +50,8 @@ def save(fig, name: str) -> Path:
     return path
 
 
-def _paper_panel(ax, paper: dict[str, float], label: str = "zero-shot avg. accuracy") -> None:
+def _paper_panel(ax, paper: dict[str, float], label: str = "zero-shot avg. accuracy",
+                 title: str = "paper: 125M, 0.25T tokens") -> None:
     """The paper's numbers as grey bars of their change from the first entry, in points, on an axis
     that starts at zero: a 0.2-point step looks as small as it is. Each bar is labelled with the
     change and the paper's absolute number."""
@@ -65,7 +66,7 @@ def _paper_panel(ax, paper: dict[str, float], label: str = "zero-shot avg. accur
     top = max(max(deltas), 0) + 0.6
     ax.set_ylim(min(min(deltas), 0) - 0.6, top + 0.4)
     ax.set_ylabel(f"change in {label}\n(points, vs {labels[0].splitlines()[0]}) ↑")
-    ax.set_title("paper: 125M, 0.25T tokens")
+    ax.set_title(title)
 
 
 def _ours_and_paper(paper: dict | None):
@@ -86,7 +87,8 @@ def _finish(fig, name: str | None, title: str | None = None):
 
 
 def ablation(records: list[RunRecord], title: str, paper: dict[str, float] | None = None,
-             paper_label: str = "zero-shot avg. accuracy", name: str | None = None):
+             paper_label: str = "zero-shot avg. accuracy", name: str | None = None,
+             paper_title: str = "paper: 125M, 0.25T tokens"):
     """Left: our validation loss per variant (every seed a dot, mean ± std as a bar).
     Right (if ``paper``): the paper's numbers for the same steps, on their own axis."""
     with style():
@@ -109,7 +111,7 @@ def ablation(records: list[RunRecord], title: str, paper: dict[str, float] | Non
         if n > 1:
             ax.legend(loc="best", fontsize=9)
         if paper:
-            _paper_panel(axes[0, 1], paper, paper_label)
+            _paper_panel(axes[0, 1], paper, paper_label, paper_title)
         return _finish(fig, name, title)
 
 

@@ -16,7 +16,8 @@ DRAWS = re.compile(r"plots\.(ablation|loss_curves|versus|budget|budget_panels|pa
 
 
 def cells(path: Path):
-    return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    """(index in the notebook, cell) of every code cell."""
+    return [(i, c) for i, c in enumerate(json.loads(path.read_text())["cells"]) if c["cell_type"] == "code"]
 
 
 def has_image(cell) -> bool:
@@ -29,14 +30,14 @@ def test_there_are_notebooks():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_cell_that_draws_shows_its_figure(path):
-    missing = [i for i, c in enumerate(cells(path)) if DRAWS.search("".join(c["source"])) and not has_image(c)]
+    missing = [i for i, c in cells(path) if DRAWS.search("".join(c["source"])) and not has_image(c)]
     assert not missing, f"{path.name}: code cells {missing} draw a figure but show none"
 
 
 def test_every_figure_file_is_shown_in_a_notebook():
     shown = set()
     for path in NOTEBOOKS:
-        for c in cells(path):
+        for _, c in cells(path):
             if has_image(c):
                 shown.update(re.findall(r"[\"']([0-9]{2}_[A-Za-z0-9_]+)[\"']", "".join(c["source"])))
     files = {p.stem for p in (ROOT / "figures").glob("*.png")}
@@ -46,7 +47,7 @@ def test_every_figure_file_is_shown_in_a_notebook():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_no_stderr_no_errors_no_machine_paths(path):
-    for i, c in enumerate(cells(path)):
+    for i, c in cells(path):
         for o in c.get("outputs", []):
             assert o.get("name") != "stderr", f"{path.name} cell {i} shows stderr: {''.join(o['text'])[:200]!r}"
             assert o["output_type"] != "error", f"{path.name} cell {i} ends in {o.get('ename')}"

@@ -44,7 +44,7 @@ def test_ablations_compare_at_equal_parameters():
         assert max(counts) / min(counts) < 1.03, ab.name
     # the variant shared by notebooks 02 and 03 is one config, so its runs are trained once
     assert E.DEPTH.config("3×48") == E.SWIGLU.config("SwiGLU")
-    assert E.DEPTH_BUDGET[1].recipe == E.DEPTH.recipe
+    assert E.DEPTH_TREND[1].recipe == E.DEPTH.recipe and E.DEPTH_TREND[1].name == "depth-trend-1x"
 
 
 def test_ablation_validation():
