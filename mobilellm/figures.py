@@ -35,7 +35,8 @@ CURRICULUM = {
                                    ("gqa", "MHA (4 KV heads)", "GQA (2 KV heads)")),
     "06_layer_sharing": ("immediate, repeat-all-over and reverse sharing as execution orders; stored parameters vs "
                          "compute; a KV cache kept correct under sharing (and the official bug); no sharing vs "
-                         "immediate vs 12 unshared layers; per-token latency", "125M 46.3 → 47.0 (1T tokens); latency +2.6% "
+                         "immediate vs 12 unshared layers; per-token latency",
+                         "125M 46.3 → 47.0 (1T tokens); latency +2.6% "
                          "(shared) vs +86% (2× deeper)", ("sharing", "no sharing", "immediate ×2")),
     "07_roadmap": ("the whole path as one chain of cached runs; the final model trained 3× longer and its samples; "
                    "every ablation in one table", "42.6 → 43.9 → 44.8 → 44.6 → 45.0 (0.25T); 46.3 → 47.0 (1T)",
