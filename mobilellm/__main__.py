@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -247,12 +248,26 @@ def cmd_configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seed_list(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` → (0, 1, 2), for ``ablation --seeds``."""
+    try:
+        seeds = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: give seeds as integers, e.g. --seeds 0 or 0,1,2") from None
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: seeds are integers >= 0, e.g. --seeds 0,1,2")
+    return seeds
+
+
 def cmd_ablation(args: argparse.Namespace) -> int:
     """Run (or read from the results cache) one ablation and print its summary."""
     from .experiments import compare, get_ablation, run_ablation, scaled, summarize
 
     ab = get_ablation(args.name)
     command = f"python -m mobilellm ablation {args.name}"
+    if args.seeds:
+        ab = dataclasses.replace(ab, seeds=args.seeds)
+        command += " --seeds " + ",".join(map(str, args.seeds))
     if args.scale != 1 or args.corpus:
         ab = scaled(ab, args.scale, args.corpus)
         command += f" --scale {args.scale}" + (f" --corpus {args.corpus}" if args.corpus else "")
@@ -335,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("ablation", help="run one of the curriculum's ablations (cached in data/results)")
     p.add_argument("name", choices=list(ABLATIONS), help="which ablation")
     p.add_argument("--fresh", action="store_true", help="retrain even what data/results already has")
+    p.add_argument("--seeds", type=_seed_list, default=None, metavar="S[,S…]",
+                   help="run these seeds instead of the ablation's own (e.g. 0 first, the rest later)")
     p.add_argument("--scale", type=int, default=1, metavar="W",
                    help="every variant W times wider, tokens grown to match (for a GPU; default 1)")
     p.add_argument("--corpus", default=None, help="train on this corpus instead (e.g. tinystories, a local file)")
