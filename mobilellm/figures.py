@@ -187,4 +187,8 @@ def update_readme() -> None:
     text = _replace_between(README.read_text(), "<!-- notebook-map:start -->", "<!-- notebook-map:end -->",
                             notebook_map())
     text = _replace_between(text, "<!-- ablations:start -->", "<!-- ablations:end -->", ablation_table())
+    if "<!-- verdicts:start -->" in text:
+        from .claims import verdict_table
+
+        text = _replace_between(text, "<!-- verdicts:start -->", "<!-- verdicts:end -->", verdict_table())
     README.write_text(text)
