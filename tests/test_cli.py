@@ -7,6 +7,7 @@ import pytest
 from mobilellm.__main__ import main
 
 
+@pytest.mark.slow
 def test_help_documents_every_option():
     out = subprocess.run([sys.executable, "-m", "mobilellm", "train", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
@@ -31,6 +32,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert "is not a checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_resume_generate_end_to_end(tmp_path, small_corpus_file, capsys):
     out = tmp_path / "run"
     common = ["train", "--config", "teach-micro", "--corpus", str(small_corpus_file), "--out", str(out),

@@ -270,6 +270,7 @@ def test_evaluate_task_on_shared_rows(model, small_data, shared_data):
         assert 0 <= r["acc"] <= 1 and 0 <= r["acc_norm"] <= 1 and r["acc_stderr"] is not None
 
 
+@pytest.mark.slow
 def test_lm_eval_through_the_adapter_agrees(model, small_data, shared_data, tmp_path):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
