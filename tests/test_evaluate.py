@@ -263,11 +263,20 @@ SHARED_TASKS = {"arc_easy": 0.25, "piqa": 0.5, "copa": 0.5}  # task: chance on t
 
 
 def test_evaluate_task_on_shared_rows(model, small_data, shared_data):
+    tok = small_data.tokenizer
     for name, chance in SHARED_TASKS.items():
-        r = evaluate_task(model, small_data.tokenizer, name, data_files=shared_data / "eval" / f"{name}.jsonl",
-                          limit=8, progress=False)
+        path = shared_data / "eval" / f"{name}.jsonl"
+        r = evaluate_task(model, tok, name, data_files=path, limit=8, progress=False)
         assert r["task"] == name and r["n"] == 8 and r["chance"] == pytest.approx(chance)
-        assert 0 <= r["acc"] <= 1 and 0 <= r["acc_norm"] <= 1 and r["acc_stderr"] is not None
+        # the same figures from the first 8 rows of the file, scored request by request
+        items = task_items(name, [json.loads(line) for line in path.read_text().splitlines()[:8]])
+        right = []
+        for item in items:
+            lls = [ll for ll, _ in score_requests(model, [encode_pair(tok, c, x) for c, x in item.requests()])]
+            right.append(float(np.argmax(lls) == item.gold))
+        assert r["acc"] == pytest.approx(np.mean(right))
+        assert r["acc_stderr"] == pytest.approx(np.std(right, ddof=1) / math.sqrt(8))
+        assert 0 <= r["acc_norm"] <= 1
 
 
 @pytest.mark.slow
