@@ -42,7 +42,9 @@ def test_train_suite_compares_with_hf(report):
     for side in ("ours", "hf"):
         for key in ("tokens_per_s", "gflops", "step_ms", "fraction_of_matmul"):
             assert _ok(r[side][key]), (side, key)
-    assert _ok(r["ratio_vs_hf"])
+    for side in ("ours", "hf"):
+        assert r[side]["tokens_per_s"] == pytest.approx(r["tokens_per_step"] / (r[side]["step_ms"] / 1e3))
+    assert r["ratio_vs_hf"] == pytest.approx(r["ours"]["tokens_per_s"] / r["hf"]["tokens_per_s"])
     assert r["ours_compiled"] is None and "ours_compiled" in r["skipped"]  # quick: no compile
 
 
@@ -53,6 +55,9 @@ def test_decode_suite_compares_with_hf_and_the_bound(report):
         assert _ok(r[side]["prefill_ms"]) and _ok(r[side]["generate_ms"])
     for key in ("prefill_speedup_vs_hf", "weight_bytes_per_token", "ceiling_tokens_per_s"):
         assert _ok(r[key]), key
+    assert r["prefill_speedup_vs_hf"] == pytest.approx(r["hf"]["prefill_ms"] / r["ours"]["prefill_ms"])
+    gbs = report["ceilings"]["memory"]["gbs"]
+    assert r["ceiling_tokens_per_s"] == pytest.approx(gbs * 1e9 / r["weight_bytes_per_token"])
     # A difference of two noisy times may come out non-positive on a busy machine: then it is missing.
     assert r["decode_ratio_vs_hf"] is None or _ok(r["decode_ratio_vs_hf"])
     assert r["same_tokens"] is True  # greedy decoding on the same weights
