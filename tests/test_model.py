@@ -102,6 +102,8 @@ def test_layer_sharing_keeps_params_and_doubles_depth(sharing):
     for h in hooks:
         h.remove()
     assert tuple(calls) == shared.cfg.execution_order
+    assert len(calls) == (1 if sharing == "none" else 2) * len(shared.layers)
+    assert sorted(set(calls)) == list(range(len(shared.layers)))  # every stored block runs
 
 
 def greedy_by_full_forward(model, prompt, n):
