@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -qq
 # Spinning OpenMP threads make training 5x slower when two processes share the 2 cores.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: venv test lint figures bench lab clean
+.PHONY: venv test test-fast lint figures bench lab clean
 
 venv: $(VENV)/.installed
 
@@ -22,11 +22,18 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 lint: venv
 	$(VENV)/bin/ruff check .
 
+# Unit tests need neither nbval nor hypothesis's plugin, whose imports cost seconds per run.
+UNIT := -p no:nbval -p no:hypothesispytest
+
 # Unit tests, then every notebook under nbval in quick mode (a few steps, one seed, temp output).
 test: venv lint
-	$(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q $(UNIT) --durations=15 tests
 	MOBILELLM_QUICK=1 MOBILELLM_HEADLESS=1 $(VENV)/bin/pytest -q --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly notebooks/[0-9][0-9]_*.ipynb
+
+# The inner loop: unit tests not marked slow (no torchrun, ExecuTorch, lm-eval run or bench), no notebooks.
+test-fast: venv
+	$(VENV)/bin/pytest -q $(UNIT) -m "not slow" tests
 
 # Every notebook in order, in place, full mode: trains what data/results/ lacks (FRESH=1: all;
 # SEEDS=1: only the first seed of each ablation).

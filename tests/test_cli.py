@@ -9,6 +9,7 @@ from mobilellm.__main__ import main
 from .conftest import EVAL_DATA
 
 
+@pytest.mark.slow
 def test_help_documents_every_option():
     out = subprocess.run([sys.executable, "-m", "mobilellm", "train", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
@@ -33,6 +34,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert "is not a checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_resume_generate_end_to_end(tmp_path, small_corpus_file, capsys):
     out = tmp_path / "run"
     common = ["train", "--config", "teach-micro", "--corpus", str(small_corpus_file), "--out", str(out),

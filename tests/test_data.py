@@ -9,6 +9,7 @@ from mobilellm import data
 from .conftest import TINYSTORIES
 
 
+@pytest.mark.slow
 def test_embedded_corpus_split_is_deterministic():
     a, b = data.load_shakespeare(), data.load_shakespeare()
     assert a.fingerprint == b.fingerprint
@@ -31,6 +32,7 @@ def test_tokenizer_round_trip(small_text):
     assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
 
 
+@pytest.mark.slow
 def test_byte_fallback_only_for_large_vocabularies(small_text):
     assert "<0x41>" not in [data.Tokenizer.train([small_text], 200).sp.id_to_piece(i) for i in range(200)]
     big = data.Tokenizer.train([small_text], 2048)

@@ -59,6 +59,7 @@ def test_ablation_validation():
         E.get_ablation("nope")
 
 
+@pytest.mark.slow
 def test_runner_trains_once_then_reads_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MOBILELLM_QUICK", "1")
     ab = Ablation("tiny", (("micro", E.SWIGLU.config("SwiGLU")),), recipe=Recipe(tokens=4 * 32 * 128))

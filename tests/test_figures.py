@@ -2,11 +2,14 @@
 
 import dataclasses
 
+import pytest
+
 from mobilellm import experiments as E
 from mobilellm import figures as F
 from mobilellm.experiments import Ablation, Recipe
 
 
+@pytest.mark.slow  # trains four tiny runs
 def test_ablation_table_and_readme_come_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("MOBILELLM_QUICK", raising=False)
     monkeypatch.setattr(E, "RESULTS_DIR", tmp_path / "results")

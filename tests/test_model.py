@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mobilellm import MobileLLM
-from mobilellm.model import Attention, FeedForward, RMSNorm, rope_tables, sample_next
+from mobilellm.model import Attention, FeedForward, KVCache, RMSNorm, apply_rope, rope_tables, sample_next
 
 from .conftest import tiny_config
 
@@ -102,6 +102,8 @@ def test_layer_sharing_keeps_params_and_doubles_depth(sharing):
     for h in hooks:
         h.remove()
     assert tuple(calls) == shared.cfg.execution_order
+    assert len(calls) == (1 if sharing == "none" else 2) * len(shared.layers)
+    assert sorted(set(calls)) == list(range(len(shared.layers)))  # every stored block runs
 
 
 def greedy_by_full_forward(model, prompt, n):
@@ -122,15 +124,42 @@ def test_cached_generate_equals_full_forward(sharing, prompt_len, batch):
     assert torch.equal(out, greedy_by_full_forward(model, prompt, 12))
 
 
-def test_sharing_with_one_cache_slot_per_block_would_be_wrong():
+class PerBlockCache(KVCache):
+    """The official code's cache: one slot per *stored* block, so a block run twice writes one slot twice."""
+
+    def __init__(self, model: MobileLLM, batch_size: int, max_len: int) -> None:
+        super().__init__(model.cfg, batch_size, max_len)
+        self.order = model.cfg.execution_order
+
+    def update(self, slot, k, v):
+        return super().update(self.order[slot], k, v)
+
+
+def greedy_with_cache(model, prompt, n, cache):
+    """Prefill once, then one cached step per token: what generate does, with the cache given."""
+    logits = model(prompt, cache)[:, -1]
+    out = [prompt]
+    for _ in range(n):
+        nxt = logits.argmax(-1, keepdim=True)
+        out.append(nxt)
+        logits = model(nxt, cache)[:, -1]
+    return torch.cat(out, dim=1)
+
+
+@torch.no_grad()
+def test_sharing_with_one_cache_slot_per_block_gives_wrong_tokens():
     """The official bug: keying the cache by block overwrites pass 1 with pass 2. Ours does not."""
     cfg = tiny_config(layer_sharing="immediate", init="fan_in")
     model = MobileLLM(cfg).eval()
-    prompt = torch.randint(0, cfg.vocab_size, (1, 8))
-    cache = model.new_cache(1)
-    model(prompt, cache)
-    slot_a, slot_b = cache.k[0][:, :, :8], cache.k[1][:, :, :8]  # block 0, first and second pass
-    assert not torch.allclose(slot_a, slot_b)
+    prompt = torch.randint(0, cfg.vocab_size, (2, 8))
+    n = 12
+    reference = greedy_by_full_forward(model, prompt, n)
+    per_block = greedy_with_cache(model, prompt, n, PerBlockCache(model, 2, 8 + n + 1))
+    per_layer = greedy_with_cache(model, prompt, n, model.new_cache(2, 8 + n + 1))
+    assert torch.equal(per_layer, reference)
+    # The prefill is right (each pass reads the keys it just wrote); every step after it is not.
+    assert torch.equal(per_block[:, :9], reference[:, :9])
+    assert not torch.equal(per_block, reference)
 
 
 def test_chunked_prefill_equals_full_forward():
@@ -142,28 +171,51 @@ def test_chunked_prefill_equals_full_forward():
     torch.testing.assert_close(torch.cat(parts, dim=1), model(x), atol=1e-5, rtol=1e-5)
 
 
+def first_index(row, token):
+    hits = (row == token).nonzero()
+    return int(hits[0]) if len(hits) else len(row)
+
+
+@torch.no_grad()
 def test_eos_stops_and_pads():
+    """Row 0 hits EOS first and is padded with it; decoding stops when row 1 hits it too."""
     cfg = tiny_config(init="fan_in")
     model = MobileLLM(cfg).eval()
-    prompt = torch.randint(0, cfg.vocab_size, (1, 4))
-    first = model.generate(prompt, 1)[0, -1].item()
-    out = model.generate(prompt, 10, eos_id=first)
-    assert out.shape == (1, 5) and out[0, -1].item() == first
+    T, n = 4, 12
+    prompts = torch.randint(0, cfg.vocab_size, (16, T))
+    free = model.generate(prompts, n)[:, T:]  # rows decode independently: no EOS, no padding
+    # Two rows and an EOS id that the first emits at least two steps before the second, both before
+    # the end, and that free decoding would not repeat in between (so the padding shows).
+    i, j, eos, a, b = next(
+        (i, j, t, a, b) for i in range(16) for j in range(16) if i != j for t in free[i].unique().tolist()
+        for a, b in [(first_index(free[i], t), first_index(free[j], t))]
+        if a + 2 <= b < n - 1 and (free[i, a + 1:b + 1] != t).any())
+    prompt, free = prompts[[i, j]], free[[i, j]]
+    out = model.generate(prompt, n, eos_id=eos)
+    assert out.shape == (2, T + b + 1)  # stopped early, at row 1's EOS
+    assert torch.equal(out[:, :T], prompt)
+    assert torch.equal(out[0, T:T + a + 1], free[0, :a + 1])
+    assert (out[0, T + a:] == eos).all()  # padded after its EOS, not decoded on
+    assert torch.equal(out[1, T:], free[1, :b + 1])
 
 
 def test_sampling_respects_top_k_and_top_p():
     logits = torch.tensor([[5.0, 4.0, 0.0, -1.0]]).repeat(200, 1)
     g = torch.Generator().manual_seed(0)
-    assert set(sample_next(logits, 1.0, top_k=2, generator=g).tolist()) <= {0, 1}
-    # token 0 holds ~72% of the mass: top_p 0.5 keeps it alone
+    # token 1 holds ~27% of the mass: 200 draws limited to the top 2 see both, and nothing else
+    assert set(sample_next(logits, 1.0, top_k=2, generator=g).tolist()) == {0, 1}
+    # token 0 holds ~72% of the mass: top_p 0.5 keeps it alone, top_p 0.9 adds token 1 (to ~99%)
     assert set(sample_next(logits, 1.0, top_p=0.5, generator=g).tolist()) == {0}
+    assert set(sample_next(logits, 1.0, top_p=0.9, generator=g).tolist()) == {0, 1}
+    # a high temperature flattens the distribution: all four tokens come up
+    assert set(sample_next(logits, 10.0, generator=g).tolist()) == {0, 1, 2, 3}
     assert sample_next(logits[:1], 0.0).item() == 0
-    # sampled generate is reproducible with a generator
+    # sampled generate is reproducible with a generator, and another seed draws another text
     model = MobileLLM(tiny_config()).eval()
     p = torch.zeros(1, 1, dtype=torch.long)
-    a = model.generate(p, 8, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(1))
-    b = model.generate(p, 8, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(a, b)
+    a, b, c = (model.generate(p, 8, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(s))
+               for s in (1, 1, 2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -200,11 +252,31 @@ def test_fan_in_init_is_scaled_to_width():
     assert torch.all(normal.norm.weight == 1)
 
 
-def test_sdpa_path_matches_explicit_softmax():
+def explicit_attention(attn, x, cos, sin):
+    """softmax(Q K^T / sqrt(d) + causal mask) V over the whole sequence, GQA by repeating KV heads."""
+    B, T, _ = x.shape
+    q = apply_rope(attn.q_proj(x).view(B, T, attn.n_heads, attn.hd).transpose(1, 2), cos, sin)
+    k = apply_rope(attn.k_proj(x).view(B, T, attn.n_kv_heads, attn.hd).transpose(1, 2), cos, sin)
+    v = attn.v_proj(x).view(B, T, attn.n_kv_heads, attn.hd).transpose(1, 2)
+    rep = attn.n_heads // attn.n_kv_heads
+    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    mask = torch.full((T, T), float("-inf")).triu(1)  # position i sees positions <= i
+    weights = F.softmax(q @ k.transpose(-2, -1) / math.sqrt(attn.hd) + mask, dim=-1)
+    return attn.o_proj((weights @ v).transpose(1, 2).reshape(B, T, -1))
+
+
+@torch.no_grad()
+def test_sdpa_paths_match_explicit_softmax():
+    """All three SDPA calls: causal prefill, a chunk after a prefix (explicit mask), one cached token."""
     cfg = tiny_config()
-    model = MobileLLM(cfg).eval()
-    x = torch.randint(0, cfg.vocab_size, (1, 9))
-    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
-        ref = model(x)
-    torch.testing.assert_close(model(x), ref)
-    assert F.softmax(ref, -1).sum(-1).allclose(torch.ones(1, 9))
+    attn = Attention(cfg)
+    x = torch.randn(2, 12, cfg.dim)
+    cos, sin = rope_tables(cfg.hd, 12, cfg.rope_theta)
+    expected = explicit_attention(attn, x, cos, sin)
+    torch.testing.assert_close(attn(x, cos, sin), expected, atol=1e-5, rtol=1e-4)
+    cache = KVCache(cfg, 2, 12)
+    parts = []
+    for lo, hi in [(0, 5), (5, 9), (9, 10), (10, 12)]:  # prefill, chunk, one token, chunk
+        parts.append(attn(x[:, lo:hi], cos[lo:hi], sin[lo:hi], cache, 0))
+        cache.pos = hi
+    torch.testing.assert_close(torch.cat(parts, dim=1), expected, atol=1e-5, rtol=1e-4)

@@ -122,6 +122,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fsdp", ["0", "1"], ids=["ddp", "fsdp2"])
 def test_two_gloo_processes_match_one(tmp_path, small_corpus_file, small_data, fsdp):
     script = tmp_path / "worker.py"
