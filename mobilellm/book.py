@@ -167,7 +167,8 @@ def rewrite_links(markdown: str, notebook_pages: dict[str, str], repo_url: str |
                   lambda m: m[1] + link_target(m[2], notebook_pages, repo_url, from_dir) + m[3], markdown)
 
 
-def _first_heading(nb) -> str:
+def first_heading(nb) -> str:
+    """The text of a notebook's first level-1 markdown heading ("" if none)."""
     for cell in nb.cells:
         if cell.cell_type == "markdown":
             for line in cell.source.splitlines():
@@ -240,7 +241,7 @@ def _pages(repo_url: str | None) -> list[Page]:
         for cell in nb.cells:
             if cell.cell_type == "markdown":
                 cell.source = rewrite_links(cell.source, notebook_pages, repo_url, from_dir="notebooks")
-        pages.append(Page(f"{path.stem}.html", _first_heading(nb) or path.stem, f"notebooks/{path.name}", nb,
+        pages.append(Page(f"{path.stem}.html", first_heading(nb) or path.stem, f"notebooks/{path.name}", nb,
                           stem=path.stem))
     pages.append(Page("reference.html", "The package", "README.md", markdown_page(reference_md)))
     return pages

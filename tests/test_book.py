@@ -1,0 +1,298 @@
+"""The course as a person sees it: the built book (``make book``) and JupyterLab, in headless Chromium.
+
+The browser is Debian's ``chromium`` with its ``chromedriver`` (``make browser`` installs them), driven by
+Selenium with both paths given, so Selenium Manager never downloads a browser or a driver of its own.
+Every page's screenshot is saved under build/book/_screenshots/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import nbformat
+import pytest
+
+from mobilellm import book
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "build" / "book"
+SHOTS = OUT / "_screenshots"
+WIDTH = 1280
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+FIGURE_MIMES = ("image/png", "image/jpeg", "image/svg+xml")
+
+# What a page shows, read in the browser after it loaded.
+PAGE_STATE = r"""
+const vw = document.documentElement.clientWidth;
+const cells = Array.from(document.querySelectorAll('.jp-Cell'));
+const clipped = (e) => {  // inside a box that scrolls or clips it, so it cannot widen the page
+  for (let a = e.parentElement; a && a !== document.body; a = a.parentElement) {
+    if (getComputedStyle(a).overflowX !== 'visible' && a.getBoundingClientRect().right <= vw + 1) return true;
+  }
+  return false;
+};
+const scrollWidth = document.documentElement.scrollWidth;
+const wide = scrollWidth <= vw ? [] : Array.from(document.querySelectorAll('body *'))
+  .filter(e => e.getBoundingClientRect().right > vw + 1 && !clipped(e)).slice(0, 5)
+  .map(e => `<${e.tagName.toLowerCase()} class="${e.className}"> to ${Math.round(e.getBoundingClientRect().right)}`);
+return {
+  title: document.title,
+  images: Array.from(document.images).map(i => ({
+    src: i.getAttribute('src').slice(0, 60), loaded: i.complete && i.naturalWidth > 0,
+    output: !!i.closest('.jp-OutputArea-output')})),
+  stderr: Array.from(document.querySelectorAll('[data-mime-type="application/vnd.jupyter.stderr"]')).map(e => {
+    const cell = e.closest('.jp-Cell'); const prompt = cell && cell.querySelector('.jp-InputPrompt');
+    return {cell: cells.indexOf(cell), prompt: prompt ? prompt.textContent.replace(/\s+/g, ' ').trim() : '',
+            text: e.textContent.trim().slice(0, 90)};}),
+  links: Array.from(document.querySelectorAll('a[href]')).map(a => a.href),
+  ids: Array.from(document.querySelectorAll('[id], a[name]')).map(e => e.id || e.getAttribute('name')),
+  viewport: vw, scrollWidth: scrollWidth, wide: wide,
+  height: document.documentElement.scrollHeight,
+};
+"""
+
+
+def _chrome():
+    """Headless Debian Chromium through Selenium, or a skip that says what is missing."""
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (`make browser` installs them as root)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is missing: pip install -e '.[dev]'")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                f"--window-size={WIDTH},900", "--hide-scrollbars"):
+        options.add_argument(arg)
+    try:
+        return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    except Exception as e:  # a broken install must say so, not fail every check below with it
+        pytest.skip(f"headless chromium did not start ({CHROMIUM}, {CHROMEDRIVER}): {str(e).splitlines()[0]}")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = _chrome()
+    yield driver
+    driver.quit()
+
+
+def _notebook_figures(path: Path) -> tuple[int, int]:
+    """(figure outputs with an image, figures drawn: those plus matplotlib reprs left without one)."""
+    nb = nbformat.read(path, as_version=4)
+    images = drawn = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            has_image = any(m in data for m in FIGURE_MIMES)
+            images += has_image
+            drawn += has_image or str(data.get("text/plain", "")).startswith("<Figure size")
+    return images, drawn
+
+
+@pytest.fixture(scope="module")
+def pages(browser) -> dict[str, dict]:
+    """Build the book, open every page at 1280 px, screenshot it, and return what each page shows."""
+    start = time.perf_counter()
+    written = book.build(OUT)
+    build_s = time.perf_counter() - start
+    SHOTS.mkdir()
+    state = {}
+    for path in written:
+        browser.get(path.as_uri())
+        page = browser.execute_script(PAGE_STATE)
+        height = min(page["height"], 16000)  # Chromium's largest capture
+        shot = browser.execute_cdp_cmd("Page.captureScreenshot", {
+            "format": "png", "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": WIDTH, "height": height, "scale": 1}})
+        (SHOTS / f"{path.stem}.png").write_bytes(base64.b64decode(shot["data"]))
+        state[path.name] = page
+    print(f"book: {len(written)} pages built in {build_s:.1f} s; screenshots in {SHOTS}")
+    return state
+
+
+def _notebook_of(page_name: str) -> Path | None:
+    path = ROOT / "notebooks" / page_name.replace(".html", ".ipynb")
+    return path if path.exists() else None
+
+
+def test_book_has_every_notebook_and_landing(pages):
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert {f"{p.stem}.html" for p in notebooks} <= set(pages)
+    assert "index.html" in pages and "reference.html" in pages
+    landing = (OUT / "index.html").read_text()
+    for text in ("make figures", "make test", "Every ablation in the project", "02_swiglu.html"):
+        assert text in landing, f"the landing page lacks {text!r}"
+
+
+def test_every_image_loaded(pages):
+    broken = [f"{name}: <img src={img['src']}…>" for name, page in pages.items()
+              for img in page["images"] if not img["loaded"]]
+    assert not broken, "images that did not load (naturalWidth 0):\n" + "\n".join(broken)
+
+
+def test_every_figure_the_notebook_draws_is_on_the_page(pages):
+    problems = []
+    for name, page in pages.items():
+        nb = _notebook_of(name)
+        if nb is None:
+            continue
+        images, drawn = _notebook_figures(nb)
+        shown = sum(img["output"] for img in page["images"])
+        if shown != images:
+            problems.append(f"{name}: {images} image outputs in {nb.name}, {shown} on the page")
+        if drawn != images:
+            problems.append(f"{nb.name}: {drawn} figures drawn but only {images} saved as images in the notebook")
+    assert not problems, "\n".join(problems)
+
+
+def test_no_stderr_output_shown(pages):
+    cells: dict[tuple[str, int, str], list[str]] = {}
+    for name, page in pages.items():
+        for s in page["stderr"]:
+            key = (name.replace(".html", ".ipynb"), s["cell"], s["prompt"].rstrip(":"))
+            cells.setdefault(key, []).append(s["text"])
+    shown = [f"{nb} cell {i} ({prompt}): {len(texts)} stderr block(s): {' '.join(texts)[:110]!r}"
+             for (nb, i, prompt), texts in cells.items()]
+    assert not shown, ("KNOWN until the committed notebooks are cleaned of stderr output: the book shows what the "
+                       f"notebook shows, and {len(shown)} cells have stderr (cell = index in the notebook):\n"
+                       + "\n".join(shown))
+
+
+def test_every_internal_link_resolves(pages):
+    ids = {(OUT / name).resolve(): set(page["ids"]) for name, page in pages.items()}
+    broken = []
+    for name, page in pages.items():
+        for href in page["links"]:
+            url = urlparse(href)
+            if url.scheme != "file":
+                continue  # the web is not reachable from a test; internal links are file:// here
+            target = Path(unquote(url.path)).resolve()
+            if not target.exists():
+                broken.append(f"{name}: {href} (no such file)")
+            elif url.fragment and target in ids and not {url.fragment, unquote(url.fragment)} & ids[target]:
+                # as browsers do, the raw fragment or its percent-decoded form names the element
+                broken.append(f"{name}: {href} (no #{unquote(url.fragment)} on {target.name})")
+    assert not broken, "links that lead nowhere:\n" + "\n".join(broken)
+
+
+def test_nothing_overflows_a_1280px_screen(pages):
+    wide = [f"{name}: page {p['scrollWidth']} px wide in a {p['viewport']} px window; " + "; ".join(p["wide"])
+            for name, p in pages.items() if p["scrollWidth"] > p["viewport"]]
+    assert all(p["viewport"] <= WIDTH for p in pages.values())
+    assert not wide, "pages wider than the screen:\n" + "\n".join(wide)
+
+
+def test_each_page_states_its_provenance_and_has_a_screenshot(pages):
+    runs = book.newest_run()
+    assert runs, "data/results/ has no run with a provenance"
+    for name in pages:
+        text = (OUT / name).read_text()
+        assert runs["commit"] in text and runs["date"] in text and "make figures" in text, name
+        shot = SHOTS / name.replace(".html", ".png")
+        assert shot.stat().st_size > 10_000, f"{shot} is (nearly) empty"
+
+
+# --- JupyterLab: the first step of a workshop, done the way a participant does it -----------------------
+
+LAB_STATE = """
+return {
+  headings: Array.from(document.querySelectorAll('.jp-RenderedMarkdown h1')).map(e => e.textContent.replace('¶', '')),
+  kernel: (document.querySelector('.jp-Notebook-ExecutionIndicator') || {dataset: {}}).dataset.status || null,
+  statusbar: Array.from(document.querySelectorAll('.jp-StatusBar-TextItem')).map(e => e.textContent),
+  toasts: Array.from(document.querySelectorAll('.Toastify__toast')).map(e => e.textContent),
+  unread: (document.querySelector('.jp-Notification-Status-Text') || {}).textContent,
+};
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _api(port: int, token: str, path: str, method: str = "GET"):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                 headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        body = r.read()
+    return json.loads(body) if body else None
+
+
+def test_jupyterlab_opens_a_notebook_with_a_running_kernel(browser, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    notebook = ROOT / "notebooks" / "00_setup_and_data.ipynb"
+    before = notebook.read_bytes()
+    heading = book.first_heading(nbformat.reads(before.decode(), as_version=4))
+    port, token = _free_port(), secrets.token_hex(16)
+    # A clean user: no settings or workspace of the developer's, and no autosave of the opened notebook.
+    autosave = tmp_path / "settings" / "@jupyterlab" / "docmanager-extension" / "plugin.jupyterlab-settings"
+    autosave.parent.mkdir(parents=True)
+    autosave.write_text('{"autosave": false}')
+    env = dict(os.environ, JUPYTER_CONFIG_PATH=str(ROOT / "jupyter_config"),  # as `make lab` sets it
+               JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
+               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"), JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"))
+    log = tmp_path / "lab.log"
+    with open(log, "w") as log_file:
+        lab = subprocess.Popen(
+            [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+             f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+             "--ServerApp.allow_root=True", f"--ServerApp.root_dir={ROOT / 'notebooks'}"],
+            env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert lab.poll() is None, f"jupyter lab exited ({lab.returncode}):\n{log.read_text()[-2000:]}"
+            try:
+                _api(port, token, "/api/status")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"jupyter lab did not answer in 90 s:\n{log.read_text()[-2000:]}"
+                time.sleep(0.5)
+        browser.get(f"http://127.0.0.1:{port}/lab/tree/{notebook.name}?token={token}")
+        state = {}
+
+        def ready(driver) -> bool:
+            state.update(driver.execute_script(LAB_STATE))
+            return heading in state["headings"] and state["kernel"] in ("idle", "busy")
+
+        try:
+            WebDriverWait(browser, 120, poll_frequency=0.5).until(ready)
+        except Exception:
+            browser.save_screenshot(str(tmp_path / "lab.png"))
+            pytest.fail(f"JupyterLab did not show {heading!r} with a running kernel in 120 s: {state} "
+                        f"(screenshot {tmp_path / 'lab.png'})")
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(SHOTS / "jupyterlab.png"))
+        sessions = _api(port, token, "/api/sessions")
+        kernels = [s["kernel"]["execution_state"] for s in sessions if s["path"].endswith(notebook.name)]
+        assert kernels and kernels[0] in ("idle", "busy"), f"no running kernel for {notebook.name}: {sessions}"
+        assert any(re.search(r"Python 3.*\| (Idle|Busy)", t) for t in state["statusbar"]), state["statusbar"]
+        news = [t for t in state["toasts"] if "official Jupyter news" in t]
+        assert not news and state["unread"] in ("0", None), (
+            f"JupyterLab asks about Jupyter news (jupyter_config/labconfig should turn it off): {state}")
+    finally:
+        try:
+            _api(port, token, "/api/shutdown", method="POST")  # stops the kernels too
+            lab.wait(30)
+        except (OSError, subprocess.TimeoutExpired):
+            lab.kill()
+            lab.wait(10)
+    assert notebook.read_bytes() == before, f"opening {notebook.name} in JupyterLab changed the file"
