@@ -70,6 +70,8 @@ body { margin: 0; display: flex; align-items: flex-start; font-family: var(--jp-
 .book-sidebar li.current > a { background: var(--jp-brand-color1); color: white; }
 .book-sidebar li.sub a { padding-left: 22px; font-size: 13px; }
 .book-main { flex: 1 1 auto; min-width: 0; max-width: 1000px; box-sizing: border-box; padding: 16px 28px 48px; }
+/* Lab's .jp-Notebook scrolls sideways; here anything too wide must widen the page, where it shows. */
+.jp-Notebook.book-main { overflow: visible; }
 a { color: var(--jp-content-link-color); }
 .book-sidebar a { color: inherit; }
 .book-meta { font-size: 13px; color: var(--jp-ui-font-color2); border: 1px solid var(--jp-border-color2);
