@@ -26,8 +26,6 @@ import pytest
 
 from mobilellm import book
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "build" / "book"
 SHOTS = OUT / "_screenshots"
@@ -124,14 +122,20 @@ def _notebook_figures(path: Path) -> tuple[int, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def pages(browser) -> dict[str, dict]:
-    """Build the book, open every page at 1280 px, screenshot it, and return what each page shows."""
+def built() -> list[Path]:
+    """The book, built into build/book/ (landing page first)."""
     start = time.perf_counter()
     written = book.build(OUT)
-    build_s = time.perf_counter() - start
-    SHOTS.mkdir()
+    print(f"book: {len(written)} pages built in {time.perf_counter() - start:.1f} s")
+    return written
+
+
+@pytest.fixture(scope="module")
+def pages(built, browser) -> dict[str, dict]:
+    """Open every page of the book at 1280 px, screenshot it, and return what each page shows."""
+    SHOTS.mkdir(exist_ok=True)
     state = {}
-    for path in written:
+    for path in built:
         browser.get(path.as_uri())
         page = browser.execute_script(PAGE_STATE)
         height = min(page["height"], 16000)  # Chromium's largest capture
@@ -140,7 +144,7 @@ def pages(browser) -> dict[str, dict]:
             "clip": {"x": 0, "y": 0, "width": WIDTH, "height": height, "scale": 1}})
         (SHOTS / f"{path.stem}.png").write_bytes(base64.b64decode(shot["data"]))
         state[path.name] = page
-    print(f"book: {len(written)} pages built in {build_s:.1f} s; screenshots in {SHOTS}")
+    print(f"book: screenshots in {SHOTS}")
     return state
 
 
@@ -149,21 +153,24 @@ def _notebook_of(page_name: str) -> Path | None:
     return path if path.exists() else None
 
 
-def test_book_has_every_notebook_and_landing(pages):
+@pytest.mark.slow
+def test_book_has_every_notebook_and_landing(built):
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    assert {f"{p.stem}.html" for p in notebooks} <= set(pages)
-    assert "index.html" in pages and "reference.html" in pages
+    names = [p.name for p in built]
+    assert names == ["index.html", *[f"{p.stem}.html" for p in notebooks], "reference.html"]
     landing = (OUT / "index.html").read_text()
     for text in ("make figures", "make test", "Every ablation in the project", "02_swiglu.html"):
         assert text in landing, f"the landing page lacks {text!r}"
 
 
+@pytest.mark.slow
 def test_every_image_loaded(pages):
     broken = [f"{name}: <img src={img['src']}…>" for name, page in pages.items()
               for img in page["images"] if not img["loaded"]]
     assert not broken, "images that did not load (naturalWidth 0):\n" + "\n".join(broken)
 
 
+@pytest.mark.slow
 def test_every_figure_the_notebook_draws_is_on_the_page(pages):
     problems = []
     for name, page in pages.items():
@@ -179,6 +186,7 @@ def test_every_figure_the_notebook_draws_is_on_the_page(pages):
                           "also be an output of its cell):\n" + "\n".join(problems))
 
 
+@pytest.mark.slow
 def test_no_stderr_output_shown(pages):
     cells: dict[tuple[str, int, str], list[str]] = {}
     for name, page in pages.items():
@@ -192,6 +200,7 @@ def test_no_stderr_output_shown(pages):
                        + "\n".join(shown))
 
 
+@pytest.mark.slow
 def test_every_internal_link_resolves(pages):
     ids = {(OUT / name).resolve(): set(page["ids"]) for name, page in pages.items()}
     broken = []
@@ -209,6 +218,7 @@ def test_every_internal_link_resolves(pages):
     assert not broken, "links that lead nowhere:\n" + "\n".join(broken)
 
 
+@pytest.mark.slow
 def test_nothing_overflows_a_1280px_screen(pages):
     wide = [f"{name}: page {p['scrollWidth']} px wide in a {p['viewport']} px window; " + "; ".join(p["wide"])
             for name, p in pages.items() if p["scrollWidth"] > p["viewport"] or p["wide"]]
@@ -218,14 +228,42 @@ def test_nothing_overflows_a_1280px_screen(pages):
     assert not cut, "content cut off by a box that hides its overflow:\n" + "\n".join(cut)
 
 
-def test_each_page_states_its_provenance_and_has_a_screenshot(pages):
+@pytest.mark.slow
+def test_each_page_states_its_provenance(built):
     runs = book.newest_run()
     assert runs, "data/results/ has no run with a provenance"
+    executed = book.notebook_runs()
+    for path in built:
+        text = path.read_text()
+        assert runs["commit"] in text and runs["date"] in text and "make figures" in text, path.name
+        if path.stem in executed:
+            assert executed[path.stem]["commit"] in text, path.name
+
+
+@pytest.mark.slow
+def test_every_page_has_a_screenshot(pages):
     for name in pages:
-        text = (OUT / name).read_text()
-        assert runs["commit"] in text and runs["date"] in text and "make figures" in text, name
         shot = SHOTS / name.replace(".html", ".png")
         assert shot.stat().st_size > 10_000, f"{shot} is (nearly) empty"
+
+
+def test_readme_splits_into_landing_and_reference():
+    landing, reference = book.readme_sections("# T\nintro\n## Two commands\nmake\n## Layout\nfiles\n"
+                                              "## The notebooks\nmap\n### Every ablation in the project\nt\n")
+    assert "intro" in landing and "make" in landing and "map" in landing and 'id="ablations"' in landing
+    assert "files" in reference and "files" not in landing
+
+
+def test_links_point_at_pages_or_sources():
+    pages = {"notebooks/02_swiglu.ipynb": "02_swiglu.html"}
+    assert book.link_target("notebooks/02_swiglu.ipynb", pages, None) == "02_swiglu.html"
+    assert book.link_target("02_swiglu.ipynb#x", pages, None, from_dir="notebooks") == "02_swiglu.html#x"
+    assert book.link_target("mobilellm/model.py", pages, None) == "../../mobilellm/model.py"
+    assert book.link_target("../README.md", pages, "https://example.org/o/r", from_dir="notebooks") == \
+        "https://example.org/o/r/blob/main/README.md"
+    assert book.link_target("https://arxiv.org/abs/2402.14905", pages, None) == "https://arxiv.org/abs/2402.14905"
+    text = "see [02](notebooks/02_swiglu.ipynb) and ![fig](figures/07_roadmap.png)"
+    assert book.rewrite_links(text, pages, None) == "see [02](02_swiglu.html) and ![fig](figures/07_roadmap.png)"
 
 
 # --- JupyterLab: the first step of a workshop, done the way a participant does it -----------------------
@@ -255,7 +293,8 @@ def _api(port: int, token: str, path: str, method: str = "GET"):
     return json.loads(body) if body else None
 
 
-def test_jupyterlab_opens_a_notebook_with_a_running_kernel(browser, tmp_path):
+@pytest.mark.slow
+def test_jupyterlab_opens_a_notebook_with_a_running_kernel(built, browser, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     notebook = ROOT / "notebooks" / "00_setup_and_data.ipynb"
