@@ -289,7 +289,7 @@ def cmd_book(args: argparse.Namespace) -> int:
     from .book import build
 
     start = time.perf_counter()
-    pages = build(Path(args.out), repo_url=args.repo_url)
+    pages = build(Path(args.out), source_url=args.source_url)
     print(f"{len(pages)} pages in {args.out} ({time.perf_counter() - start:.1f} s); open {pages[0]}")
     return 0
 
@@ -356,9 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("book", help="build the course as a static website from the committed notebooks",
                        description="Write one HTML page per notebook (its committed outputs; nothing is "
                                    "re-executed), a landing and a reference page from README.md, into --out.")
-    p.add_argument("--out", default="build/book", help="folder to write, replaced if present (default build/book)")
-    p.add_argument("--repo-url", default=None,
-                   help="link source files to this repository (e.g. https://github.com/OWNER/REPO); "
+    p.add_argument("--out", default="build/book",
+                   help="folder to write; an earlier book there is replaced (default build/book)")
+    p.add_argument("--source-url", default=None,
+                   help="link source files at this URL + their path (e.g. https://github.com/OWNER/REPO/blob/main); "
                         "default: relative links into this checkout")
     args = parser.parse_args(argv)
     handler = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "eval": cmd_eval,

@@ -149,24 +149,20 @@ def readme_sections(text: str) -> tuple[str, str]:
                  "hold it to.\n\n" + "".join(reference)
 
 
-def link_target(target: str, notebook_pages: dict[str, str], repo_url: str | None, from_dir: str = "") -> str:
+def link_target(target: str, notebook_pages: dict[str, str], source_base: str, from_dir: str = "") -> str:
     """Where a relative link of the README or a notebook points on the site: a page, or the source file."""
     if re.match(r"^[a-z][a-z0-9+.-]*:|^#|^/", target):
         return target
     path, _, anchor = target.partition("#")
     repo_path = os.path.normpath(os.path.join(from_dir, path))
-    if repo_path in notebook_pages:
-        return notebook_pages[repo_path] + (f"#{anchor}" if anchor else "")
-    if repo_url:
-        kind = "tree" if (ROOT / repo_path).is_dir() else "blob"
-        return f"{repo_url.rstrip('/')}/{kind}/main/{repo_path}" + (f"#{anchor}" if anchor else "")
-    return f"../../{repo_path}" + (f"#{anchor}" if anchor else "")  # from build/book/ to the checkout
+    href = notebook_pages.get(repo_path, source_base + repo_path)
+    return href + (f"#{anchor}" if anchor else "")
 
 
-def rewrite_links(markdown: str, notebook_pages: dict[str, str], repo_url: str | None, from_dir: str = "") -> str:
+def rewrite_links(markdown: str, notebook_pages: dict[str, str], source_base: str, from_dir: str = "") -> str:
     """Point a markdown text's relative links (not its images: nbconvert embeds those) at the site."""
     return re.sub(r"(?<!!)(\[[^\]]*\]\()([^)\s]+)(\))",
-                  lambda m: m[1] + link_target(m[2], notebook_pages, repo_url, from_dir) + m[3], markdown)
+                  lambda m: m[1] + link_target(m[2], notebook_pages, source_base, from_dir) + m[3], markdown)
 
 
 def first_heading(nb) -> str:
@@ -179,9 +175,8 @@ def first_heading(nb) -> str:
     return ""
 
 
-def _source_link(path: str, repo_url: str | None) -> str:
-    href = f"{repo_url.rstrip('/')}/blob/main/{path}" if repo_url else f"../../{path}"
-    return f'<a href="{html.escape(href)}"><code>{html.escape(path)}</code></a>'
+def _source_link(path: str, source_base: str) -> str:
+    return f'<a href="{html.escape(source_base + path)}"><code>{html.escape(path)}</code></a>'
 
 
 def _sidebar(pages: list[Page], current: Page) -> str:
@@ -202,7 +197,7 @@ def _prevnext(pages: list[Page], i: int) -> str:
     return f'<nav class="book-prevnext" aria-label="Previous and next">{prev}{nxt}</nav>'
 
 
-def _provenance(page: Page, runs: dict, executed: dict, readme_stamp: str, repo_url: str | None) -> str:
+def _provenance(page: Page, runs: dict, executed: dict, readme_stamp: str, source_base: str) -> str:
     lines = []
     if page.stem is not None:
         ex = executed.get(page.stem)
@@ -219,12 +214,12 @@ def _provenance(page: Page, runs: dict, executed: dict, readme_stamp: str, repo_
                      f"the newest made on {html.escape(runs['date'])} "
                      f"at commit <code>{html.escape(runs['commit'])}</code>.")
     lines.append(f"Regenerate: <code>{REGENERATE}</code> (then <code>make book</code>). "
-                 f"Source: {_source_link(page.source, repo_url)}"
+                 f"Source: {_source_link(page.source, source_base)}"
                  + (" · run it yourself: <code>make lab</code>" if page.stem else "") + ".")
     return '<div class="book-meta">' + "".join(f"<p>{line}</p>" for line in lines) + "</div>"
 
 
-def _pages(repo_url: str | None) -> list[Page]:
+def _pages(source_base: str) -> list[Page]:
     import nbformat
 
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -235,27 +230,35 @@ def _pages(repo_url: str | None) -> list[Page]:
 
     def markdown_page(text: str):
         return nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
-            rewrite_links(text, notebook_pages, repo_url))], metadata={})
+            rewrite_links(text, notebook_pages, source_base))], metadata={})
 
     pages = [Page("index.html", "The course", "README.md", markdown_page(landing_md))]
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
             if cell.cell_type == "markdown":
-                cell.source = rewrite_links(cell.source, notebook_pages, repo_url, from_dir="notebooks")
+                cell.source = rewrite_links(cell.source, notebook_pages, source_base, from_dir="notebooks")
         pages.append(Page(f"{path.stem}.html", first_heading(nb) or path.stem, f"notebooks/{path.name}", nb,
                           stem=path.stem))
     pages.append(Page("reference.html", "The package", "README.md", markdown_page(reference_md)))
     return pages
 
 
-def build(out: Path = DEFAULT_OUT, repo_url: str | None = None) -> list[Path]:
-    """Write the site into ``out`` (replacing it) and return the pages written, landing page first."""
+def build(out: Path = DEFAULT_OUT, source_url: str | None = None) -> list[Path]:
+    """Write the site into ``out`` (replacing an earlier book there) and return the pages written, landing page first.
+
+    Source files are linked at ``source_url`` + their path in the repository (e.g.
+    ``https://github.com/OWNER/REPO/blob/main``), or by default relatively, into this checkout.
+    """
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
-    out = Path(out)
-    pages = _pages(repo_url)
+    out = Path(out).resolve()
+    if out.exists() and any(out.iterdir()) and not (out / "_static" / "book.css").exists():
+        raise ValueError(f"--out {out} holds files that are not a book, which it would replace: give a new "
+                         "folder (e.g. build/book)")
+    source_base = source_url.rstrip("/") + "/" if source_url else Path(os.path.relpath(ROOT, out)).as_posix() + "/"
+    pages = _pages(source_base)
     runs, executed = newest_run(), notebook_runs()
     stamp = re.search(r"Generated by `make figures` on ([^ ]+) from", README.read_text())
     readme_stamp = stamp[1] if stamp else ""
@@ -277,7 +280,7 @@ def build(out: Path = DEFAULT_OUT, repo_url: str | None = None) -> list[Path]:
         resources = {
             "metadata": {"name": page.title, "path": str(ROOT if page.stem is None else ROOT / "notebooks")},
             "book": {"math": math, "sidebar": _sidebar(pages, page),
-                     "header": _prevnext(pages, i) + _provenance(page, runs, executed, readme_stamp, repo_url),
+                     "header": _prevnext(pages, i) + _provenance(page, runs, executed, readme_stamp, source_base),
                      "footer": _prevnext(pages, i) + '<p class="book-footer">Built by <code>make book</code> on '
                                f'{datetime.date.today().isoformat()} from the committed notebooks; nothing was '
                                "re-executed.</p>"},

@@ -255,15 +255,20 @@ def test_readme_splits_into_landing_and_reference():
 
 
 def test_links_point_at_pages_or_sources():
-    pages = {"notebooks/02_swiglu.ipynb": "02_swiglu.html"}
-    assert book.link_target("notebooks/02_swiglu.ipynb", pages, None) == "02_swiglu.html"
-    assert book.link_target("02_swiglu.ipynb#x", pages, None, from_dir="notebooks") == "02_swiglu.html#x"
-    assert book.link_target("mobilellm/model.py", pages, None) == "../../mobilellm/model.py"
-    assert book.link_target("../README.md", pages, "https://example.org/o/r", from_dir="notebooks") == \
-        "https://example.org/o/r/blob/main/README.md"
-    assert book.link_target("https://arxiv.org/abs/2402.14905", pages, None) == "https://arxiv.org/abs/2402.14905"
+    pages, base = {"notebooks/02_swiglu.ipynb": "02_swiglu.html"}, "../../"
+    assert book.link_target("notebooks/02_swiglu.ipynb", pages, base) == "02_swiglu.html"
+    assert book.link_target("02_swiglu.ipynb#x", pages, base, from_dir="notebooks") == "02_swiglu.html#x"
+    assert book.link_target("mobilellm/model.py", pages, base) == "../../mobilellm/model.py"
+    assert book.link_target("../README.md", pages, "https://example.org/r/blob/main/", from_dir="notebooks") == \
+        "https://example.org/r/blob/main/README.md"
+    assert book.link_target("https://arxiv.org/abs/2402.14905", pages, base) == "https://arxiv.org/abs/2402.14905"
     text = "see [02](notebooks/02_swiglu.ipynb) and ![fig](figures/07_roadmap.png)"
-    assert book.rewrite_links(text, pages, None) == "see [02](02_swiglu.html) and ![fig](figures/07_roadmap.png)"
+    assert book.rewrite_links(text, pages, base) == "see [02](02_swiglu.html) and ![fig](figures/07_roadmap.png)"
+
+
+def test_build_replaces_only_an_earlier_book():
+    with pytest.raises(ValueError, match="not a book"):
+        book.build(ROOT)
 
 
 # --- JupyterLab: the first step of a workshop, done the way a participant does it -----------------------
