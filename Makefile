@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -qq
 # Spinning OpenMP threads make training 5x slower when two processes share the 2 cores.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: venv test test-fast lint figures bench lab clean
+.PHONY: venv test test-fast lint figures bench lab book browser clean
 
 venv: $(VENV)/.installed
 
@@ -25,8 +25,9 @@ lint: venv
 # Unit tests need neither nbval nor hypothesis's plugin, whose imports cost seconds per run.
 UNIT := -p no:nbval -p no:hypothesispytest
 
-# Unit tests, then every notebook under nbval in quick mode (a few steps, one seed, temp output).
-test: venv lint
+# Unit tests (the browser checks of tests/test_book.py included), then every notebook under nbval in
+# quick mode (a few steps, one seed, temp output).
+test: venv lint browser
 	$(VENV)/bin/pytest -q $(UNIT) --durations=15 tests
 	MOBILELLM_QUICK=1 MOBILELLM_HEADLESS=1 $(VENV)/bin/pytest -q --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly notebooks/[0-9][0-9]_*.ipynb
@@ -44,8 +45,22 @@ figures: venv
 bench: venv
 	$(PY) -m mobilellm bench --json data/results/bench.json
 
+# jupyter_config/ turns off JupyterLab's "get notified about official Jupyter news?" prompt.
 lab: venv
-	$(VENV)/bin/jupyter lab notebooks
+	JUPYTER_CONFIG_PATH=$(CURDIR)/jupyter_config$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH} \
+		$(VENV)/bin/jupyter lab notebooks
+
+# The course as a static website in build/book/ from the committed notebooks (nothing re-executed).
+book: venv
+	$(PY) -m mobilellm book --out build/book
+
+# Headless Chromium and its driver from Debian for tests/test_book.py (a test never downloads a browser
+# of its own). Quick when present; without root or apt-get the browser tests skip and say why.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	echo "make browser: chromium/chromedriver missing and not installable here; tests/test_book.py will skip"
 
 clean:
-	rm -rf $(VENV) data/cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) data/cache build .pytest_cache .ruff_cache

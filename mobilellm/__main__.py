@@ -1,4 +1,4 @@
-"""Command line: ``python -m mobilellm {train,generate,export,eval,bench,configs,ablation,figures} …``."""
+"""Command line: ``python -m mobilellm {train,generate,export,eval,bench,configs,ablation,figures,book} …``."""
 
 from __future__ import annotations
 
@@ -298,6 +298,16 @@ def cmd_figures(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_book(args: argparse.Namespace) -> int:
+    """Build the static website of the course from the committed notebooks (nothing is re-executed)."""
+    from .book import build
+
+    start = time.perf_counter()
+    pages = build(Path(args.out), source_url=args.source_url)
+    print(f"{len(pages)} pages in {args.out} ({time.perf_counter() - start:.1f} s); open {pages[0]}")
+    return 0
+
+
 def _add_bench(sub) -> None:
     from .bench import SUITES
     from .config import list_configs
@@ -359,10 +369,18 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("figures", help="run every notebook in order and regenerate figures and the README map")
     p.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run (e.g. 02 03)")
     p.add_argument("--readme-only", action="store_true", help="only regenerate the README's notebook map")
+    p = sub.add_parser("book", help="build the course as a static website from the committed notebooks",
+                       description="Write one HTML page per notebook (its committed outputs; nothing is "
+                                   "re-executed), a landing and a reference page from README.md, into --out.")
+    p.add_argument("--out", default="build/book",
+                   help="folder to write; an earlier book there is replaced (default build/book)")
+    p.add_argument("--source-url", default=None,
+                   help="link source files at this URL + their path (e.g. https://github.com/OWNER/REPO/blob/main); "
+                        "default: relative links into this checkout")
     args = parser.parse_args(argv)
     handler = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "eval": cmd_eval,
                "configs": cmd_configs, "ablation": cmd_ablation, "figures": cmd_figures,
-               "bench": cmd_bench}[args.command]
+               "bench": cmd_bench, "book": cmd_book}[args.command]
     try:
         return handler(args)
     except (ValueError, FileNotFoundError) as e:
