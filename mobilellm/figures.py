@@ -176,6 +176,45 @@ def ablation_table() -> str:
     return "\n".join(rows) + note
 
 
+def training_budget() -> str:
+    """One paragraph: how long training everything afresh takes, from the wall times the cached runs
+    recorded (each run once, however many ablations share it), and what is still missing."""
+    from .experiments import cached_runs
+
+    def is_long(name: str) -> bool:  # read from the cache by the notebooks, never retrained by FRESH=1
+        return "-trend-" in name or name == "sharing-scarce"
+
+    runs: dict[bool, dict] = {False: {}, True: {}}
+    missing = set()
+    for name, ab in ABLATIONS.items():
+        found, absent = cached_runs(ab)
+        runs[is_long(name)].update({str(r.path): r for r in found})
+        missing.update((name, label, seed) for label, seed in absent)
+    for path in runs[False]:
+        runs[True].pop(path, None)
+
+    def hours(rs, seed0=False) -> float:
+        return sum(r.wall_time for r in rs.values() if r.seed == 0 or not seed0) / 3600
+
+    times = json.loads(TIMES_FILE.read_text()) if TIMES_FILE.is_file() else {}
+    cached = [t for name, t in times.items() if (NOTEBOOKS_DIR / f"{name}.ipynb").is_file() and not t.get("fresh")]
+    text = ""
+    if cached:
+        text = (f"`make figures` with the committed results cache: {sum(t['seconds'] for t in cached) / 60:.1f} "
+                f"minutes on 2 cores (the sum of the per-notebook times below, last measured "
+                f"{max(t['date'] for t in cached)[:10]}). ")
+    text += (f"`make figures FRESH=1` retrains the {len(runs[False])} runs the notebooks train: their recorded wall "
+            f"times sum to {hours(runs[False]):.1f} hours on 2 cores ({hours(runs[False], True):.1f} hours for seed "
+            f"0 alone, `make figures FRESH=1 SEEDS=1`), partly measured while other jobs shared the CPU. The budget "
+            f"sweeps and the scarce-sharing test are read from the cache ({len(runs[True])} more runs, "
+            f"{hours(runs[True]):.1f} hours recorded) and rerun with `python -m mobilellm ablation NAME --fresh`.")
+    if missing:
+        names = sorted({name for name, _, _ in missing})
+        text += (f" {len(missing)} of their runs are not trained yet ({', '.join(names)}): the notebooks show what "
+                 "is cached, seed by seed, and `python -m mobilellm ablation NAME` trains the rest.")
+    return text
+
+
 def _replace_between(text: str, start: str, end: str, body: str) -> str:
     if start not in text or end not in text:
         raise ValueError(f"README.md lacks the markers {start} … {end}")
@@ -187,6 +226,8 @@ def update_readme() -> None:
     text = _replace_between(README.read_text(), "<!-- notebook-map:start -->", "<!-- notebook-map:end -->",
                             notebook_map())
     text = _replace_between(text, "<!-- ablations:start -->", "<!-- ablations:end -->", ablation_table())
+    if "<!-- budget:start -->" in text:
+        text = _replace_between(text, "<!-- budget:start -->", "<!-- budget:end -->", training_budget())
     if "<!-- verdicts:start -->" in text:
         from .claims import verdict_table
 

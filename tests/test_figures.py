@@ -33,6 +33,7 @@ def test_ablation_table_and_readme_come_from_the_cache(tmp_path, monkeypatch):
 
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- notebook-map:start -->\nstale map\n<!-- notebook-map:end -->\n"
+                      "<!-- budget:start -->\nstale budget\n<!-- budget:end -->\n"
                       "<!-- ablations:start -->\nstale table\n<!-- ablations:end -->\noutro\n")
     monkeypatch.setattr(F, "README", readme)
     monkeypatch.setattr(F, "TIMES_FILE", tmp_path / "times.json")
@@ -41,3 +42,6 @@ def test_ablation_table_and_readme_come_from_the_cache(tmp_path, monkeypatch):
     text = readme.read_text()
     assert "stale" not in text and text.startswith("intro") and text.endswith("outro\n")
     assert table in text and "| notebook | builds |" in text
+    # the training budget: the 4 cached runs of "tiny", their wall times summed; "later" is missing
+    hours = sum(r.wall_time for r in records) / 3600
+    assert f"retrains the 4 runs the notebooks train: their recorded wall times sum to {hours:.1f} hours" in text
