@@ -246,6 +246,9 @@ def read_text_file(path: str | os.PathLike) -> str:
     raw = p.read_bytes()
     text = raw.decode("utf-8", errors="replace")
     bad = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
+    if bad > max(100, 0.05 * len(text)):  # binary data: refuse it here rather than warn and fail later, misleadingly
+        raise ValueError(f"{p} does not look like text: {100 * bad / len(text):.0f}% of it is invalid UTF-8; "
+                         "give a UTF-8 text file")
     if bad:
         warnings.warn(f"{p}: {bad} invalid UTF-8 sequences replaced by U+FFFD", stacklevel=2)
     return text
@@ -254,10 +257,10 @@ def read_text_file(path: str | os.PathLike) -> str:
 def _check_looks_like_text(p: Path, text: str) -> None:
     """Refuse binary files: their thousands of distinct 'characters' would be blamed on the vocabulary size."""
     sample = text[:1_000_000]
-    bad = sample.count("\ufffd") + sample.count("\x00")
+    bad = sample.count("\x00")
     if sample and bad > 0.05 * len(sample):
         raise ValueError(f"{p} does not look like text: {100 * bad / len(sample):.0f}% of its characters are "
-                         "invalid UTF-8 or NUL bytes; give a UTF-8 text file")
+                         "NUL bytes; give a UTF-8 text file")
 
 
 def load_corpus(name: str = "shakespeare", *, data_files=None, max_chars: int | None = None,
