@@ -39,6 +39,10 @@ def env(tmp_path_factory, small_data, small_corpus_file):
         meta = json.loads(cf.read_text())
         meta["model"].update(change)
         cf.write_text(json.dumps(meta))
+    save_pretrained(model, t / "hf_hostile", small_data.tokenizer)
+    hf_cfg = json.loads((t / "hf_hostile" / "config.json").read_text())
+    hf_cfg.update(hidden_size=16384, vocab_size=1_000_000, intermediate_size=43690)
+    (t / "hf_hostile" / "config.json").write_text(json.dumps(hf_cfg))
     (t / "a_file").write_text("x")
     (t / "malformed.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n{"text": \n')
     (t / "empty.jsonl").write_text("\n\n")
@@ -134,6 +138,8 @@ CASES = [
      r"embed_tokens.weight is \[128, 32\] in the weights but \[128, 64\] by config.json", True),
     ("generate-hostile-config", G + ["--checkpoint", "{t}/hostile"], "error", "does not describe model.safetensors",
      True),
+    ("generate-hf-hostile-config", G + ["--checkpoint", "{t}/hf_hostile"], "error",
+     "config.json says vocab_size 1000000 x hidden_size 16384 but the weights' embedding is", True),
     ("generate-hf-folder", G + ["--checkpoint", "{hf}", "--prompt", "KING"], "ok", "", True),
     ("eval-tasks-comma", ["eval", "--checkpoint", "{ck}", "--tasks", ","], "error", "names no task", True),
     ("eval-tasks-unknown", ["eval", "--checkpoint", "{ck}", "--tasks", "mmlu"], "error", r"unknown task\(s\)", True),

@@ -57,6 +57,7 @@ def _save(out, model, step, tok):
     save_checkpoint(out, model, opt, tc(), step, step * 100, torch.Generator().manual_seed(step), tok, "fp")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_kill_at_every_point_of_a_save_leaves_a_loadable_checkpoint(tmp_path, small_data):
     """Fork a child per point of the save (every file operation, before and after it) and kill it there."""
