@@ -212,7 +212,26 @@ def hub_offline_error(what: str, fix: str) -> ValueError | None:
             return None
         except OSError as e:
             why = f"huggingface.co is unreachable: {e.strerror or type(e).__name__}"
-    return ValueError(f"offline ({why}): {what} comes from the Hugging Face hub; {fix}")
+    return ValueError(f"offline ({why}): {what} comes from the Hugging Face hub and is not in the local "
+                      f"cache; {fix}")
+
+
+def load_hub_dataset(path: str, config: str | None, split: str, streaming: bool, what: str, fix: str):
+    """``datasets.load_dataset`` of a hub id; offline, only its local cache, failing in seconds with one line."""
+    import datasets.config
+    from datasets import load_dataset
+
+    err = hub_offline_error(what, fix)
+    if err is None:
+        return load_dataset(path, config, split=split, streaming=streaming)
+    was = datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = True  # a copy downloaded earlier still serves; no network retries
+    try:
+        return load_dataset(path, config, split=split, streaming=streaming)
+    except Exception:  # not cached: `datasets` raises several types
+        raise err from None
+    finally:
+        datasets.config.HF_HUB_OFFLINE = was
 
 
 def _hub_texts(path: str, config: str | None, split: str, field: str, data_files=None,
@@ -225,13 +244,8 @@ def _hub_texts(path: str, config: str | None, split: str, field: str, data_files
                 raise FileNotFoundError(f"data file {f} does not exist")
         yield from _local_texts(files, field)
         return
-    err = hub_offline_error(path, "pass local files in its schema with --data-files FILE (e.g. a .txt or .jsonl), "
-                                  "or a local file as --corpus")
-    if err is not None:
-        raise err
-    from datasets import load_dataset
-
-    ds = load_dataset(path, config, split=split, streaming=streaming)
+    ds = load_hub_dataset(path, config, split, streaming, path, "pass local files in its schema with --data-files "
+                          "FILE (e.g. a .txt or .jsonl), or a local file as --corpus")
     for row in ds:
         if field not in row:
             raise ValueError(f"rows of {path} have no {field!r} field (fields: {sorted(row)})")

@@ -474,16 +474,11 @@ def load_rows(task: str, data_files: str | os.PathLike | Sequence[str | os.PathL
             raise ValueError(f"{source} has no rows: it should hold {task} rows in the hub schema of "
                              f"{spec.hub_id}")
         return rows[:limit] if limit is not None else rows, source
-    from .data import hub_offline_error
-
-    err = hub_offline_error(f"task {task} ({spec.hub_id})", "pass --data-dir DIR holding "
-                            f"{task}.jsonl in its hub schema (data_files= in Python)")
-    if err is not None:
-        raise err
-    from datasets import load_dataset
+    from .data import load_hub_dataset
 
     source = f"{spec.hub_id} ({spec.config or 'default'}, {spec.split})"
-    ds = load_dataset(spec.hub_id, spec.config, split=spec.split)
+    ds = load_hub_dataset(spec.hub_id, spec.config, spec.split, False, f"task {task} ({spec.hub_id})",
+                          f"pass --data-dir DIR holding {task}.jsonl in its hub schema (data_files= in Python)")
     if len(ds) == 0:
         raise ValueError(f"{source} has no rows")
     if limit is not None:

@@ -318,3 +318,17 @@ def test_an_unavailable_device_is_named(tmp_path, small_data):
     _save(tmp_path, MobileLLM(cfg128()), 1, small_data.tokenizer)
     with pytest.raises(ValueError, match="no CUDA GPU .*--device cpu"):
         load_checkpoint(tmp_path, "cuda")
+
+
+def test_a_permission_error_is_not_called_corrupt(tmp_path, small_data, monkeypatch):
+    """Root ignores permission bits, so the error is injected where the weights' header is read."""
+    import mobilellm.train
+
+    _save(tmp_path, MobileLLM(cfg128()), 1, small_data.tokenizer)
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(mobilellm.train, "_safetensors_header", denied)
+    with pytest.raises(ValueError, match=r"cannot read .*model.safetensors: permission denied \(mode -rw"):
+        load_checkpoint(tmp_path)
