@@ -511,14 +511,15 @@ def train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: str | os.Path
     """
     with contextlib.ExitStack() as stack:
         out = Path(out) if out is not None else None
-        if out is not None and int(os.environ.get("RANK", "0")) == 0:
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-                stack.enter_context(FolderLock(out))
-            except OSError as e:  # a file, a folder under a file, read-only, ...
-                raise ValueError(f"cannot train into {out} ({e.strerror or e}): --out must be a folder "
-                                 "you can write to") from None
-            current = checkpoint_dir(out)
+        if out is not None:
+            if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 writes (and locks)
+                try:
+                    out.mkdir(parents=True, exist_ok=True)
+                    stack.enter_context(FolderLock(out))
+                except OSError as e:  # a file, a folder under a file, read-only, ...
+                    raise ValueError(f"cannot train into {out} ({e.strerror or e}): --out must be a folder "
+                                     "you can write to") from None
+            current = checkpoint_dir(out) if out.is_dir() else None  # every rank refuses alike
             if current is not None and not resume:
                 if not overwrite:
                     step_now = _peek_step(current)
