@@ -332,3 +332,29 @@ def test_a_permission_error_is_not_called_corrupt(tmp_path, small_data, monkeypa
     monkeypatch.setattr(mobilellm.train, "_safetensors_header", denied)
     with pytest.raises(ValueError, match=r"cannot read .*model.safetensors: permission denied \(mode -rw"):
         load_checkpoint(tmp_path)
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from mobilellm.train import FolderLock
+    with FolderLock(Path(sys.argv[1])):
+        print("locked", flush=True)
+        time.sleep(120)
+""")
+
+
+@pytest.mark.slow
+def test_another_process_holding_the_folder_is_named_by_pid(tmp_path, small_data):
+    out = tmp_path / "run"
+    out.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match=rf"in use by another training process \(pid {child.pid}\)"):
+            train(cfg128(), tc(), small_data, out=out)
+    finally:
+        child.kill()
+        child.wait()
+    train(cfg128(), tc(max_steps=2), small_data, out=out)  # a dead holder's lock is gone with it
