@@ -122,3 +122,16 @@ def test_a_local_jsonl_edited_in_place_is_read_again(tmp_path):
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
     second = data.load_corpus(str(f), val_fraction=0.5)
     assert first.train == ["alpha beta"] and second.train == ["ALPHA BETA"]
+
+
+def test_local_parquet_files_are_read_directly(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    f = tmp_path / "stories.parquet"
+    pq.write_table(pa.table({"text": ["Once upon a time.", "", "The end."], "id": [1, 2, 3]}), f)
+    c = data.load_corpus("tinystories", data_files=f, val_fraction=0.4)
+    assert c.train + c.val == ["Once upon a time.", "The end."]
+    pq.write_table(pa.table({"body": ["x"]}), f)
+    with pytest.raises(ValueError, match="has no 'text' column"):
+        data.load_corpus("tinystories", data_files=f)
