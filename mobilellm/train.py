@@ -525,8 +525,7 @@ def train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: str | os.Path
                     step_now = _peek_step(current)
                     raise ValueError(f"{out} already holds a checkpoint (step {step_now}): pass --resume to "
                                      "continue it, another --out to start a new run, or --overwrite to replace it")
-                # overwrite: the old checkpoint stays until the new run's first one replaces it, so a
-                # new run that fails early loses nothing; its metrics start afresh.
+                _remove_checkpoints(out)  # asked for: the old run's checkpoint and metrics go together
         return _train(cfg, tc, data, out, resume, model, on_step)
 
 
@@ -535,6 +534,16 @@ def _peek_step(d: Path) -> object:
         return json.loads((d / "config.json").read_text()).get("step", "?")
     except (OSError, ValueError, AttributeError):
         return "?"
+
+
+def _remove_checkpoints(out: Path) -> None:
+    """What a previous run wrote into ``out`` (for ``overwrite``): its checkpoints and metrics; nothing else."""
+    (out / LATEST).unlink(missing_ok=True)
+    for f in out.iterdir():
+        if f.is_dir() and (_STEP_DIR.fullmatch(f.name) or f.name.startswith(".step-")):
+            shutil.rmtree(f)
+    for name in ("config.json", "model.safetensors", "train_state.pt", "tokenizer.model", "metrics.jsonl"):
+        (out / name).unlink(missing_ok=True)
 
 
 def _train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: Path | None, resume: bool,
