@@ -206,6 +206,8 @@ def hub_offline_error(what: str, fix: str) -> ValueError | None:
     if any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE",
                                                                                  "HF_DATASETS_OFFLINE")):
         why = "HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set"
+    elif any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # behind a proxy a direct connection proves nothing: let `datasets` try
     else:
         try:
             socket.create_connection(("huggingface.co", 443), timeout=3).close()
