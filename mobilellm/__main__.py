@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +31,8 @@ def _add_train(sub) -> None:
     p.add_argument("--max-steps", type=int, default=1000, help="optimizer steps (default 1000)")
     p.add_argument("--out", required=True, help="folder for checkpoints and metrics.jsonl")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a checkpoint already in --out (without it, training there is refused)")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per step, all processes (default 32)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step (default 1)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the model's max)")
@@ -80,6 +84,27 @@ def _add_export(sub) -> None:
                    help="pte only: the program's fixed input length (default min(64, the model's max))")
 
 
+def _writable(path: str | os.PathLike, flag: str, folder: bool) -> Path:
+    """``path`` checked as a place to write (a folder, or a file when not ``folder``) before any slow work."""
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise ValueError(f"{flag} {p} is a file: give a folder")
+    if not folder and p.is_dir():
+        raise ValueError(f"{flag} {p} is a folder: give a file name, e.g. {p / 'out.json'}")
+    base = p if folder and p.is_dir() else p.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise ValueError(f"{flag} {p} is under {base}, which is a file: give a path in a folder")
+    try:  # a real write: permission bits lie to root, and a read-only file system ignores them
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag} {p}: cannot write in {base} ({e.strerror or e}); choose a folder you can "
+                         "write to") from None
+    return p
+
+
 def _export_pte(args: argparse.Namespace, out: Path) -> int:
     import importlib.util
 
@@ -91,6 +116,9 @@ def _export_pte(args: argparse.Namespace, out: Path) -> int:
         raise ValueError("--format pte needs executorch: pip install 'executorch>=1.0'")
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; --format pte writes one file, e.g. {out / 'model.pte'}")
+    _writable(out, "--out", folder=False)
+    if args.seq_len is not None and args.seq_len < 1:
+        raise ValueError(f"--seq-len ({args.seq_len}) must be >= 1")
     model, _ = load_pretrained(args.checkpoint, device="cpu")
     seq_len = args.seq_len or min(64, model.cfg.max_seq_len)
     quantize = "int8" if args.int8 else None
@@ -119,6 +147,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ValueError("--int8 and --seq-len apply to --format pte only")
     if importlib.util.find_spec("transformers") is None:
         raise ValueError("--format hf needs transformers: pip install 'transformers>=4.48'")
+    _writable(out, "--out", folder=True)
     model, tok = load_pretrained(args.checkpoint)
     save_pretrained(model, out, tok)
     cfg = model.cfg
@@ -153,11 +182,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .train import auto_device
 
     tasks = list(PAPER_TASKS) if args.tasks == "paper" else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise ValueError(f"--tasks {args.tasks!r} names no task: give e.g. 'paper' or 'arc_easy,piqa'")
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; valid: {', '.join(TASKS)}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit ({args.limit}) must be >= 1")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size ({args.batch_size}) must be >= 1")
+    if args.json:
+        _writable(args.json, "--json", folder=False)
     files = {}
     if args.data_dir:
         for t in tasks:
@@ -190,24 +225,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Prepare the data, train, print the result."""
     from .config import get_config
     from .data import prepare
-    from .train import TrainConfig, train
+    from .train import TrainConfig, auto_device, checkpoint_dir, train
 
     cfg = get_config(args.config)
-    corpus_kwargs = {}
-    if args.data_files:
-        corpus_kwargs["data_files"] = args.data_files
-    if args.max_chars:
-        corpus_kwargs["max_chars"] = args.max_chars
-    data = prepare(args.corpus, cfg.vocab_size, args.cache_dir, args.tokenizer, **corpus_kwargs)
-    print(f"data: {json.dumps(data.summary())}", file=sys.stderr)
+    # Everything checkable is checked before the (slow) data preparation.
     tc = TrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
                      seq_len=args.seq_len, lr=args.lr, warmup_steps=args.warmup_steps,
                      eval_every=args.eval_every, seed=args.seed, device=args.device, compile=args.compile,
                      fsdp=args.fsdp, progress=not args.no_progress)
-    _, result = train(cfg, tc, data, out=args.out, resume=args.resume)
+    if tc.seq_len is not None and tc.seq_len > cfg.max_seq_len:
+        raise ValueError(f"--seq-len ({tc.seq_len}) exceeds {args.config}'s max_seq_len ({cfg.max_seq_len})")
+    auto_device(args.device)
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: pick one")
+    out = _writable(args.out, "--out", folder=True)
+    if not args.resume and not args.overwrite and out.is_dir() and checkpoint_dir(out) is not None:
+        raise ValueError(f"{out} already holds a checkpoint: pass --resume to continue it, another --out to "
+                         "start a new run, or --overwrite to replace it")
+    if args.resume and (not out.is_dir() or checkpoint_dir(out) is None):
+        raise FileNotFoundError(f"nothing to resume in {out}: train without --resume first")
+    if args.tokenizer is not None and not Path(args.tokenizer).is_file():
+        raise FileNotFoundError(f"--tokenizer {args.tokenizer} does not exist")
+    corpus_kwargs = {}
+    if args.data_files is not None:
+        corpus_kwargs["data_files"] = args.data_files
+    if args.max_chars is not None:
+        corpus_kwargs["max_chars"] = args.max_chars
+    data = prepare(args.corpus, cfg.vocab_size, args.cache_dir, args.tokenizer, **corpus_kwargs)
+    print(f"data: {json.dumps(data.summary())}", file=sys.stderr)
+    _, result = train(cfg, tc, data, out=args.out, resume=args.resume, overwrite=args.overwrite)
+
+    def finite(x: float, digits: int) -> float | None:  # the summary stays strict JSON
+        return round(x, digits) if math.isfinite(x) else None
+
     summary = {"config": args.config, "params": result.params, "steps": result.steps,
-               "tokens": result.tokens, "final_val_loss": round(result.final_val_loss, 4),
-               "tokens_per_s": round(result.tokens_per_s), "wall_time_s": round(result.wall_time, 1),
+               "tokens": result.tokens, "final_val_loss": finite(result.final_val_loss, 4),
+               "tokens_per_s": finite(result.tokens_per_s, None), "wall_time_s": round(result.wall_time, 1),
                "interrupted": result.interrupted, "out": str(Path(args.out))}
     print(json.dumps(summary))
     return 130 if result.interrupted else 0
@@ -217,12 +270,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Load a checkpoint and print a continuation of the prompt."""
     import torch
 
-    from .data import Tokenizer
-    from .train import auto_device, load_checkpoint
+    from .export import load_pretrained
+    from .train import auto_device
 
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise ValueError(f"--temperature ({args.temperature}) must be a finite number >= 0 (0 = greedy)")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top-k ({args.top_k}) must be >= 1")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p ({args.top_p}) must be in (0, 1]")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens ({args.max_new_tokens}) must be >= 1")
     device = auto_device(args.device)
-    model, _ = load_checkpoint(args.checkpoint, device)
-    tok = Tokenizer(Path(args.checkpoint) / "tokenizer.model")
+    model, tok = load_pretrained(args.checkpoint, device)
+    if tok is None:
+        raise FileNotFoundError(f"{args.checkpoint} has no tokenizer.model: cannot turn text into tokens")
     # Training packs documents separated by EOS, so EOS is how a document starts.
     ids = [tok.eos_id] + tok.encode(args.prompt)
     prompt = torch.tensor([ids], device=device)
@@ -272,6 +334,9 @@ def cmd_ablation(args: argparse.Namespace) -> int:
         ab = scaled(ab, args.scale, args.corpus)
         command += f" --scale {args.scale}" + (f" --corpus {args.corpus}" if args.corpus else "")
     if args.device:
+        from .train import auto_device
+
+        auto_device(args.device)  # checked even when every result comes from the cache
         os.environ["MOBILELLM_DEVICE"] = args.device
     records = run_ablation(ab, fresh=args.fresh, command=command)
     print(f"{ab.name}: {ab.question}")
@@ -386,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves and exits 130 itself)
+        print("interrupted: nothing was saved", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

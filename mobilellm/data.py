@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import uuid
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -137,23 +138,116 @@ def _split_docs(name: str, docs: list[str], val_fraction: float, source: str) ->
     return Corpus(name, docs[:i], docs[i:], source)
 
 
-def _hub_texts(path: str, config: str | None, split: str, field: str, data_files=None,
-               streaming: bool = False) -> Iterator[str]:
-    """Texts of a `datasets` dataset: the hub id, or local files in the same schema."""
+def json_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a JSON Lines file, read directly (never through a cache).
+
+    A ``.json`` file holding one JSON array of objects is read too (its rows numbered from 1).
+    Malformed lines and rows that are not objects raise a ValueError naming the file and line.
+    """
+    p = Path(path)
+    text = read_text_file(p)
+    stripped = text.lstrip()
+    if p.suffix == ".json" and stripped.startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: line {e.lineno} is not valid JSON ({e.msg})") from None
+        numbered = list(enumerate(rows, 1))
+    else:
+        numbered = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                numbered.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p}: line {n} is not valid JSON ({e.msg}): each line must be one JSON "
+                                 "object") from None
+    for n, row in numbered:
+        if not isinstance(row, dict):
+            raise ValueError(f"{p}: line {n} is a JSON {type(row).__name__}, not an object: each line must be "
+                             "one JSON object such as {\"text\": \"...\"}")
+        yield n, row
+
+
+def _local_texts(files: list[Path], field: str) -> Iterator[str]:
+    """Texts of local files in a hub schema, read by content: a file edited in place is never stale."""
+    for f in files:
+        ext = f.suffix.lstrip(".")
+        if ext == "txt":  # as `datasets`' text builder: one row per line
+            yield from read_text_file(f).splitlines()
+        elif ext in ("jsonl", "json"):
+            n = 0
+            for n, row in json_rows(f):
+                if field not in row:
+                    raise ValueError(f"{f}: line {n} has no {field!r} field (fields: {sorted(row)})")
+                if not isinstance(row[field], str):
+                    raise ValueError(f"{f}: line {n}: {field!r} must be a string, got "
+                                     f"{type(row[field]).__name__}")
+                yield row[field]
+            if n == 0:
+                raise ValueError(f"{f} has no rows: give one JSON object per line, e.g. {{\"{field}\": \"...\"}}")
+        elif ext == "parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.ParquetFile(f)
+            if field not in table.schema_arrow.names:
+                raise ValueError(f"{f} has no {field!r} column (columns: {table.schema_arrow.names})")
+            for batch in table.iter_batches(columns=[field]):
+                yield from batch.column(0).to_pylist()
+        else:
+            raise ValueError(f"unsupported data file type {ext!r} ({f}): use .txt, .jsonl or .parquet")
+
+
+def hub_offline_error(what: str, fix: str) -> ValueError | None:
+    """A one-line error when the Hugging Face hub cannot be reached (checked in seconds, not after retries)."""
+    import socket
+
+    if any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE",
+                                                                                 "HF_DATASETS_OFFLINE")):
+        why = "HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set"
+    elif any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # behind a proxy a direct connection proves nothing: let `datasets` try
+    else:
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=3).close()
+            return None
+        except OSError as e:
+            why = f"huggingface.co is unreachable: {e.strerror or type(e).__name__}"
+    return ValueError(f"offline ({why}): {what} comes from the Hugging Face hub and is not in the local "
+                      f"cache; {fix}")
+
+
+def load_hub_dataset(path: str, config: str | None, split: str, streaming: bool, what: str, fix: str):
+    """``datasets.load_dataset`` of a hub id; offline, only its local cache, failing in seconds with one line."""
+    import datasets.config
     from datasets import load_dataset
 
+    err = hub_offline_error(what, fix)
+    if err is None:
+        return load_dataset(path, config, split=split, streaming=streaming)
+    was = datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = True  # a copy downloaded earlier still serves; no network retries
+    try:
+        return load_dataset(path, config, split=split, streaming=streaming)
+    except Exception:  # not cached: `datasets` raises several types
+        raise err from None
+    finally:
+        datasets.config.HF_HUB_OFFLINE = was
+
+
+def _hub_texts(path: str, config: str | None, split: str, field: str, data_files=None,
+               streaming: bool = False) -> Iterator[str]:
+    """Texts of a `datasets` dataset: the hub id, or local files in the same schema (read directly)."""
     if data_files is not None:
-        files = [data_files] if isinstance(data_files, (str, os.PathLike)) else list(data_files)
+        files = [Path(data_files)] if isinstance(data_files, (str, os.PathLike)) else [Path(f) for f in data_files]
         for f in files:
-            if not Path(f).is_file():
+            if not f.is_file():
                 raise FileNotFoundError(f"data file {f} does not exist")
-        ext = Path(files[0]).suffix.lstrip(".")
-        builder = {"txt": "text", "jsonl": "json", "json": "json", "parquet": "parquet"}.get(ext)
-        if builder is None:
-            raise ValueError(f"unsupported data file type {ext!r} ({files[0]}): use .txt, .jsonl or .parquet")
-        ds = load_dataset(builder, data_files=[str(f) for f in files], split="train", streaming=streaming)
-    else:
-        ds = load_dataset(path, config, split=split, streaming=streaming)
+        yield from _local_texts(files, field)
+        return
+    ds = load_hub_dataset(path, config, split, streaming, path, "pass local files in its schema with --data-files "
+                          "FILE (e.g. a .txt or .jsonl), or a local file as --corpus")
     for row in ds:
         if field not in row:
             raise ValueError(f"rows of {path} have no {field!r} field (fields: {sorted(row)})")
@@ -168,9 +262,21 @@ def read_text_file(path: str | os.PathLike) -> str:
     raw = p.read_bytes()
     text = raw.decode("utf-8", errors="replace")
     bad = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
+    if bad > max(100, 0.05 * len(text)):  # binary data: refuse it here rather than warn and fail later, misleadingly
+        raise ValueError(f"{p} does not look like text: {100 * bad / len(text):.0f}% of it is invalid UTF-8; "
+                         "give a UTF-8 text file")
     if bad:
         warnings.warn(f"{p}: {bad} invalid UTF-8 sequences replaced by U+FFFD", stacklevel=2)
     return text
+
+
+def _check_looks_like_text(p: Path, text: str) -> None:
+    """Refuse binary files: their thousands of distinct 'characters' would be blamed on the vocabulary size."""
+    sample = text[:1_000_000]
+    bad = sample.count("\x00")
+    if sample and bad > 0.05 * len(sample):
+        raise ValueError(f"{p} does not look like text: {100 * bad / len(sample):.0f}% of its characters are "
+                         "NUL bytes; give a UTF-8 text file")
 
 
 def load_corpus(name: str = "shakespeare", *, data_files=None, max_chars: int | None = None,
@@ -181,7 +287,12 @@ def load_corpus(name: str = "shakespeare", *, data_files=None, max_chars: int | 
     ``data_files`` reads local files in the hub schema instead (offline). A ``.txt`` path is one
     document split at a line boundary; a ``.jsonl`` path reads its ``text`` field.
     """
+    if max_chars is not None and (isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1):
+        raise ValueError(f"max_chars ({max_chars!r}) must be a positive number of characters (or None for all)")
     if name == "shakespeare":
+        if max_chars is not None or data_files is not None:
+            raise ValueError("the embedded shakespeare corpus is fixed (split by play): --max-chars and --data-files "
+                             "apply to hub corpora and local files; give a .txt file as --corpus to train on less")
         return load_shakespeare()
     if name in HUB_CORPORA:
         path, config, split, field, licence = HUB_CORPORA[name]
@@ -195,8 +306,12 @@ def load_corpus(name: str = "shakespeare", *, data_files=None, max_chars: int | 
     if p.suffix in (".txt", ".jsonl", ".json", ".parquet") or p.exists():
         if not p.is_file():
             raise FileNotFoundError(f"corpus file {p} does not exist (valid names: {', '.join(CORPORA)})")
+        if data_files is not None:
+            raise ValueError(f"--data-files is for hub corpora ({', '.join(HUB_CORPORA)}); the corpus {p} is "
+                             "already a local file: drop --data-files")
         if p.suffix == ".txt" or p.suffix == "":
             text = read_text_file(p)
+            _check_looks_like_text(p, text)
             docs = [text[:max_chars] if max_chars else text]
         else:
             docs = _take_chars(_hub_texts(str(p), None, "train", "text", p), max_chars)
@@ -287,6 +402,11 @@ class Tokenizer:
                 train_extremely_large_corpus=False,
             )
         except RuntimeError as e:
+            m = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(e))
+            if m:  # more distinct characters than pieces: the opposite fix of a too-small corpus
+                raise ValueError(f"the corpus has {m.group(2)} distinct characters, more than a vocabulary of "
+                                 f"{vocab_size} pieces can hold: use a larger vocab_size (byte fallback from 2048 "
+                                 "on), or check that the file is the text you meant") from None
             if "Vocabulary size" in str(e) or "vocab_size" in str(e):
                 raise ValueError(f"the corpus is too small for a vocabulary of {vocab_size} pieces "
                                  f"({e}); use a smaller vocab_size or more text") from None
@@ -326,10 +446,18 @@ def _encode_docs(tok: Tokenizer, docs: list[str]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
+def _tmp_path(path: Path) -> Path:
+    """A temporary name beside ``path`` unique to this process and call: two writers never share one."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    tmp = _tmp_path(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def prepare(corpus: str | Corpus = "shakespeare", vocab_size: int = 512,

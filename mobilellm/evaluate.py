@@ -10,7 +10,7 @@ the adapter in ``lm_eval_adapter.py``).
 
 from __future__ import annotations
 
-import json
+import glob
 import math
 import os
 import re
@@ -450,46 +450,35 @@ def get_task(name: str) -> TaskSpec:
     return TASKS[name]
 
 
-def _first_bad_json_line(files: list[str]) -> str:
-    for f in files:
-        with open(f, encoding="utf-8", errors="replace") as fh:
-            for n, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        json.loads(line)
-                    except json.JSONDecodeError as e:
-                        return f"{f}: line {n} is not valid JSON ({e.msg})"
-    return ""
-
-
 def load_rows(task: str, data_files: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
               limit: int | None = None) -> tuple[list[dict], str]:
     """A task's rows (the first ``limit``) from the hub, or from local JSONL in its hub schema; and their source."""
     spec = get_task(task)
     if limit is not None and limit < 1:
         raise ValueError(f"limit ({limit}) must be >= 1 (or None for every row)")
-    from datasets import load_dataset
-
     if data_files is not None:
-        files = [str(data_files)] if isinstance(data_files, (str, os.PathLike)) else [str(f) for f in data_files]
-        for f in files:
-            if not any(ch in f for ch in "*?[") and not Path(f).is_file():
+        from .data import json_rows
+
+        given = [str(data_files)] if isinstance(data_files, (str, os.PathLike)) else [str(f) for f in data_files]
+        files = []
+        for f in given:
+            matched = sorted(glob.glob(f)) if any(ch in f for ch in "*?[") else [f]
+            if not matched or not all(Path(m).is_file() for m in matched):
                 raise FileNotFoundError(f"{task}: data file {f} does not exist")
-        source = ", ".join(files)
-        try:
-            ds = load_dataset("json", data_files=files, split="train")
-        except StopIteration:  # what `datasets` raises for an empty JSON file
+            files += matched
+        source = ", ".join(given)
+        # Read by content, line by line: a file edited in place (mtime kept) is never served from a
+        # stale cache, and a bad row is reported at its own line.
+        rows = [row for f in files for _, row in json_rows(f)]
+        if not rows:
             raise ValueError(f"{source} has no rows: it should hold {task} rows in the hub schema of "
-                             f"{spec.hub_id}") from None
-        except Exception as e:
-            if type(e).__name__ not in ("DatasetGenerationError", "ArrowInvalid", "JSONDecodeError"):
-                raise
-            where = _first_bad_json_line(files)
-            raise ValueError(f"{source} is not JSON Lines in the hub schema of {spec.hub_id}"
-                             f"{': ' + where if where else ''} ({type(e).__name__}: {e})") from None
-    else:
-        source = f"{spec.hub_id} ({spec.config or 'default'}, {spec.split})"
-        ds = load_dataset(spec.hub_id, spec.config, split=spec.split)
+                             f"{spec.hub_id}")
+        return rows[:limit] if limit is not None else rows, source
+    from .data import load_hub_dataset
+
+    source = f"{spec.hub_id} ({spec.config or 'default'}, {spec.split})"
+    ds = load_hub_dataset(spec.hub_id, spec.config, spec.split, False, f"task {task} ({spec.hub_id})",
+                          f"pass --data-dir DIR holding {task}.jsonl in its hub schema (data_files= in Python)")
     if len(ds) == 0:
         raise ValueError(f"{source} has no rows")
     if limit is not None:
@@ -527,8 +516,10 @@ def task_items(task: str, rows: Sequence[dict], source: str = "rows",
         if not all(isinstance(c, str) for c in item.choices) or not (
                 isinstance(item.context, str) or all(isinstance(c, str) for c in item.context)):
             raise ValueError(f"{where}: the options must be strings")
-        if isinstance(item.gold, bool) or not isinstance(item.gold, (int, np.integer)) or not (
-                0 <= item.gold < item.n_options):
+        if isinstance(item.gold, bool) or not isinstance(item.gold, (int, np.integer)):
+            raise ValueError(f"{where}: gold label {item.gold!r} must be an integer option index "
+                             f"(0 … {item.n_options - 1}), not {type(item.gold).__name__}")
+        if not 0 <= item.gold < item.n_options:
             raise ValueError(f"{where}: gold label {item.gold!r} is out of range for {item.n_options} options")
         items.append(item)
     return items

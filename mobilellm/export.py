@@ -292,6 +292,20 @@ def _shares_embedding(state: dict[str, torch.Tensor], declared: bool) -> bool:
     return emb is not None and head.shape == emb.shape and torch.equal(head, emb)
 
 
+def _check_size(cfg: ModelConfig, state: dict[str, torch.Tensor], d: Path) -> None:
+    """config.json against the weights before building the model: a wrong or hostile config allocates nothing."""
+    emb = state.get("model.embed_tokens.weight")
+    if emb is not None and tuple(emb.shape) != (cfg.vocab_size, cfg.dim):
+        raise ValueError(f"{d}: config.json says vocab_size {cfg.vocab_size} x hidden_size {cfg.dim} but the "
+                         f"weights' embedding is {list(emb.shape)}: config.json does not belong to these weights")
+    with torch.device("meta"):
+        need = sum(p.numel() for p in MobileLLM(cfg).parameters())
+    have = sum(t.numel() for t in state.values())
+    if need > 2 * have:  # near misses get load_hf_state_dict's itemised report; this guards the allocation
+        raise ValueError(f"{d}: config.json describes {need:,} parameters but the weights hold {have:,}: "
+                         "config.json does not belong to these weights")
+
+
 def load_pretrained(path_or_repo_id: str | os.PathLike,
                     device: str | torch.device = "cpu") -> tuple[MobileLLM, Tokenizer | None]:
     """A MobileLLM (eval mode) and its tokenizer (None if the folder has none) from a folder or hub id.
@@ -300,17 +314,23 @@ def load_pretrained(path_or_repo_id: str | os.PathLike,
     (and other Llama folders) and our trainer's checkpoints. A string that is no local path but
     looks like ``owner/name`` is downloaded from the hub.
     """
-    from .train import auto_device, load_checkpoint
+    from .train import auto_device, checkpoint_dir, load_checkpoint
 
     d = _resolve(path_or_repo_id)
     dev = auto_device(device) if isinstance(device, str) else device
+    if (d / "latest").is_file():  # a training folder: its current step-* checkpoint
+        model, _ = load_checkpoint(d, dev)
+        d = checkpoint_dir(d)
+        tok = Tokenizer(d / "tokenizer.model") if (d / "tokenizer.model").is_file() else None
+        return model.eval(), tok
     meta = _read_config(d)
-    if isinstance(meta.get("model"), dict):  # our trainer's checkpoint
+    if isinstance(meta.get("model"), dict):  # our trainer's checkpoint (flat)
         model, _ = load_checkpoint(d, dev)
     else:
         state = _read_weights(d)
         cfg = config_from_hf(meta)
         cfg = cfg.replace(share_embedding=_shares_embedding(state, cfg.share_embedding))
+        _check_size(cfg, state, d)
         model = load_hf_state_dict(MobileLLM(cfg), state, stored_blocks=_is_released(meta)).to(dev)
     tok = Tokenizer(d / "tokenizer.model") if (d / "tokenizer.model").is_file() else None
     return model.eval(), tok
@@ -337,7 +357,7 @@ def save_pretrained(model: MobileLLM, out_dir: str | os.PathLike, tokenizer: Tok
     ``load_pretrained(out_dir)`` gives back this model, layer sharing included.
     """
     out = Path(out_dir)
-    if (out / "train_state.pt").exists() or (
+    if (out / "train_state.pt").exists() or (out / "latest").exists() or (
             (out / "config.json").is_file() and isinstance(_read_config(out).get("model"), dict)):
         raise ValueError(f"{out} holds a training checkpoint, which this would overwrite: "
                          "write to another folder")

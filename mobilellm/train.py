@@ -13,8 +13,12 @@ import dataclasses
 import json
 import math
 import os
+import re
+import shutil
 import signal
+import stat
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +62,10 @@ class TrainConfig:
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum "
                              f"({self.grad_accum})")
-        if not self.lr > 0:
-            raise ValueError(f"lr ({self.lr}) must be > 0")
+        if self.seq_len is not None and (not isinstance(self.seq_len, int) or self.seq_len < 1):
+            raise ValueError(f"seq_len ({self.seq_len!r}) must be a positive integer (or None for the model's max)")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr ({self.lr}) must be a finite number > 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio ({self.min_lr_ratio}) must be in [0, 1]")
         if self.warmup_steps < 0:
@@ -101,9 +107,22 @@ class TrainResult:
 
 
 def auto_device(device: str = "auto") -> torch.device:
-    """``auto``: cuda, then mps (torch >= 2.9), then cpu; anything else is passed to torch."""
+    """``auto``: cuda, then mps (torch >= 2.9), then cpu; otherwise the device named, if this machine has it."""
     if device != "auto":
-        return torch.device(device)
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or mps") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: this machine has no CUDA GPU that torch {torch.__version__} "
+                             "can use; use --device cpu (or auto)")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device {device!r}: MPS (Apple GPU) is not available here; use --device cpu (or auto)")
+        if dev.type not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"device {device!r} is not supported: use auto, cpu, cuda or mps")
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
     major, minor = (int(x) for x in torch.__version__.split(".")[:2])
@@ -147,62 +166,221 @@ def evaluate_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int
 
 
 # --- checkpoints -----------------------------------------------------------------------------
+#
+# A checkpoint is one folder, OUT/step-NNNNNN/ (config.json, model.safetensors, train_state.pt,
+# tokenizer.model), and OUT/latest names the current one. A save writes a new hidden folder, renames
+# it into place, then switches `latest` with one atomic rename; only then is the previous folder
+# removed. A kill at any instant therefore leaves `latest` naming a complete checkpoint.
+
+LATEST = "latest"
+_STEP_DIR = re.compile(r"step-\d+(\.\d+)?")
+
+
+def _tmp_name(path: Path) -> Path:
+    """A temporary name beside ``path``, unique to this process and call (never shared by two writers)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a folder cannot be opened on Windows: nothing to sync there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
 
 def _replace_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    tmp = _tmp_name(path)
+    try:
+        write(tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _file_mode() -> int:
+    """The mode a new plain file gets here (0644 under the usual umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def checkpoint_dir(directory: str | os.PathLike) -> Path | None:
+    """The folder holding the current checkpoint of a training folder (or the folder itself, if flat); None if none."""
+    d = Path(directory)
+    pointer = d / LATEST
+    if pointer.is_file():
+        name = pointer.read_text().strip()
+        if not _STEP_DIR.fullmatch(name):
+            raise ValueError(f"{pointer} should name a step-NNNNNN folder but holds {name[:40]!r}: "
+                             "it was edited by hand; point it at one of the step-* folders")
+        return d / name
+    if (d / "config.json").is_file() and (d / "model.safetensors").is_file():
+        return d  # a flat checkpoint (written before checkpoints were folders)
+    return None
 
 
 def save_checkpoint(out: str | os.PathLike, model: MobileLLM, optimizer: torch.optim.Optimizer | None,
                     tc: TrainConfig | None, step: int, tokens: int, sampler: torch.Generator | None,
-                    tokenizer: Tokenizer | None = None) -> None:
-    """Weights (safetensors) and training state, each written to a temp file and renamed."""
+                    tokenizer: Tokenizer | None = None, data_fingerprint: str | None = None) -> Path:
+    """Write a complete checkpoint folder, then switch ``OUT/latest`` to it in one rename; returns the folder.
+
+    Refuses weights that are not finite: a diverged model never replaces a good checkpoint.
+    """
     from safetensors.torch import save_model
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    for name, p in model.state_dict().items():
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            raise ValueError(f"not saving step {step}: weight {name} holds NaN or inf (training diverged); "
+                             f"the previous checkpoint in {out} is kept")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        previous = checkpoint_dir(out)
+        tmp = out / f".step-{step:06d}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+    except OSError as e:
+        raise ValueError(f"cannot write a checkpoint in {out} ({e.strerror or e}): choose another --out") from None
     cfg = {"model": model.cfg.to_dict(), "train": tc.to_dict() if tc else None, "step": step}
-    _replace_atomic(out / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=1)))
-    _replace_atomic(out / "model.safetensors", lambda p: save_model(model, str(p), metadata={"step": str(step)}))
+    if tokenizer is not None:
+        cfg["data"] = {"fingerprint": data_fingerprint, "tokenizer_fingerprint": tokenizer.fingerprint}
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=1, allow_nan=False))
+    save_model(model, str(tmp / "model.safetensors"), metadata={"step": str(step)})
+    os.chmod(tmp / "model.safetensors", _file_mode())  # safetensors writes 0600; readable like the rest
     if optimizer is not None:
         state = {"step": step, "tokens": tokens, "optimizer": optimizer.state_dict(),
                  "sampler": sampler.get_state() if sampler is not None else None,
                  "torch_rng": torch.get_rng_state()}
-        _replace_atomic(out / "train_state.pt", lambda p: torch.save(state, p))
-    if tokenizer is not None and not (out / "tokenizer.model").exists():
-        _replace_atomic(out / "tokenizer.model", lambda p: tokenizer.save(p))
+        torch.save(state, tmp / "train_state.pt")
+    if tokenizer is not None:  # always the tokenizer this model was trained with
+        tokenizer.save(tmp / "tokenizer.model")
+    for f in tmp.iterdir():
+        _fsync(f)
+    final, n = out / f"step-{step:06d}", 0
+    while final.exists():  # the same step saved again (e.g. Ctrl-C right after a checkpoint)
+        n += 1
+        final = out / f"step-{step:06d}.{n}"
+    os.replace(tmp, final)
+    _fsync(out)
+    _replace_atomic(out / LATEST, lambda p: p.write_text(final.name + "\n"))
+    _fsync(out)
+    for old in out.iterdir():  # the previous checkpoint, and leftovers of killed saves
+        if old != final and old.is_dir() and (
+                _STEP_DIR.fullmatch(old.name) or re.fullmatch(r"\.step-\d+\.tmp-.*", old.name)):
+            shutil.rmtree(old, ignore_errors=True)
+    if previous == out:  # a flat checkpoint from before: its files are superseded
+        for name in ("config.json", "model.safetensors", "train_state.pt", "tokenizer.model"):
+            (out / name).unlink(missing_ok=True)
+    return final
 
 
 def _corrupt(path: Path, err: Exception) -> ValueError:
     return ValueError(f"checkpoint file {path} is corrupt or truncated ({type(err).__name__}: {err}); "
-                      "delete the folder to start over, or point to another checkpoint")
+                      "point to another checkpoint, or train into a new --out")
+
+
+def _unreadable(path: Path, err: OSError) -> ValueError:
+    try:
+        st = path.stat()
+        mode = f"mode {stat.filemode(st.st_mode)}, owner uid {st.st_uid}"
+    except OSError:
+        mode = "mode unknown"
+    return ValueError(f"cannot read {path}: permission denied ({mode}); ask its owner to run "
+                      f"`chmod a+r {path}`, or copy the checkpoint to a folder of your own")
+
+
+def _safetensors_header(path: Path) -> dict:
+    """Names, dtypes and shapes of a .safetensors file, read from its header (no tensor data)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError("file shorter than its 8-byte header length")
+        n = int.from_bytes(head, "little")
+        size = path.stat().st_size
+        if n > min(size - 8, 100_000_000):
+            raise ValueError(f"header length {n} exceeds the file ({size} bytes)")
+        header = json.loads(f.read(n))
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    return header
+
+
+def _check_shapes(cfg: ModelConfig, header: dict, d: Path) -> None:
+    """config.json against the weights' header, on a meta-device model: nothing is allocated."""
+    with torch.device("meta"):
+        state = MobileLLM(cfg).state_dict(keep_vars=True)
+    aliases: dict[int, list[str]] = {}  # tied tensors are stored once, under one of their names
+    for k, v in state.items():
+        aliases.setdefault(id(v), []).append(k)
+    expected = {k: tuple(v.shape) for k, v in state.items()}
+    saved = {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    wrong = [(k, s, saved[k]) for k, s in expected.items() if k in saved and saved[k] != s]
+    missing = sorted(names[0] for names in aliases.values() if not any(n in saved for n in names))
+    unexpected = sorted(set(saved) - set(expected))
+    if wrong or missing or unexpected:
+        what = (f"{wrong[0][0]} is {list(wrong[0][2])} in the weights but {list(wrong[0][1])} by config.json"
+                if wrong else f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}")
+        raise ValueError(f"{d}: config.json does not describe model.safetensors ({what}; {len(wrong)} shape "
+                         f"mismatches, {len(missing)} missing, {len(unexpected)} unexpected tensors): the two files "
+                         "come from different models; restore the config.json written with these weights")
 
 
 def load_checkpoint(directory: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[MobileLLM, dict]:
     """A model with the checkpoint's weights, and its ``config.json`` contents."""
-    from safetensors import safe_open
     from safetensors.torch import load_model
 
-    d = Path(directory)
-    if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{d} is not a checkpoint: it needs config.json and model.safetensors "
+    top = Path(directory)
+    if not top.is_dir():
+        raise FileNotFoundError(f"{top} is not a checkpoint folder (it does not exist or is a file)")
+    d = checkpoint_dir(top)
+    if d is None:
+        if (top / "config.json").is_file() and not (top / "model.safetensors").is_file() and any(
+                top.glob("pytorch_model*.bin")):
+            raise FileNotFoundError(f"{top} is a Hugging Face folder with pickled weights, not a training "
+                                    "checkpoint: load it with mobilellm.export.load_pretrained")
+        raise FileNotFoundError(f"{top} is not a checkpoint: it needs config.json and model.safetensors "
                                 "(written by `python -m mobilellm train --out DIR`)")
+    if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{d} (named by {top / LATEST}) is missing config.json or model.safetensors: "
+                                "it was changed by hand; point latest at a complete step-* folder")
+    device = auto_device(device) if isinstance(device, str) else device
     try:
         meta = json.loads((d / "config.json").read_text())
-        cfg = ModelConfig.from_dict(meta["model"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except PermissionError as e:
+        raise _unreadable(d / "config.json", e) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise _corrupt(d / "config.json", e) from None
+    if isinstance(meta, dict) and "model" not in meta and ("model_type" in meta or "architectures" in meta):
+        raise ValueError(f"{d} is a Hugging Face model folder (e.g. from `export --format hf`), not a training "
+                         "checkpoint: load it with mobilellm.export.load_pretrained, or pass the training --out folder")
+    try:
+        cfg = ModelConfig.from_dict(meta["model"])
+    except (KeyError, TypeError) as e:
+        raise _corrupt(d / "config.json", e) from None
+    try:
+        header = _safetensors_header(d / "model.safetensors")
+    except PermissionError as e:
+        raise _unreadable(d / "model.safetensors", e) from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _corrupt(d / "model.safetensors", e) from None
+    _check_shapes(cfg, header, d)
+    saved_step = (header.get("__metadata__") or {}).get("step")
     model = MobileLLM(cfg)
     try:
-        with safe_open(str(d / "model.safetensors"), "pt") as f:
-            saved_step = (f.metadata() or {}).get("step")
         load_model(model, str(d / "model.safetensors"), strict=True, device=str(device))
+    except PermissionError as e:
+        raise _unreadable(d / "model.safetensors", e) from None
     except Exception as e:  # safetensors raises several types for truncated/garbled files
         raise _corrupt(d / "model.safetensors", e) from None
     if saved_step is not None and int(saved_step) != meta.get("step"):
         raise ValueError(f"{d}: model.safetensors is from step {saved_step} but config.json from step "
-                         f"{meta.get('step')} (a write was interrupted); use an earlier checkpoint")
+                         f"{meta.get('step')} (the files were mixed by hand); use an earlier checkpoint")
     return model.to(device), meta
 
 
@@ -213,11 +391,49 @@ def _load_train_state(d: Path, step: int) -> dict:
                                 "to resume from")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as e:
+        raise _unreadable(path, e) from None
     except Exception as e:
         raise _corrupt(path, e) from None
     if state["step"] != step:
         raise ValueError(f"{path} is from step {state['step']} but the weights from step {step}")
     return state
+
+
+class FolderLock:
+    """An exclusive lock on a training folder (``OUT/.lock`` holds the owner's pid); released at exit or death."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path, self._fh = Path(folder) / ".lock", None
+
+    def __enter__(self) -> FolderLock:
+        fh = open(self.path, "a+")
+        try:
+            if os.name == "nt":
+                import msvcrt
+
+                msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise ValueError(f"{self.path.parent} is in use by another training process (pid {holder}): wait for "
+                             "it to finish, stop it, or train into another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing releases the lock
+            self._fh = None
 
 
 # --- distributed -----------------------------------------------------------------------------
@@ -284,11 +500,54 @@ class _StopFlag:
 
 def train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: str | os.PathLike | None = None,
           resume: bool = False, model: MobileLLM | None = None,
-          on_step: Callable[[int, float], None] | None = None) -> tuple[MobileLLM, TrainResult]:
+          on_step: Callable[[int, float], None] | None = None,
+          overwrite: bool = False) -> tuple[MobileLLM, TrainResult]:
     """Train ``cfg`` on ``data``; with ``out``, write checkpoints and metrics there (and resume).
 
+    A folder that already holds a checkpoint needs ``resume`` (continue it) or ``overwrite``
+    (replace it); only one process may train into a folder at a time. A non-finite loss stops the
+    run with a ValueError before anything is logged or saved for that step.
     ``on_step(step, loss)`` is called after every optimizer step (for live plots or tests).
     """
+    with contextlib.ExitStack() as stack:
+        out = Path(out) if out is not None else None
+        if out is not None:
+            if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 writes (and locks)
+                try:
+                    out.mkdir(parents=True, exist_ok=True)
+                    stack.enter_context(FolderLock(out))
+                except OSError as e:  # a file, a folder under a file, read-only, ...
+                    raise ValueError(f"cannot train into {out} ({e.strerror or e}): --out must be a folder "
+                                     "you can write to") from None
+            current = checkpoint_dir(out) if out.is_dir() else None  # every rank refuses alike
+            if current is not None and not resume:
+                if not overwrite:
+                    step_now = _peek_step(current)
+                    raise ValueError(f"{out} already holds a checkpoint (step {step_now}): pass --resume to "
+                                     "continue it, another --out to start a new run, or --overwrite to replace it")
+                _remove_checkpoints(out)  # asked for: the old run's checkpoint and metrics go together
+        return _train(cfg, tc, data, out, resume, model, on_step)
+
+
+def _peek_step(d: Path) -> object:
+    try:
+        return json.loads((d / "config.json").read_text()).get("step", "?")
+    except (OSError, ValueError, AttributeError):
+        return "?"
+
+
+def _remove_checkpoints(out: Path) -> None:
+    """What a previous run wrote into ``out`` (for ``overwrite``): its checkpoints and metrics; nothing else."""
+    (out / LATEST).unlink(missing_ok=True)
+    for f in out.iterdir():
+        if f.is_dir() and (_STEP_DIR.fullmatch(f.name) or f.name.startswith(".step-")):
+            shutil.rmtree(f)
+    for name in ("config.json", "model.safetensors", "train_state.pt", "tokenizer.model", "metrics.jsonl"):
+        (out / name).unlink(missing_ok=True)
+
+
+def _train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: Path | None, resume: bool,
+           model: MobileLLM | None, on_step: Callable[[int, float], None] | None) -> tuple[MobileLLM, TrainResult]:
     from ._tqdm import tqdm
 
     if data.tokenizer.vocab_size != cfg.vocab_size:
@@ -305,23 +564,22 @@ def train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: str | os.Path
     micro = tc.batch_size // tc.grad_accum
     if micro % world:
         raise ValueError(f"batch_size / grad_accum ({micro}) must be divisible by the {world} processes")
-    out = Path(out) if out is not None else None
-    if out is not None and rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(tc.seed)
     sampler = torch.Generator().manual_seed(tc.seed)
     step, tokens = 0, 0
     result_prev: dict = {}
     if resume:
-        if out is None or not (out / "train_state.pt").is_file():
+        ck = checkpoint_dir(out) if out is not None else None
+        if ck is None or not (ck / "train_state.pt").is_file():
             raise FileNotFoundError(f"nothing to resume in {out}: train without --resume first")
         model, meta = load_checkpoint(out, "cpu")
         if model.cfg != cfg:
             diff = {k: (v, getattr(cfg, k)) for k, v in model.cfg.to_dict().items() if getattr(cfg, k) != v}
             raise ValueError(f"the checkpoint in {out} has a different model config "
                              f"(field: (checkpoint, requested)) {diff}; use another --out or the same config")
-        state = _load_train_state(out, meta["step"])
+        _check_same_data(out, ck, meta, data)
+        state = _load_train_state(ck, meta["step"])
         step, tokens = state["step"], state["tokens"]
         sampler.set_state(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
@@ -341,12 +599,13 @@ def train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: str | os.Path
     windows = val_windows(data.val, seq_len, tc.eval_windows)
     result = TrainResult(steps=step, tokens=tokens, params=sum(p.numel() for p in raw_model.parameters()),
                          train_loss=result_prev.get("train", []), val_loss=result_prev.get("val", []))
-    metrics = open(out / "metrics.jsonl", "a") if out is not None and rank == 0 else None
+    # A resumed run appends (its metrics were cut back to the checkpoint's step); a new one starts afresh.
+    metrics = open(out / "metrics.jsonl", "a" if resume else "w") if out is not None and rank == 0 else None
     every_ckpt = tc.checkpoint_every or tc.eval_every
 
     def log(record: dict) -> None:
         if metrics is not None:
-            metrics.write(json.dumps(record) + "\n")
+            metrics.write(json.dumps(record, allow_nan=False) + "\n")
             metrics.flush()
 
     def checkpoint() -> None:
@@ -358,13 +617,21 @@ def train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: str | os.Path
             twin.load_state_dict(full[0])
             opt = make_optimizer(twin, tc)
             opt.load_state_dict(full[1])
-            save_checkpoint(out, twin, opt, tc, step, tokens, sampler, data.tokenizer)
+            save_checkpoint(out, twin, opt, tc, step, tokens, sampler, data.tokenizer, data.fingerprint)
         else:
-            save_checkpoint(out, raw_model, optimizer, tc, step, tokens, sampler, data.tokenizer)
+            save_checkpoint(out, raw_model, optimizer, tc, step, tokens, sampler, data.tokenizer, data.fingerprint)
+
+    def diverged(what: str, value: float) -> None:
+        ck = checkpoint_dir(out) if out is not None else None
+        kept = f"; the checkpoint in {out} (step {_peek_step(ck)}) is the last good one" if ck is not None else ""
+        raise ValueError(f"training diverged: the {what} is {value} at step {step} (learning rate {lr:.3g}); "
+                         f"nothing was saved for this step{kept}. Use a lower --lr (e.g. {lr / 10:.3g})")
 
     def validate() -> None:
         with autocast:
             v = evaluate_loss(fwd, windows, micro, device)
+        if not math.isfinite(v):
+            diverged("validation loss", v)
         result.val_loss.append((step, v))
         log({"step": step, "tokens": tokens, "val_loss": v})
 
@@ -402,6 +669,8 @@ def train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: str | os.Path
                 step += 1
                 tokens += tc.batch_size * seq_len
                 loss_value = loss_sum.item()
+                if not math.isfinite(loss_value):
+                    diverged("training loss", loss_value)
                 result.train_loss.append((step, loss_value))
                 log({"step": step, "tokens": tokens, "loss": loss_value, "lr": lr})
                 if on_step is not None:
@@ -427,6 +696,22 @@ def train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: str | os.Path
     result.wall_time = time.perf_counter() - start
     result.tokens, result.steps, result.session_tokens = tokens, step, tokens - start_tokens
     return raw_model, result
+
+
+def _check_same_data(out: Path, ck: Path, meta: dict, data: TokenData) -> None:
+    """Refuse to resume on other text or another tokenizer than the checkpoint was trained on."""
+    saved = meta.get("data") or {}
+    tok_fp = saved.get("tokenizer_fingerprint")
+    if tok_fp is None and (ck / "tokenizer.model").is_file():
+        tok_fp = Tokenizer(ck / "tokenizer.model").fingerprint
+    if tok_fp is not None and tok_fp != data.tokenizer.fingerprint:
+        raise ValueError(f"the checkpoint in {out} was trained with another tokenizer ({tok_fp[:12]}, this run's is "
+                         f"{data.tokenizer.fingerprint[:12]}): resume with the same --corpus and --tokenizer, "
+                         "or train into a new --out")
+    if saved.get("fingerprint") and saved["fingerprint"] != data.fingerprint:
+        raise ValueError(f"the checkpoint in {out} was trained on other data (fingerprint {saved['fingerprint'][:12]}, "
+                         f"this run's is {data.fingerprint[:12]}): resume with the same --corpus, --data-files and "
+                         "--max-chars, or train into a new --out")
 
 
 def _read_metrics(out: Path, upto: int) -> dict:

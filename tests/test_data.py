@@ -1,3 +1,4 @@
+import os
 import warnings
 
 import numpy as np
@@ -113,3 +114,28 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path):
         text = data.read_text_file(f)
     assert text.count("\ufffd") == 3
     assert any("3 invalid UTF-8 sequences replaced" in str(x.message) for x in w)
+
+
+def test_a_local_jsonl_edited_in_place_is_read_again(tmp_path):
+    """Same size, same mtime (cp -p, rsync -a, tar), new content: never served from a stale cache."""
+    f = tmp_path / "c.jsonl"
+    f.write_text('{"text": "alpha beta"}\n{"text": "gamma delta"}\n')
+    st = f.stat()
+    first = data.load_corpus(str(f), val_fraction=0.5)
+    f.write_text('{"text": "ALPHA BETA"}\n{"text": "GAMMA DELTA"}\n')
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    second = data.load_corpus(str(f), val_fraction=0.5)
+    assert first.train == ["alpha beta"] and second.train == ["ALPHA BETA"]
+
+
+def test_local_parquet_files_are_read_directly(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    f = tmp_path / "stories.parquet"
+    pq.write_table(pa.table({"text": ["Once upon a time.", "", "The end."], "id": [1, 2, 3]}), f)
+    c = data.load_corpus("tinystories", data_files=f, val_fraction=0.4)
+    assert c.train + c.val == ["Once upon a time.", "The end."]
+    pq.write_table(pa.table({"body": ["x"]}), f)
+    with pytest.raises(ValueError, match="has no 'text' column"):
+        data.load_corpus("tinystories", data_files=f)

@@ -1,5 +1,6 @@
 import json
 import math
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -402,3 +403,18 @@ def test_missing_file_and_bad_limit(model, small_data, tmp_path):
     f = _write(tmp_path / "ok.jsonl", [SAMPLE_ROWS["piqa"]])
     with pytest.raises(ValueError, match="limit"):
         evaluate_task(model, small_data.tokenizer, "piqa", data_files=f, limit=0, progress=False)
+
+
+def test_task_rows_edited_in_place_are_read_again(tmp_path):
+    """Flipped labels with the file's size and mtime kept give the new rows, not a cached copy."""
+    from mobilellm.evaluate import load_rows
+
+    row = {"premise": "The man turned on the faucet.", "choice1": "The toilet filled.", "choice2": "Water flowed.",
+           "question": "effect", "idx": 0}
+    f = tmp_path / "copa.jsonl"
+    f.write_text(json.dumps({**row, "label": 1}) + "\n")
+    st = f.stat()
+    assert load_rows("copa", f)[0][0]["label"] == 1
+    f.write_text(json.dumps({**row, "label": 0}) + "\n")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert load_rows("copa", f)[0][0]["label"] == 0

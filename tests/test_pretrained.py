@@ -196,7 +196,7 @@ def test_save_pretrained_loads_in_transformers_and_round_trips(tmp_path, changes
 def test_cli_export_from_trainer_checkpoint(tmp_path, small_data, capsys):
     from transformers import AutoModelForCausalLM
 
-    from mobilellm.train import TrainConfig, load_checkpoint, train
+    from mobilellm.train import TrainConfig, checkpoint_dir, load_checkpoint, train
 
     cfg = tiny_config(vocab_size=128, layer_sharing="immediate", init="fan_in")
     run = tmp_path / "run"
@@ -209,7 +209,7 @@ def test_cli_export_from_trainer_checkpoint(tmp_path, small_data, capsys):
     trained, _ = load_checkpoint(run)
     hf = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
     assert_same_logits(trained.eval(), hf, cfg.vocab_size)
-    assert (out / "tokenizer.model").read_bytes() == (run / "tokenizer.model").read_bytes()
+    assert (out / "tokenizer.model").read_bytes() == (checkpoint_dir(run) / "tokenizer.model").read_bytes()
     back, tok = load_pretrained(out)
     assert back.cfg == cfg and tok.fingerprint == small_data.tokenizer.fingerprint
     # User errors: one line, exit 2; an unknown format is argparse's.

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mobilellm import MobileLLM
-from mobilellm.train import TrainConfig, load_checkpoint, lr_at, make_optimizer, train
+from mobilellm.train import TrainConfig, checkpoint_dir, load_checkpoint, lr_at, make_optimizer, train
 
 from .conftest import tiny_config
 
@@ -70,7 +70,7 @@ def test_interrupt_saves_and_resume_is_bit_identical(tmp_path, small_data):
 
     _, part = train(cfg128(), tc(), small_data, out=tmp_path / "part", on_step=interrupt_at_7)
     assert part.interrupted and part.steps == 7
-    assert json.loads((tmp_path / "part" / "config.json").read_text())["step"] == 7
+    assert json.loads((checkpoint_dir(tmp_path / "part") / "config.json").read_text())["step"] == 7
     _, rest = train(cfg128(), tc(), small_data, out=tmp_path / "part", resume=True)
     assert not rest.interrupted and rest.steps == 12
     assert rest.train_loss == full.train_loss  # every step's loss, bit for bit
@@ -88,11 +88,11 @@ def test_resume_refuses_bad_checkpoints(tmp_path, small_data):
         train(cfg128(n_layers=2), tc(max_steps=8), small_data, out=out, resume=True)
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train(cfg128(), tc(), small_data, out=tmp_path / "empty", resume=True)
-    state = out / "train_state.pt"
+    state = checkpoint_dir(out) / "train_state.pt"
     state.write_bytes(state.read_bytes()[:1000])
     with pytest.raises(ValueError, match="train_state.pt is corrupt or truncated"):
         train(cfg128(), tc(max_steps=8), small_data, out=out, resume=True)
-    weights = out / "model.safetensors"
+    weights = checkpoint_dir(out) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(ValueError, match="model.safetensors is corrupt or truncated"):
         load_checkpoint(out)
