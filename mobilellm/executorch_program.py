@@ -233,7 +233,7 @@ class PteDecoder:
 
     def step(self, ids: torch.Tensor | Sequence[int], pos: int | None = None) -> torch.Tensor:
         """Logits (vocab,) after feeding ``ids`` (a chunk) at position ``pos`` (default: after the last chunk)."""
-        ids = torch.as_tensor(ids) if not isinstance(ids, torch.Tensor) else ids
+        ids = ids if isinstance(ids, torch.Tensor) else torch.as_tensor(list(ids), dtype=torch.long)
         if ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"token ids must be int64 (or int32), got {ids.dtype}")
         ids = ids.reshape(1, -1).long()
@@ -258,7 +258,7 @@ class PteDecoder:
 
         Greedy at temperature 0; stops after ``eos_id`` (which is yielded) or ``max_new_tokens``.
         """
-        prompt = torch.as_tensor(prompt) if not isinstance(prompt, torch.Tensor) else prompt
+        prompt = prompt if isinstance(prompt, torch.Tensor) else torch.as_tensor(list(prompt), dtype=torch.long)
         if prompt.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"prompt token ids must be int64 (or int32), got {prompt.dtype}")
         prompt = prompt.reshape(-1).long()
