@@ -649,8 +649,10 @@ def pte_decode_timer(dec, prompt: torch.Tensor, new_tokens: int) -> Callable[[],
 
 
 def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ...] = PTE_QUANTS) -> dict:
-    """Per-token decode latency of KV-cached .pte programs: unshared / immediate / repeat_all / 2x deeper,
-    in fp32, int8 and 8da4w (random weights), beside eager PyTorch and the paper's iPhone 13 figures."""
+    """Per-token decode latency of KV-cached .pte programs (unshared, immediate, repeat_all, 2x deeper) per quant.
+
+    Random weights; beside our eager PyTorch decode of the same models and the paper's iPhone 13 figures.
+    """
     from .executorch_program import PteDecoder, export_program
 
     name, cfg = resolve(config)

@@ -293,8 +293,10 @@ class PteDecoder:
 
 
 def compare_programs(paths: dict[str, str | os.PathLike], windows: torch.Tensor, reference: str = "fp32") -> dict:
-    """Per program: validation perplexity and next-token (argmax) agreement with ``reference``, decoding
-    each row of ``windows`` (N, T) token by token (the decode path a phone runs)."""
+    """Per program: perplexity on ``windows`` (N, T) and next-token agreement with ``reference``.
+
+    Each row runs through the decode path a phone runs (one token per call), not a prefill.
+    """
     if reference not in paths:
         raise ValueError(f"reference {reference!r} is not among the programs {sorted(paths)}")
     if windows.dim() != 2 or windows.shape[1] < 2:
