@@ -48,40 +48,86 @@ def _add_train(sub) -> None:
 
 
 def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="sample text from a checkpoint",
-                       description="Continue a prompt with a trained checkpoint (KV-cached).")
-    p.add_argument("--checkpoint", required=True, help="folder written by `train --out`")
+    p = sub.add_parser("generate", help="sample text from a checkpoint, or from a KV-cached ExecuTorch .pte",
+                       description="Continue a prompt with a trained checkpoint (KV-cached, eager PyTorch), or "
+                                   "with a program written by `export --format pte` (--pte, run by ExecuTorch's "
+                                   "runtime, tokens streamed as they come).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="folder written by `train --out`")
+    src.add_argument("--pte", help="a KV-cached .pte written by `export --format pte` (needs --tokenizer)")
+    p.add_argument("--tokenizer", default=None,
+                   help="SentencePiece .model for --pte (default: tokenizer.model beside the .pte)")
     p.add_argument("--prompt", default="", help="text to continue (default: start from BOS)")
     p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (default 100)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (--checkpoint only)")
 
 
-EXPORT_FORMATS = ("hf", "pte")
+EXPORT_FORMATS = ("hf", "pte", "gguf")
 
 
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="write a checkpoint in another format (Hugging Face Llama folder, "
-                                      "ExecuTorch .pte)",
+                                      "ExecuTorch .pte, GGUF)",
                        description="Convert a trained or released checkpoint. --format hf writes a folder "
                                    "that transformers loads as LlamaForCausalLM (layer-shared blocks are "
                                    "written out as separate layers) and load_pretrained restores exactly. "
-                                   "--format pte writes an ExecuTorch program (XNNPACK) of the full forward "
-                                   "at a fixed (1, --seq-len) input, optionally int8 (--int8), and checks it "
-                                   "against the eager model on random tokens.")
+                                   "--format pte writes an ExecuTorch program (XNNPACK) with a static KV cache "
+                                   "(one slot per executed layer; prefill a chunk, then decode token by token) "
+                                   "in fp32, int8 (W8A8) or 8da4w (int8 activations, int4 grouped weights), "
+                                   "and checks it against the eager model; --int8/--seq-len instead write the "
+                                   "older fixed-window program without a cache. --format gguf writes a GGUF "
+                                   "file (F16 or Q8_0) with the tokenizer, for llama.cpp.")
     p.add_argument("--checkpoint", required=True,
                    help="a folder written by `train --out`, by save_pretrained, or a released MobileLLM "
                         "(facebook/MobileLLM-125M layout); a hub repo id downloads it, when online")
     p.add_argument("--format", default="hf", choices=EXPORT_FORMATS,
-                   help="hf: Hugging Face LlamaForCausalLM folder (default); pte: ExecuTorch program file")
-    p.add_argument("--out", required=True, help="folder to write (hf) or .pte file to write (pte)")
+                   help="hf: Hugging Face LlamaForCausalLM folder (default); pte: ExecuTorch program file; "
+                        "gguf: GGUF file for llama.cpp")
+    p.add_argument("--out", required=True, help="folder to write (hf) or file to write (pte, gguf)")
+    p.add_argument("--quant", default=None, choices=("fp32", "int8", "8da4w"),
+                   help="pte: fp32 (default), int8 (W8A8) or 8da4w (int4 weights in groups of --group-size)")
+    p.add_argument("--group-size", type=int, default=32, help="pte 8da4w: weights per int4 scale (default 32)")
+    p.add_argument("--max-len", type=int, default=None,
+                   help="pte: the KV cache window in tokens, prompt and output together (default: the model's max)")
+    p.add_argument("--gguf-type", default="f16", choices=("f16", "q8_0"), help="gguf: tensor type (default f16)")
     p.add_argument("--int8", action="store_true",
-                   help="pte only: int8 weights and dynamic per-token int8 activations in the blocks' linears")
+                   help="pte, fixed-window program: int8 weights and dynamic per-token int8 activations")
     p.add_argument("--seq-len", type=int, default=None,
-                   help="pte only: the program's fixed input length (default min(64, the model's max))")
+                   help="pte, fixed-window program (no KV cache): its input length (default min(64, the model's max))")
+
+
+def _export_cached_pte(args: argparse.Namespace, out: Path) -> int:
+    import torch
+
+    from .executorch_program import PteDecoder, export_program
+    from .export import load_pretrained
+
+    model, tok = load_pretrained(args.checkpoint, device="cpu")
+    quant = args.quant or "fp32"
+    export_program(model, out, quant, max_len=args.max_len, group_size=args.group_size,
+                   bos_id=tok.bos_id if tok is not None else None)
+    if tok is not None:  # `generate --pte` finds it beside the program
+        tok.save(out.with_name("tokenizer.model"))
+    # Self-check: decode a random row token by token in the program and in the eager model.
+    dec = PteDecoder(out)
+    n = min(32, dec.max_len)
+    ids = torch.randint(0, model.cfg.vocab_size, (n,), generator=torch.Generator().manual_seed(0))
+    got = dec.next_token_logits(ids)
+    with torch.no_grad():
+        ref = model.eval()(ids[None])[0].float()
+    agree = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    print(json.dumps({"format": "pte", "out": str(out), "bytes": out.stat().st_size, "quant": quant,
+                      "group_size": args.group_size if quant == "8da4w" else None, "max_len": dec.max_len,
+                      "kv_cache_slots": model.cfg.n_executed_layers, "stored_blocks": model.cfg.n_layers,
+                      "vocab_size": model.cfg.vocab_size, "params": sum(p.numel() for p in model.parameters()),
+                      "tokenizer": tok is not None,
+                      "self_check": {"max_abs_diff": float(f"{(got - ref).abs().max().item():.4g}"),
+                                     "argmax_agreement": float(f"{agree:.4g}")}}))
+    return 0
 
 
 def _writable(path: str | os.PathLike, flag: str, folder: bool) -> Path:
@@ -117,6 +163,12 @@ def _export_pte(args: argparse.Namespace, out: Path) -> int:
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; --format pte writes one file, e.g. {out / 'model.pte'}")
     _writable(out, "--out", folder=False)
+    legacy = args.int8 or args.seq_len is not None
+    if legacy and (args.quant is not None or args.max_len is not None):
+        raise ValueError("--int8/--seq-len write the fixed-window program; --quant/--max-len the KV-cached one: "
+                         "use one pair")
+    if not legacy:
+        return _export_cached_pte(args, out)
     if args.seq_len is not None and args.seq_len < 1:
         raise ValueError(f"--seq-len ({args.seq_len}) must be >= 1")
     model, _ = load_pretrained(args.checkpoint, device="cpu")
@@ -132,6 +184,19 @@ def _export_pte(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
+def _export_gguf(args: argparse.Namespace, out: Path) -> int:
+    from .export import load_pretrained
+    from .gguf_export import write_gguf
+
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; --format gguf writes one file, e.g. {out / 'model.gguf'}")
+    model, tok = load_pretrained(args.checkpoint, device="cpu")
+    write_gguf(model, out, tok, args.gguf_type)
+    print(json.dumps({"format": "gguf", "out": str(out), "bytes": out.stat().st_size, "type": args.gguf_type,
+                      "llama_layers": model.cfg.n_executed_layers, "tokenizer": tok is not None}))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Load a checkpoint in any layout we read and write it in ``--format``."""
     import importlib.util
@@ -143,8 +208,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out} is the checkpoint folder itself: choose another folder")
     if args.format == "pte":
         return _export_pte(args, out)
-    if args.int8 or args.seq_len is not None:
-        raise ValueError("--int8 and --seq-len apply to --format pte only")
+    if args.int8 or args.seq_len is not None or args.quant is not None or args.max_len is not None:
+        raise ValueError("--int8, --seq-len, --quant and --max-len apply to --format pte only")
+    if args.format == "gguf":
+        return _export_gguf(args, out)
     if importlib.util.find_spec("transformers") is None:
         raise ValueError("--format hf needs transformers: pip install 'transformers>=4.48'")
     _writable(out, "--out", folder=True)
@@ -266,9 +333,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
+def _generate_pte(args: argparse.Namespace) -> int:
+    from .data import Tokenizer
+    from .executorch_program import PteDecoder
+
+    tok_path = Path(args.tokenizer) if args.tokenizer else Path(args.pte).with_name("tokenizer.model")
+    if not tok_path.is_file():
+        raise FileNotFoundError(f"tokenizer {tok_path} does not exist: pass --tokenizer FILE.model")
+    tok = Tokenizer(tok_path)
+    dec = PteDecoder(args.pte)
+    if tok.vocab_size != dec.vocab_size:
+        raise ValueError(f"the tokenizer has {tok.vocab_size} tokens, the program {dec.vocab_size}: "
+                         "pass the tokenizer the model was trained with")
+    ids = [tok.eos_id] + tok.encode(args.prompt)  # training packs documents after EOS
+    room = dec.max_len - len(ids)
+    if room <= 0:
+        raise ValueError(f"the prompt is {len(ids)} tokens, the program's cache window is {dec.max_len}: "
+                         "shorten the prompt or export with a larger --max-len")
+    print(args.prompt, end="", flush=True)
+    new: list[int] = []
+    shown = ""
+    for t in dec.generate(ids, min(args.max_new_tokens, room), args.temperature, args.top_k, args.top_p,
+                          eos_id=tok.eos_id, seed=args.seed):
+        new.append(t)
+        text = tok.decode(new)  # decode the whole tail: SentencePiece spaces depend on neighbours
+        print(text[len(shown):], end="", flush=True)
+        shown = text
+    print()
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    """Load a checkpoint and print a continuation of the prompt."""
+    """Load a checkpoint (or a .pte) and print a continuation of the prompt."""
     import torch
+
+    if args.pte:
+        return _generate_pte(args)
+    if args.tokenizer:
+        raise ValueError("--tokenizer applies to --pte only (a checkpoint folder has its own tokenizer.model)")
 
     from .export import load_pretrained
     from .train import auto_device

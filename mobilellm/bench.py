@@ -8,7 +8,11 @@
   Face ``generate`` on the same weights, against the memory-bandwidth bound (weights read per token);
 - ``int8``: fp32 vs torchao int8 (W8A8, weight-only) vs ExecuTorch ``.pte``: latency and size;
 - ``sharing``: per-token decode latency of a layer-shared model vs its unshared twin (the same
-  stored blocks) vs a model twice as deep — the paper's iPhone table (+2.6% vs +86%).
+  stored blocks) vs a model twice as deep — the paper's iPhone table (+2.6% vs +86%);
+- ``pte``: the same table in the mobile runtime: KV-cached ExecuTorch programs (fp32, int8, 8da4w)
+  of the unshared, immediate, repeat-all and twice-as-deep models, random weights, with the bytes
+  of one block in each format beside this CPU's cache sizes (not in ``all``: 12 lowerings, which
+  take about an hour at 125M; run it as ``--suite pte``).
 
 Every figure is the median of repeated runs after warm-up. Whatever is compared is measured in
 the same run, interleaved round by round with the order rotated, so a change in the machine's load
@@ -42,12 +46,13 @@ from .config import ModelConfig, get_config
 from .model import MobileLLM
 from .quantize import torchao_quantize
 
-SUITES = ("train", "decode", "int8", "sharing")
+SUITES = ("train", "decode", "int8", "sharing", "pte")
+ALL_SUITES = ("train", "decode", "int8", "sharing")  # what "all" runs: pte lowers 12 programs
 SCHEMA_VERSION = 1
 # Above this many parameters a model is "big": smaller batches and fewer repeats.
 BIG_PARAMS = 20_000_000
 DEFAULT_CONFIGS = {"train": ("teach-micro", "mobilellm-125m"), "decode": ("teach-micro", "mobilellm-125m"),
-                   "int8": ("mobilellm-125m",), "sharing": ("mobilellm-125m",)}
+                   "int8": ("mobilellm-125m",), "sharing": ("mobilellm-125m",), "pte": ("mobilellm-125m",)}
 QUICK_CONFIGS = {s: ("teach-micro",) for s in SUITES}
 # The paper's on-device latency (iPhone 13, ExecuTorch, fp16): execute ms per token, 125M.
 PAPER_SHARING_MS = {"unshared": 15.6, "immediate": 16.0, "deeper": 29.0}
@@ -593,14 +598,134 @@ def bench_sharing(config: str | ModelConfig, s: BenchSettings) -> dict:
     return result
 
 
+# --- pte: the sharing table in ExecuTorch ----------------------------------------------------
+
+PTE_QUANTS = ("fp32", "int8", "8da4w")
+
+
+def cpu_caches() -> list[dict]:
+    """This CPU's caches as the kernel reports them (/sys): level, type, size in bytes, CPUs sharing it."""
+    out = []
+    for d in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            size = (d / "size").read_text().strip()
+            mult = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30}.get(size[-1], 1)
+            out.append({"level": int((d / "level").read_text()), "type": (d / "type").read_text().strip(),
+                        "bytes": int(size.rstrip("KMG")) * mult,
+                        "shared_cpu_list": (d / "shared_cpu_list").read_text().strip()})
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def pte_group_size(cfg: ModelConfig) -> int:
+    """8da4w's group: 32 (ExecuTorch's usual choice for small models) or the largest power of two that fits."""
+    dims = (cfg.dim, cfg.n_heads * cfg.hd, cfg.ffn_hidden_dim)
+    return next(g for g in (32, 16, 8, 4, 2, 1) if all(d % g == 0 for d in dims))
+
+
+def block_bytes(cfg: ModelConfig, quant: str, group_size: int) -> int:
+    """Bytes of one block's weights as the program stores them: fp32; int8 + an fp32 scale per output
+    channel; int4 + a bf16 scale per group (XNNPACK's layout). Norm gains are fp32 in every format."""
+    shapes = [(cfg.n_heads * cfg.hd, cfg.dim), (cfg.n_kv_heads * cfg.hd, cfg.dim), (cfg.n_kv_heads * cfg.hd, cfg.dim),
+              (cfg.dim, cfg.n_heads * cfg.hd), (cfg.dim, cfg.ffn_hidden_dim), (cfg.ffn_hidden_dim, cfg.dim)]
+    if cfg.ffn_type == "swiglu":
+        shapes.append((cfg.ffn_hidden_dim, cfg.dim))
+    n = sum(o * i for o, i in shapes)
+    rows = sum(o for o, _ in shapes)
+    linear = {"fp32": 4 * n, "int8": n + 4 * rows, "8da4w": n // 2 + 2 * (n // group_size)}[quant]
+    return linear + 2 * 4 * cfg.dim
+
+
+def pte_decode_timer(dec, prompt: torch.Tensor, new_tokens: int) -> Callable[[], float]:
+    """Seconds per greedy decode step of a loaded program, after an untimed prefill of ``prompt``."""
+    def run() -> float:
+        logits = dec.step(prompt, 0)
+        start = time.perf_counter()
+        for _ in range(new_tokens):
+            logits = dec.step(logits.argmax().reshape(1))
+        return (time.perf_counter() - start) / new_tokens
+    return run
+
+
+def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ...] = PTE_QUANTS) -> dict:
+    """Per-token decode latency of KV-cached .pte programs (unshared, immediate, repeat_all, 2x deeper) per quant.
+
+    Random weights; beside our eager PyTorch decode of the same models and the paper's iPhone 13 figures.
+    """
+    from .executorch_program import PteDecoder, export_program
+
+    name, cfg = resolve(config)
+    if cfg.ffn_type != "swiglu":
+        raise ValueError(f"the pte suite needs a SwiGLU model, {name} has {cfg.ffn_type!r}")
+    base_cfg = cfg.replace(layer_sharing="none")
+    n = base_cfg.n_layers
+    repeats = s.repeats_for(cfg)
+    plen = min(16, cfg.max_seq_len // 4)
+    new = min(8 if s.quick else 64, cfg.max_seq_len - plen)
+    prompt = _tokens(cfg, (1, plen))
+    group = pte_group_size(cfg)
+    base = build(base_cfg)
+    models = {
+        "unshared": (base, f"{n} blocks, {n} layers"),
+        "immediate": (twin(base, base_cfg.replace(layer_sharing="immediate")), f"{n} blocks run as A A B B …"),
+        "repeat_all": (twin(base, base_cfg.replace(layer_sharing="repeat_all")), f"{n} blocks run as A B … A B …"),
+        "deeper": (build(base_cfg.replace(n_layers=2 * n)), f"{2 * n} blocks, {2 * n} layers (unshared)"),
+    }
+    eager = measure({k: decode_timer(m, prompt, new) for k, (m, _) in models.items()}, repeats, s.warmup,
+                    f"pte eager {name}", s.progress)
+    rows, skipped = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for quant in quants:
+            # One format at a time: its four programs are timed interleaved, then freed (a 125M fp32 set is 3 GB).
+            decs, info = {}, {}
+            for key, (m, _) in models.items():
+                try:
+                    start = time.perf_counter()
+                    path = export_program(m, Path(tmp) / f"{key}-{quant}.pte", quant, max_len=plen + new,
+                                          group_size=group)
+                    lower_s = time.perf_counter() - start
+                    decs[key] = PteDecoder(path)
+                    info[key] = {"lower_s": lower_s, "bytes": path.stat().st_size}
+                except Exception as e:  # lowering is fragile across versions: report it, keep the rest
+                    skipped[f"{key} {quant}"] = f"export or run failed: {_first_line(e)}"
+            times = measure({k: pte_decode_timer(d, prompt, new) for k, d in decs.items()}, repeats, s.warmup,
+                            f"pte {quant} {name}", s.progress)
+            ref = median(times["unshared"]) if "unshared" in times else None
+            for key, (m, what) in models.items():
+                ms = median(times[key]) * 1e3 if key in times else None
+                eager_ms = median(eager[key]) * 1e3
+                rows.append({"name": key, "quant": quant, "what": what, "layer_sharing": m.cfg.layer_sharing,
+                             "stored_blocks": m.cfg.n_layers, "executed_layers": m.cfg.n_executed_layers,
+                             "ms_per_token": ms, "latency_ratio_vs_unshared": ratio(ms, ref and ref * 1e3),
+                             "eager_fp32_ms_per_token": eager_ms, "speedup_vs_eager_fp32": ratio(eager_ms, ms),
+                             "paper_ms": PAPER_SHARING_MS.get(key),
+                             "paper_ratio": ratio(PAPER_SHARING_MS.get(key), PAPER_SHARING_MS["unshared"]),
+                             **info.get(key, {})})
+            del decs
+            gc.collect()
+    fp32_bytes = {r["name"]: r.get("bytes") for r in rows if r["quant"] == "fp32"}  # empty without fp32
+    for r in rows:
+        r["size_ratio_vs_fp32"] = ratio(r.get("bytes"), fp32_bytes.get(r["name"]))
+    caches = cpu_caches()
+    blocks = {q: block_bytes(base_cfg, q, group) for q in quants}
+    fits = {q: [f"L{c['level']}{'d' if c['type'] == 'Data' else ''}" for c in caches
+                if c["type"] != "Instruction" and b <= c["bytes"]] for q, b in blocks.items()}
+    return {"config": name, "weights": "random (seeded); latency does not depend on the values",
+            "prompt_len": plen, "new_tokens": new, "cache_window": plen + new, "repeats": repeats,
+            "group_size_8da4w": group, "variants": rows, "block_bytes": blocks, "block_fits_in": fits,
+            "cpu_caches": caches, "skipped": skipped,
+            "paper": "iPhone 13, ExecuTorch fp16, 125M: 15.6 ms, LS 16.0 ms (+2.6%), 60 layers 29.0 ms (+86%)"}
+
+
 # --- the whole run ---------------------------------------------------------------------------
 
 
-def run_bench(suites: list[str] | tuple[str, ...] = SUITES, configs: list[str | ModelConfig] | None = None,
+def run_bench(suites: list[str] | tuple[str, ...] = ALL_SUITES, configs: list[str | ModelConfig] | None = None,
               settings: BenchSettings | None = None) -> dict:
     """Run the chosen suites (each on its default configs, or on ``configs``) and return the report."""
     s = settings or BenchSettings.make()
-    suites = list(SUITES) if "all" in suites else list(suites)
+    suites = list(ALL_SUITES) if "all" in suites else list(suites)
     unknown = [x for x in suites if x not in SUITES]
     if unknown:
         raise ValueError(f"unknown suite {unknown[0]!r}; valid: {', '.join(SUITES)}, all")
@@ -621,7 +746,8 @@ def run_bench(suites: list[str] | tuple[str, ...] = SUITES, configs: list[str | 
         report["ceilings"]["memory"] = memory_bandwidth(s)
     runners = {"train": lambda c: bench_train(c, s, report["ceilings"]["matmul"]),
                "decode": lambda c: bench_decode(c, s, report["ceilings"]["memory"]),
-               "int8": lambda c: bench_int8(c, s), "sharing": lambda c: bench_sharing(c, s)}
+               "int8": lambda c: bench_int8(c, s), "sharing": lambda c: bench_sharing(c, s),
+               "pte": lambda c: bench_pte(c, s)}
     for suite in (x for x in SUITES if x in suites):
         report[suite] = []
         for c in chosen(suite):
@@ -707,6 +833,23 @@ def format_report(report: dict) -> str:
                        f"{_f(v['latency_ratio_vs_unshared'], '.3f'):>11s}{_f(v['paper_ratio'], '.3f'):>8s}")
         out.append(f"  immediate / repeat_all latency: {_f(r['immediate_vs_repeat_all'], '.3f')}  "
                    f"(paper: {r['paper']})")
+    for r in report.get("pte", []):
+        out.append(f"\npte {r['config']} ({r['weights']}): KV-cached ExecuTorch programs, batch 1, prompt "
+                   f"{r['prompt_len']}, {r['new_tokens']} tokens, median of {r['repeats']}; 8da4w groups of "
+                   f"{r['group_size_8da4w']}")
+        out.append(f"  {'':12s}{'quant':>7s}{'ms/token':>10s}{'x unshared':>11s}{'paper':>8s}{'eager ms':>10s}"
+                   f"{'MB':>9s}{'x fp32':>8s}")
+        for v in r["variants"]:
+            out.append(f"  {v['name']:12s}{v['quant']:>7s}{_f(v['ms_per_token'], '.2f'):>10s}"
+                       f"{_f(v['latency_ratio_vs_unshared'], '.3f'):>11s}{_f(v['paper_ratio'], '.3f'):>8s}"
+                       f"{v['eager_fp32_ms_per_token']:10.2f}{_f(v.get('bytes') and v['bytes'] / 1e6, '.2f'):>9s}"
+                       f"{_f(v['size_ratio_vs_fp32'], '.2f'):>8s}")
+        caches = ", ".join(f"L{c['level']}{c['type'][0].lower()} {c['bytes'] // 1024} KiB" for c in r["cpu_caches"])
+        blocks = ", ".join(f"{q} {b / 1024:.0f} KiB (fits {'/'.join(r['block_fits_in'][q]) or 'no cache'})"
+                           for q, b in r["block_bytes"].items())
+        out.append(f"  one block: {blocks}; caches: {caches}")
+        out.append(f"  (paper: {r['paper']}; eager ms: our PyTorch fp32 cached decode of the same model)")
+        out += [f"  skipped {k}: {why}" for k, why in r["skipped"].items()]
     return "\n".join(out)
 
 

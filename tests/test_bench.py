@@ -9,7 +9,7 @@ import torch
 
 from mobilellm import MobileLLM
 from mobilellm.__main__ import main
-from mobilellm.bench import SUITES, BenchSettings, bench_train, measure, run_bench, twin, write_json
+from mobilellm.bench import ALL_SUITES, BenchSettings, bench_train, measure, run_bench, twin, write_json
 
 from .conftest import tiny_config
 
@@ -31,7 +31,7 @@ def test_report_has_machine_and_ceilings(report):
     m = report["machine"]
     for key in ("platform", "cpu_count", "torch_threads", "torch", "transformers", "git_commit", "date"):
         assert key in m
-    assert report["settings"]["suites"] == list(SUITES) and report["settings"]["quick"]
+    assert report["settings"]["suites"] == list(ALL_SUITES) and report["settings"]["quick"]
     assert _ok(report["ceilings"]["matmul"]["gflops"]) and _ok(report["ceilings"]["memory"]["gbs"])
 
 
@@ -162,3 +162,41 @@ def test_cli_rejects_unknown_suite_and_config(tmp_path, capsys):
         run_bench(["speed"])
     with pytest.raises(ValueError, match="unknown config 'gpt-5'"):
         run_bench(["train"], ["gpt-5"])
+
+
+def test_block_bytes_and_caches():
+    from mobilellm.bench import block_bytes, cpu_caches, pte_group_size
+    from mobilellm.config import get_config
+
+    cfg = get_config("mobilellm-125m")
+    n = 576 * 576 * 2 + 192 * 576 * 2 + 3 * 576 * 1536  # q, o, k, v, gate/up/down
+    assert block_bytes(cfg, "fp32", 32) == 4 * n + 8 * 576
+    assert block_bytes(cfg, "int8", 32) < block_bytes(cfg, "fp32", 32) / 3.9
+    assert block_bytes(cfg, "8da4w", 32) == n // 2 + 2 * n // 32 + 8 * 576
+    assert pte_group_size(cfg) == 32 and pte_group_size(get_config("teach-micro")) == 16
+    caches = cpu_caches()
+    assert all(c["bytes"] > 0 and c["level"] >= 1 for c in caches)
+
+
+@pytest.mark.slow
+def test_pte_suite_on_a_tiny_model():
+    pytest.importorskip("executorch")
+    from mobilellm.bench import bench_pte, format_report
+
+    cfg = tiny_config(vocab_size=128, dim=32, n_layers=1, ffn_hidden_dim=64, max_seq_len=64)
+    r = bench_pte(cfg, BenchSettings(repeats=2, warmup=1, progress=False), quants=("fp32", "8da4w"))
+    assert not r["skipped"], r["skipped"]
+    rows = {(v["name"], v["quant"]): v for v in r["variants"]}
+    assert len(rows) == 8
+    assert rows["deeper", "fp32"]["executed_layers"] == 2 == rows["immediate", "8da4w"]["executed_layers"]
+    for v in rows.values():
+        assert _ok(v["ms_per_token"]) and _ok(v["eager_fp32_ms_per_token"]) and v["bytes"] > 0
+    assert rows["unshared", "fp32"]["latency_ratio_vs_unshared"] == 1.0
+    # a shared block is stored once: sharing adds less than half a block (the program's extra steps), depth a block
+    unshared, block = rows["unshared", "fp32"]["bytes"], r["block_bytes"]["fp32"]
+    assert rows["immediate", "fp32"]["bytes"] - unshared < block / 2
+    assert rows["deeper", "fp32"]["bytes"] - unshared > block
+    assert rows["unshared", "8da4w"]["size_ratio_vs_fp32"] < 0.6
+    machine = {"cpu": "x", "cpus_available": 1, "torch": "t", "torch_threads": 1, "transformers": None,
+               "git_commit": None, "date": "d", "load_average": []}
+    assert "pte custom" in format_report({"machine": machine, "ceilings": {}, "pte": [r]})

@@ -1,0 +1,318 @@
+"""The on-device decoding program: a MobileLLM as an ExecuTorch ``.pte`` with a static KV cache.
+
+What a phone app runs. The program's ``forward(tokens, input_pos)`` takes a chunk of token ids
+(shape (1, T), any T up to the cache window) and the position of its first token, writes the
+chunk's keys and values into caches held *inside the program* (mutable buffers, kept between
+calls), and returns the logits of the chunk's last token, shape (1, vocab). So a prompt is one
+call (prefill) and every new token is one more call (decode), as in ExecuTorch's own Llama export,
+whose pieces this reuses: its cache layout (batch, position, kv head, head dim) and its two CPU
+custom ops, ``llama::update_cache`` and ``llama::custom_sdpa`` (attention over the filled part of
+the cache only, grouped-query heads included), ``to_edge_transform_and_lower`` with the XNNPACK
+partitioners, torchao's ``Int8DynamicActivationIntxWeightConfig`` for the linears, and its 8-bit
+per-row embedding quantizer (``quantized_decomposed::embedding_byte``).
+
+What ExecuTorch's Llama has no notion of is MobileLLM's layer sharing: here the cache has one slot
+per *executed* layer (a block that runs twice sees different inputs each time, so it needs two),
+while the block's weights are stored once in the program.
+
+Quantization modes: ``fp32``; ``int8`` — W8A8: int8 per-channel weights, int8 dynamic per-token
+activations (ExecuTorch's ``8da8w``, the numbers of ``export.export_executorch``'s int8 path);
+``8da4w`` — int8 dynamic activations, int4 weights in groups of ``group_size`` inputs, one scale
+per group. Both quantized modes also quantize the output head the same way and the embedding
+table to 8 bits per row. A tied table is then stored twice (an int8 lookup table, and the head
+packed into XNNPACK's own weight layout): the runtime has no way for one buffer to serve both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .model import MobileLLM, apply_rope, sample_next
+
+QUANT_MODES = ("fp32", "int8", "8da4w")
+DEFAULT_GROUP_SIZE = 32
+# Constant methods in the program, named as ExecuTorch's Llama runner reads them (plus ours).
+_META_INT = ("get_max_seq_len", "get_max_context_len", "get_vocab_size", "get_n_layers", "get_bos_id",
+             "get_stored_blocks", "get_group_size")
+
+
+def _need_executorch() -> None:
+    try:
+        import executorch  # noqa: F401
+    except ImportError:
+        raise ImportError("ExecuTorch export needs executorch (which brings torchao): "
+                          "pip install 'executorch>=1.0'") from None
+
+
+def _load_custom_ops() -> None:
+    """Register ExecuTorch's LLM ops (cache update, SDPA) and quantized kernels, for export and runtime."""
+    import executorch.kernels.quantized  # noqa: F401  (embedding_byte in the Python runtime)
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
+
+
+class CachedDecoder(nn.Module):
+    """A MobileLLM's blocks (stored once) with one static K/V cache per executed layer, batch 1.
+
+    ``forward(tokens (1, T) int64, input_pos (1,) int64) -> logits (1, vocab)`` of the last token.
+    """
+
+    def __init__(self, model: MobileLLM, max_len: int) -> None:
+        super().__init__()
+        cfg = model.cfg
+        self.cfg, self.max_len = cfg, max_len
+        self.order = cfg.execution_order
+        self.embed_tokens, self.layers, self.norm, self.lm_head = (model.embed_tokens, model.layers,
+                                                                   model.norm, model.lm_head)
+        self.register_buffer("rope_cos", model.rope_cos[:max_len].clone(), persistent=False)
+        self.register_buffer("rope_sin", model.rope_sin[:max_len].clone(), persistent=False)
+        shape = (1, max_len, cfg.n_kv_heads, cfg.hd)  # ExecuTorch's custom-op layout: position before head
+        for slot in range(len(self.order)):
+            self.register_buffer(f"k_cache_{slot}", torch.zeros(shape))
+            self.register_buffer(f"v_cache_{slot}", torch.zeros(shape))
+
+    def _attention(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   slot: int, start: int) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = attn.q_proj(x).view(B, T, attn.n_heads, attn.hd)
+        k = attn.k_proj(x).view(B, T, attn.n_kv_heads, attn.hd)
+        v = attn.v_proj(x).view(B, T, attn.n_kv_heads, attn.hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # cos: (T, 1, hd) for this layout
+        k_cache, v_cache = getattr(self, f"k_cache_{slot}"), getattr(self, f"v_cache_{slot}")
+        torch.ops.llama.update_cache(k, k_cache, start)
+        torch.ops.llama.update_cache(v, v_cache, start)
+        # Causal from start: query i sees cached positions 0 .. start + i, never the stale tail.
+        out = torch.ops.llama.custom_sdpa(q, k_cache, v_cache, start, None, 0, True)
+        return attn.o_proj(out.reshape(B, T, attn.n_heads * attn.hd))
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """Run a chunk at positions input_pos[0] … +T-1, filling the caches; logits of its last token."""
+        T = tokens.shape[1]
+        start = input_pos[0].item()
+        torch._check(start >= 0)
+        torch._check(start + T <= self.max_len)
+        cos = self.rope_cos.narrow(0, start, T)[:, None, :]
+        sin = self.rope_sin.narrow(0, start, T)[:, None, :]
+        x = self.embed_tokens(tokens)
+        for slot, b in enumerate(self.order):
+            block = self.layers[b]
+            x = x + self._attention(block.self_attn, block.input_layernorm(x), cos, sin, slot, start)
+            x = x + block.mlp(block.post_attention_layernorm(x))
+        return self.lm_head(self.norm(x[:, -1, :]))
+
+
+def check_group_size(model: MobileLLM, group_size: int) -> None:
+    """8da4w groups must tile every linear's input: dim, n_heads * head_dim and ffn_hidden_dim."""
+    cfg = model.cfg
+    dims = {"dim": cfg.dim, "n_heads * head_dim": cfg.n_heads * cfg.hd, "ffn_hidden_dim": cfg.ffn_hidden_dim}
+    bad = {k: v for k, v in dims.items() if v % group_size}
+    if group_size < 1 or bad:
+        g = math.gcd(*dims.values())
+        raise ValueError(f"group_size {group_size} does not divide {bad or dims}: choose a divisor of {g}")
+
+
+def quantize_decoder_(decoder: CachedDecoder, quant: str, group_size: int = DEFAULT_GROUP_SIZE) -> CachedDecoder:
+    """Quantize in place as ExecuTorch's Llama export does: every linear (head too), then the table per row."""
+    if quant == "fp32":
+        return decoder
+    from executorch.examples.models.llama.source_transformation.quantize import EmbeddingQuantHandler
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    weight_dtype, granularity = (torch.int8, PerAxis(0)) if quant == "int8" else (torch.int4, PerGroup(group_size))
+    # A tied head is its own Parameter after this; the embedding keeps the fp32 table until below.
+    quantize_(decoder, Int8DynamicActivationIntxWeightConfig(weight_dtype=weight_dtype,
+                                                             weight_granularity=granularity),
+              filter_fn=lambda m, fqn: isinstance(m, nn.Linear))
+    holder = nn.Module()
+    holder.embed_tokens = decoder.embed_tokens
+    with contextlib.redirect_stdout(None):  # the handler prints one line per table
+        holder = EmbeddingQuantHandler(holder, bitwidth=8, group_size=None).quantized_model()
+    decoder.embed_tokens = holder.embed_tokens
+    return decoder
+
+
+def _metadata(model: MobileLLM, max_len: int, group_size: int, bos_id: int | None) -> dict:
+    cfg = model.cfg
+    return {"get_max_seq_len": max_len, "get_max_context_len": max_len, "get_vocab_size": cfg.vocab_size,
+            "get_n_layers": cfg.n_executed_layers, "get_stored_blocks": cfg.n_layers,
+            "get_bos_id": -1 if bos_id is None else bos_id, "get_group_size": group_size,
+            "use_kv_cache": True, "use_sdpa_with_kv_cache": True, "enable_dynamic_shape": True}
+
+
+def export_program(model: MobileLLM, path: str | os.PathLike, quant: str = "fp32", max_len: int | None = None,
+                   group_size: int = DEFAULT_GROUP_SIZE, bos_id: int | None = None) -> Path:
+    """Write ``model`` as a KV-cached ExecuTorch program (XNNPACK) with a cache window of ``max_len`` tokens.
+
+    ``quant``: one of ``QUANT_MODES``. ``group_size``: 8da4w's weights per scale (must divide the
+    linears' input sizes). ``model`` is not changed. Lowering a tiny model takes seconds, the 125M
+    shape minutes: cache the file.
+    """
+    if quant not in QUANT_MODES:
+        raise ValueError(f"quant {quant!r} is not one of {', '.join(QUANT_MODES)}")
+    max_len = model.cfg.max_seq_len if max_len is None else max_len
+    if not 2 <= max_len <= model.cfg.max_seq_len:
+        raise ValueError(f"max_len ({max_len}) must be in [2, max_seq_len = {model.cfg.max_seq_len}]")
+    if quant == "8da4w":
+        check_group_size(model, group_size)
+    _need_executorch()
+    _load_custom_ops()
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+        XnnpackDynamicallyQuantizedPartitioner,
+        XnnpackPartitioner,
+    )
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes import MemoryPlanningPass
+    from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
+
+    model = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    decoder = quantize_decoder_(CachedDecoder(model, max_len), quant, group_size).eval()
+    example = (torch.zeros(1, 2, dtype=torch.long), torch.tensor([0], dtype=torch.long))
+    # As ExecuTorch's Llama export: the chunk length is dynamic, the position a 1-element tensor.
+    dynamic = ({1: torch.export.Dim("token_dim", max=max_len - 1)}, {0: 1})
+    partitioners = [XnnpackPartitioner()] if quant == "fp32" else [XnnpackDynamicallyQuantizedPartitioner(),
+                                                                   XnnpackPartitioner()]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.export's pytree chatter
+        ep = torch.export.export(decoder, example, dynamic_shapes=dynamic, strict=False)
+        ep = ep.run_decompositions({})  # torchao's tensor subclasses -> plain q/dq ops XNNPACK matches
+        edge = to_edge_transform_and_lower(ep, partitioner=partitioners,
+                                           compile_config=EdgeCompileConfig(_check_ir_validity=False),
+                                           constant_methods=_metadata(model, max_len, group_size, bos_id))
+        program = edge.to_executorch(ExecutorchBackendConfig(
+            extract_delegate_segments=True, do_quant_fusion_and_const_prop=True,
+            memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
+            sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass()))
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(program.buffer)
+    os.replace(tmp, out)
+    return out
+
+
+# --- running it ------------------------------------------------------------------------------
+
+
+class PteDecoder:
+    """A loaded KV-cached program: ``step(ids, pos)`` runs a chunk; ``generate`` streams tokens."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} does not exist: write it with `python -m mobilellm export --format pte`")
+        _need_executorch()
+        _load_custom_ops()
+        from executorch.runtime import Runtime
+
+        from ._quiet import native_stderr_silenced
+        from .export import _why
+
+        try:
+            with native_stderr_silenced():
+                self._program = Runtime.get().load_program(p)
+        except Exception as e:  # the runtime raises RuntimeError or ValueError for garbage
+            raise ValueError(f"{p} is not an ExecuTorch program ({_why(e)})") from None
+        names = set(self._program.method_names)
+        if not {"forward", "get_max_seq_len", "get_vocab_size"} <= names:
+            raise ValueError(f"{p} is not a KV-cached program from export_program (methods {sorted(names)}): "
+                             "re-export it with `python -m mobilellm export --format pte`")
+        self.path = p
+        self.meta = {n: int(self._program.load_method(n).execute([])[0]) for n in _META_INT if n in names}
+        self.max_len, self.vocab_size = self.meta["get_max_seq_len"], self.meta["get_vocab_size"]
+        with native_stderr_silenced():
+            self._forward = self._program.load_method("forward")
+        self.pos = 0  # positions filled in the program's caches
+
+    def step(self, ids: torch.Tensor | Sequence[int], pos: int | None = None) -> torch.Tensor:
+        """Logits (vocab,) after feeding ``ids`` (a chunk) at position ``pos`` (default: after the last chunk)."""
+        ids = ids if isinstance(ids, torch.Tensor) else torch.as_tensor(list(ids), dtype=torch.long)
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"token ids must be int64 (or int32), got {ids.dtype}")
+        ids = ids.reshape(1, -1).long()
+        pos = self.pos if pos is None else pos
+        T = ids.shape[1]
+        if T == 0:
+            raise ValueError("empty chunk: give at least one token id")
+        if pos < 0 or pos + T > self.max_len:
+            raise ValueError(f"positions {pos}..{pos + T - 1} do not fit the program's cache window of "
+                             f"{self.max_len} tokens: shorten the prompt or export with a larger --max-len")
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= self.vocab_size:
+            raise ValueError(f"token id {lo if lo < 0 else hi} is outside the vocabulary [0, {self.vocab_size})")
+        logits = self._forward.execute((ids, torch.tensor([pos], dtype=torch.long)))[0]
+        self.pos = pos + T
+        return logits[0].clone()
+
+    def generate(self, prompt: Sequence[int] | torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+                 seed: int = 0, chunk: int | None = None) -> Iterator[int]:
+        """Yield new token ids one by one: prefill the prompt (in chunks of ``chunk``), then decode.
+
+        Greedy at temperature 0; stops after ``eos_id`` (which is yielded) or ``max_new_tokens``.
+        """
+        prompt = prompt if isinstance(prompt, torch.Tensor) else torch.as_tensor(list(prompt), dtype=torch.long)
+        if prompt.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"prompt token ids must be int64 (or int32), got {prompt.dtype}")
+        prompt = prompt.reshape(-1).long()
+        n = prompt.numel()
+        if n == 0:
+            raise ValueError("the prompt is empty: give at least one token (e.g. the BOS id)")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens ({max_new_tokens}) must be >= 0")
+        if n + max_new_tokens > self.max_len:
+            raise ValueError(f"prompt ({n} tokens) + max_new_tokens ({max_new_tokens}) exceeds the program's "
+                             f"cache window of {self.max_len}: shorten the prompt or ask for fewer tokens")
+        if temperature < 0:
+            raise ValueError(f"temperature ({temperature}) must be >= 0 (0 means greedy)")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k ({top_k}) must be >= 1")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p ({top_p}) must be in (0, 1]")
+        chunk = chunk or self.max_len - 1
+        for start in range(0, n, chunk):
+            logits = self.step(prompt[start:start + chunk], start)
+        gen = torch.Generator().manual_seed(seed)
+        for i in range(max_new_tokens):
+            nxt = int(sample_next(logits[None], temperature, top_k, top_p, gen)[0])
+            yield nxt
+            if nxt == eos_id or i + 1 == max_new_tokens:
+                return
+            logits = self.step([nxt])
+
+    def next_token_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (T, vocab): position t's prediction after ids[0..t], one decode step each."""
+        return torch.stack([self.step(ids[t:t + 1], t) for t in range(ids.numel())])
+
+
+def compare_programs(paths: dict[str, str | os.PathLike], windows: torch.Tensor, reference: str = "fp32") -> dict:
+    """Per program: perplexity on ``windows`` (N, T) and next-token agreement with ``reference``.
+
+    Each row runs through the decode path a phone runs (one token per call), not a prefill.
+    """
+    if reference not in paths:
+        raise ValueError(f"reference {reference!r} is not among the programs {sorted(paths)}")
+    if windows.dim() != 2 or windows.shape[1] < 2:
+        raise ValueError(f"windows must have shape (N, T >= 2), got {tuple(windows.shape)}")
+    logits = {}
+    for name, path in paths.items():
+        dec = PteDecoder(path)
+        logits[name] = torch.stack([dec.next_token_logits(row[:-1]) for row in windows])
+    targets = windows[:, 1:]
+    out = {}
+    for name, lg in logits.items():
+        nll = torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), targets.reshape(-1))
+        agree = (lg.argmax(-1) == logits[reference].argmax(-1)).float().mean()
+        out[name] = {"ppl": math.exp(nll.item()), "agreement": agree.item(),
+                     "bytes": Path(paths[name]).stat().st_size}
+    for name in out:
+        out[name]["size_ratio"] = out[name]["bytes"] / out[reference]["bytes"]
+    return out

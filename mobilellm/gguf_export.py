@@ -1,0 +1,149 @@
+"""GGUF for llama.cpp: any MobileLLM written as a Llama GGUF file (F16 or Q8_0), tokenizer included.
+
+As for Hugging Face, a layer-shared model is written as the equivalent plain Llama: its shared
+blocks duplicated in execution order (GGUF's Llama, like llama.cpp, has no layer sharing). Tensor
+names and the rotary permutation of the query/key rows follow llama.cpp's ``convert_hf_to_gguf.py``:
+we rotate half-vectors (as Hugging Face does), GGML rotates neighbouring pairs, so q and k rows
+are reordered to match; readers (llama.cpp, transformers' GGUF loader) undo nothing else.
+
+Tokenizer: our SentencePiece model goes in as ``tokenizer.ggml.model = "llama"`` with its pieces,
+scores and types, and its dummy-prefix setting as ``add_space_prefix``. llama.cpp's SentencePiece
+tokenizer normalizes nothing, so it tokenizes as the original only when the original's
+normalization rule is ``identity``: ours are (``data.Tokenizer.train`` sets
+``normalization_rule_name="identity"``, keeps whitespace, adds no dummy prefix); a tokenizer
+trained with SentencePiece's default ``nmt_nfkc`` (Llama's, MobileLLM's) would differ there on
+text that NFKC changes (full-width letters, ligatures, some spaces).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import Tokenizer
+from .export import hf_state_dict
+from .model import MobileLLM
+
+GGUF_TYPES = ("f16", "q8_0")
+_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+          "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+          "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+
+
+def _need_gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise ImportError("GGUF export needs the gguf package: pip install 'gguf>=0.10'") from None
+    return gguf
+
+
+def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Rows of q/k from half-rotation order to GGML's pair order (llama.cpp's ``permute``)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_tensors(model: MobileLLM) -> dict[str, np.ndarray]:
+    """Our weights under GGUF's Llama names, fp32, shared blocks written out, q/k rows permuted."""
+    cfg = model.cfg
+    out: dict[str, np.ndarray] = {}
+    for key, t in hf_state_dict(model).items():
+        w = t.detach().float().cpu().numpy()
+        if key == "model.embed_tokens.weight":
+            out["token_embd.weight"] = w
+        elif key == "model.norm.weight":
+            out["output_norm.weight"] = w
+        elif key == "lm_head.weight":
+            out["output.weight"] = w
+        else:
+            _, _, i, rest = key.split(".", 3)
+            module = rest.removesuffix(".weight")
+            if module == "self_attn.q_proj":
+                w = _permute(w, cfg.n_heads)
+            elif module == "self_attn.k_proj":
+                w = _permute(w, cfg.n_kv_heads)
+            out[f"blk.{i}.{_NAMES[module]}.weight"] = w
+    return out
+
+
+def _add_tokenizer(writer, tok: Tokenizer) -> None:
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(tok.sp.serialized_model_proto())
+    # SentencePiece's piece types (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte)
+    # are GGUF's token types, number for number.
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list([p.piece.encode("utf-8") for p in proto.pieces])
+    writer.add_token_scores([p.score for p in proto.pieces])
+    writer.add_token_types([int(p.type) for p in proto.pieces])
+    sp = tok.sp
+    for setter, value in ((writer.add_bos_token_id, sp.bos_id()), (writer.add_eos_token_id, sp.eos_id()),
+                          (writer.add_unk_token_id, sp.unk_id()), (writer.add_pad_token_id, sp.pad_id())):
+        if value >= 0:
+            setter(value)
+    writer.add_add_bos_token(False)  # our documents start after EOS; callers add what they need
+    writer.add_add_space_prefix(proto.normalizer_spec.add_dummy_prefix)
+
+
+def write_gguf(model: MobileLLM, path: str | os.PathLike, tokenizer: Tokenizer | None = None,
+               gguf_type: str = "f16") -> Path:
+    """Write ``model`` (and ``tokenizer``) as a Llama GGUF file: 2-D weights F16 or Q8_0, norms F32."""
+    if gguf_type not in GGUF_TYPES:
+        raise ValueError(f"gguf_type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}")
+    cfg = model.cfg
+    if cfg.ffn_type != "swiglu":
+        raise ValueError(f"ffn_type {cfg.ffn_type!r} has no Llama equivalent: only 'swiglu' models write as GGUF")
+    if gguf_type == "q8_0":
+        bad = sorted({d for d in (cfg.dim, cfg.n_heads * cfg.hd, cfg.ffn_hidden_dim) if d % 32})
+        if bad:
+            raise ValueError(f"Q8_0 quantizes rows in blocks of 32 but the model has rows of {bad}: use f16")
+    if tokenizer is not None and tokenizer.vocab_size != cfg.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model {cfg.vocab_size}")
+    gguf = _need_gguf()
+    Q = gguf.GGMLQuantizationType
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("MobileLLM")
+    writer.add_context_length(cfg.max_seq_len)
+    writer.add_embedding_length(cfg.dim)
+    writer.add_block_count(cfg.n_executed_layers)
+    writer.add_feed_forward_length(cfg.ffn_hidden_dim)
+    writer.add_head_count(cfg.n_heads)
+    writer.add_head_count_kv(cfg.n_kv_heads)
+    writer.add_key_length(cfg.hd)
+    writer.add_value_length(cfg.hd)
+    writer.add_rope_dimension_count(cfg.hd)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_layer_norm_rms_eps(cfg.norm_eps)
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if gguf_type == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
+    if tokenizer is not None:
+        _add_tokenizer(writer, tokenizer)
+    for name, w in gguf_tensors(model).items():
+        if w.ndim == 1:
+            writer.add_tensor(name, w.astype(np.float32))
+        elif gguf_type == "f16":
+            writer.add_tensor(name, w.astype(np.float16))
+        else:
+            # quantize() returns bytes shaped (rows, bytes per row); the writer derives the shape from them.
+            writer.add_tensor(name, gguf.quants.quantize(w, Q.Q8_0), raw_dtype=Q.Q8_0)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+def read_back(path: str | os.PathLike) -> torch.nn.Module:
+    """The GGUF file loaded by transformers (dequantized to fp32), as a check that a reader understands it."""
+    from transformers import AutoModelForCausalLM
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} does not exist")
+    return AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32).eval()

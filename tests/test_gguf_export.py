@@ -1,0 +1,105 @@
+"""GGUF export: transformers reads the file back with our logits (F16: fp16 rounding only; Q8_0:
+close), layer sharing written out, and the tokenizer's pieces intact."""
+
+import json
+
+import pytest
+import torch
+
+from mobilellm import MobileLLM
+
+from .conftest import tiny_config
+
+gguf = pytest.importorskip("gguf")
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")  # transformers needs it to load a GGUF file
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+from mobilellm.gguf_export import gguf_tensors, read_back, write_gguf  # noqa: E402
+
+
+def cfg(**changes):
+    return tiny_config(**{"vocab_size": 128, "dim": 64, "n_layers": 2, "ffn_hidden_dim": 96, "max_seq_len": 64,
+                          "init": "fan_in", **changes})
+
+
+def fp16_rounded(model: MobileLLM) -> MobileLLM:
+    """The model with every matrix rounded to fp16, as an F16 file stores it (norms stay fp32)."""
+    twin = MobileLLM(model.cfg).eval()
+    twin.load_state_dict({k: (v.half().float() if v.dim() == 2 else v) for k, v in model.state_dict().items()})
+    return twin
+
+
+@pytest.mark.parametrize("sharing", ["none", "immediate", "reverse"])
+@pytest.mark.parametrize("share_embedding", [True, False])
+def test_f16_reads_back_with_the_same_logits(sharing, share_embedding, small_data, tmp_path):
+    model = MobileLLM(cfg(layer_sharing=sharing, share_embedding=share_embedding)).eval()
+    path = write_gguf(model, tmp_path / "m.gguf", small_data.tokenizer, "f16")
+    hf = read_back(path)
+    assert hf.config.num_hidden_layers == model.cfg.n_executed_layers
+    ids = torch.randint(0, 128, (2, 24))
+    with torch.no_grad():
+        got, ref = hf(ids).logits, fp16_rounded(model)(ids)
+        exact = model(ids)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)  # only the weights' fp16 rounding differs
+    assert (got - exact).abs().max() < 0.01 * exact.abs().max()
+
+
+def test_q8_0_is_close_and_smaller(small_data, tmp_path):
+    model = MobileLLM(cfg(layer_sharing="repeat_all")).eval()
+    f16 = write_gguf(model, tmp_path / "f16.gguf", small_data.tokenizer, "f16")
+    q8 = write_gguf(model, tmp_path / "q8.gguf", small_data.tokenizer, "q8_0")
+    ids = torch.randint(0, 128, (4, 32))
+    with torch.no_grad():
+        got, ref = read_back(q8)(ids).logits, model(ids)
+    assert (got - ref).abs().max() < 0.05 * ref.abs().max()
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9
+    # Q8_0: 34 bytes per 32 weights against F16's 64 (the tokenizer and norms are the same in both)
+    assert q8.stat().st_size < 0.65 * f16.stat().st_size
+    kinds = {t.name: t.tensor_type for t in gguf.GGUFReader(q8).tensors}
+    assert kinds["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.Q8_0
+    assert kinds["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
+
+
+def test_tokenizer_is_in_the_file(small_data, tmp_path):
+    tok = small_data.tokenizer
+    path = write_gguf(MobileLLM(cfg()), tmp_path / "m.gguf", tok)
+    reader = gguf.GGUFReader(path)
+    field = reader.fields["tokenizer.ggml.tokens"]
+    pieces = [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+    assert pieces == [tok.sp.id_to_piece(i) for i in range(tok.vocab_size)]
+    types = reader.fields["tokenizer.ggml.token_type"]
+    assert int(types.parts[types.data[tok.sp.piece_to_id("\n")]][0]) == 4  # user-defined, as in SentencePiece
+    eos = reader.fields["tokenizer.ggml.eos_token_id"]
+    assert int(eos.parts[eos.data[0]][0]) == tok.eos_id
+
+
+def test_shared_blocks_are_written_out_in_execution_order():
+    model = MobileLLM(cfg(layer_sharing="reverse"))  # A B B A
+    t = gguf_tensors(model)
+    assert sum(k.endswith("attn_v.weight") for k in t) == 4
+    assert (t["blk.0.attn_v.weight"] == t["blk.3.attn_v.weight"]).all()
+    assert (t["blk.1.attn_v.weight"] == t["blk.2.attn_v.weight"]).all()
+    assert "output.weight" not in t  # tied: llama.cpp reuses token_embd
+
+
+def test_errors(tmp_path):
+    with pytest.raises(ValueError, match="gguf_type 'q4' is not one of f16, q8_0"):
+        write_gguf(MobileLLM(cfg()), tmp_path / "m.gguf", gguf_type="q4")
+    with pytest.raises(ValueError, match=r"Q8_0 quantizes rows in blocks of 32 .* rows of \[48\]"):
+        write_gguf(MobileLLM(cfg(ffn_hidden_dim=48)), tmp_path / "m.gguf", gguf_type="q8_0")
+    with pytest.raises(ValueError, match="only 'swiglu'"):
+        write_gguf(MobileLLM(cfg(ffn_type="relu")), tmp_path / "m.gguf")
+
+
+def test_cli_export_gguf(small_data, tmp_path, capsys):
+    from mobilellm.__main__ import main
+    from mobilellm.export import save_pretrained
+
+    ckpt = save_pretrained(MobileLLM(cfg()), tmp_path / "ckpt", small_data.tokenizer)
+    out = tmp_path / "m.gguf"
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "gguf", "--gguf-type", "q8_0",
+                 "--out", str(out)]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line == {"format": "gguf", "out": str(out), "bytes": out.stat().st_size, "type": "q8_0",
+                    "llama_layers": 2, "tokenizer": True}
