@@ -220,8 +220,10 @@ def test_cli_export_from_trainer_checkpoint(tmp_path, small_data, capsys):
     assert len(err) == 2 and all(line.startswith("error: ") for line in err)
     assert "checkpoint folder itself" in err[0] and "does not exist" in err[1]
     with pytest.raises(SystemExit) as e:
-        main(["export", "--checkpoint", str(run), "--format", "gguf", "--out", str(out)])
+        main(["export", "--checkpoint", str(run), "--format", "onnx", "--out", str(out)])
     assert e.value.code == 2
+    assert main(["export", "--checkpoint", str(run), "--format", "gguf", "--out", str(out)]) == 2  # a folder
+    assert "--format gguf writes one file" in capsys.readouterr().err
     with pytest.raises(ValueError, match="training checkpoint"):
         save_pretrained(trained, run)
 
