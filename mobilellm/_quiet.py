@@ -9,6 +9,7 @@ None of it is actionable, and in a notebook it buries the output that matters.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -49,7 +50,9 @@ def native_stderr_silenced() -> Iterator[None]:
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        yield
+        # In a Jupyter kernel ExecuTorch's log lines reach sys.stderr (the kernel's stream), not fd 2.
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)

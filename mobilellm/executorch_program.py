@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._quiet import native_stderr_silenced, quiet_libraries
 from .model import MobileLLM, apply_rope, sample_next
 
 QUANT_MODES = ("fp32", "int8", "8da4w")
@@ -174,13 +175,14 @@ def export_program(model: MobileLLM, path: str | os.PathLike, quant: str = "fp32
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
 
     model = copy.deepcopy(model).to("cpu", torch.float32).eval()
-    decoder = quantize_decoder_(CachedDecoder(model, max_len), quant, group_size).eval()
+    with quiet_libraries():  # torchao's and torch's import-time warnings
+        decoder = quantize_decoder_(CachedDecoder(model, max_len), quant, group_size).eval()
     example = (torch.zeros(1, 2, dtype=torch.long), torch.tensor([0], dtype=torch.long))
     # As ExecuTorch's Llama export: the chunk length is dynamic, the position a 1-element tensor.
     dynamic = ({1: torch.export.Dim("token_dim", max=max_len - 1)}, {0: 1})
     partitioners = [XnnpackPartitioner()] if quant == "fp32" else [XnnpackDynamicallyQuantizedPartitioner(),
                                                                    XnnpackPartitioner()]
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), quiet_libraries(), native_stderr_silenced():
         warnings.simplefilter("ignore", FutureWarning)  # torch.export's pytree chatter
         ep = torch.export.export(decoder, example, dynamic_shapes=dynamic, strict=False)
         ep = ep.run_decompositions({})  # torchao's tensor subclasses -> plain q/dq ops XNNPACK matches
@@ -213,7 +215,6 @@ class PteDecoder:
         _load_custom_ops()
         from executorch.runtime import Runtime
 
-        from ._quiet import native_stderr_silenced
         from .export import _why
 
         try:
@@ -248,7 +249,8 @@ class PteDecoder:
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= self.vocab_size:
             raise ValueError(f"token id {lo if lo < 0 else hi} is outside the vocabulary [0, {self.vocab_size})")
-        logits = self._forward.execute((ids, torch.tensor([pos], dtype=torch.long)))[0]
+        with native_stderr_silenced():  # XNNPACK probes the CPU (and says so on fd 2) on first execution
+            logits = self._forward.execute((ids, torch.tensor([pos], dtype=torch.long)))[0]
         self.pos = pos + T
         return logits[0].clone()
 

@@ -409,8 +409,9 @@ def export_executorch(model: MobileLLM, path: str | os.PathLike, quantize: str |
     _need_executorch()
     import copy
 
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
+    with quiet_libraries():  # executorch imports torchao, which warns about its CUDA-only kernels
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
 
     from .model import Block
 
@@ -502,10 +503,11 @@ def run_executorch(path: str | os.PathLike, input_ids: torch.Tensor) -> torch.Te
     with native_stderr_silenced():
         forward = program.load_method("forward")
     rows = []
-    for row in input_ids.cpu().long():
-        padded = torch.zeros(fixed, dtype=torch.long)
-        padded[0, :T] = row
-        rows.append(forward.execute((padded,))[0][:, :T].clone())
+    with native_stderr_silenced():  # XNNPACK probes the CPU (and says so on fd 2) on first execution
+        for row in input_ids.cpu().long():
+            padded = torch.zeros(fixed, dtype=torch.long)
+            padded[0, :T] = row
+            rows.append(forward.execute((padded,))[0][:, :T].clone())
     return torch.cat(rows)
 
 
