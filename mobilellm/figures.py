@@ -25,13 +25,14 @@ CURRICULUM = {
                     "baseline 12 layers, 125M: avg 42.6", None),
     "02_swiglu": ("FC-ReLU-FC → SwiGLU at equal parameters (3 seeds)", "42.6 → 43.9",
                   ("swiglu", "ReLU (baseline)", "SwiGLU")),
-    "03_deep_and_thin": ("depth vs width at 132k parameters (5 shapes × 3 seeds); the same at ≈5/20/60 tokens "
-                         "per parameter", "12 → 30 layers: 43.9 → 44.8", ("depth", "2×56", "8×32")),
+    "03_deep_and_thin": ("depth vs width at 132k parameters (5 shapes × 3 seeds); time per token by shape; depth, "
+                         "tying and sharing paired by seed at ≈5/19/57/150 tokens per parameter",
+                         "12 → 30 layers: 43.9 → 44.8", ("depth", "2×56", "8×32")),
     "04_embedding_sharing": ("where parameters go (teaching, 125M–1.5B, 70B); tying checked by data_ptr; untied vs "
                              "tied vs tied + the saving reinvested in depth", "135M/44.8 → 119M/44.6 → 125M/45.0",
                              ("embedding", "untied", "tied + 1 layer")),
     "05_grouped_query_attention": ("MHA → GQA → MQA by repeat_interleave; KV-cache sizes; cached vs uncached "
-                                   "decoding; KV heads at equal parameters", "16 → 4 KV heads: 44.6 → 45.0",
+                                   "decoding; KV heads at equal parameters", "16 → 4 KV heads: no loss",
                                    ("gqa", "MHA (4 KV heads)", "GQA (2 KV heads)")),
     "06_layer_sharing": ("immediate, repeat-all-over and reverse sharing as execution orders; stored parameters vs "
                          "compute; a KV cache kept correct under sharing (and the official bug); no sharing vs "
@@ -39,7 +40,8 @@ CURRICULUM = {
                          "125M 46.3 → 47.0 (1T tokens); latency +2.6% "
                          "(shared) vs +86% (2× deeper)", ("sharing", "no sharing", "immediate ×2")),
     "07_roadmap": ("the whole path as one chain of cached runs; the final model trained 3× longer and its samples; "
-                   "every ablation in one table", "42.6 → 43.9 → 44.8 → 44.6 → 45.0 (0.25T); 46.3 → 47.0 (1T)",
+                   "the verdict table; every ablation in one table",
+                   "42.6 → 43.9 → 44.8 → 44.6 → 45.0 (0.25T); 46.3 → 47.0 (1T)",
                    ("roadmap", "baseline", "+ layer sharing")),
     "08_full_size": ("the released configs: exact parameters, memory, KV cache, FLOPs; pretraining cost; "
                      "125M measured on CPU; loading the released checkpoints", "124.6M … 1.51B; 3–18 days on "
