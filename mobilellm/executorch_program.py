@@ -18,9 +18,10 @@ while the block's weights are stored once in the program.
 Quantization modes: ``fp32``; ``int8`` — W8A8: int8 per-channel weights, int8 dynamic per-token
 activations (ExecuTorch's ``8da8w``, the numbers of ``export.export_executorch``'s int8 path);
 ``8da4w`` — int8 dynamic activations, int4 weights in groups of ``group_size`` inputs, one scale
-per group. Both quantized modes also quantize the output head the same way and the embedding
-table to 8 bits per row. A tied table is then stored twice (an int8 lookup table, and the head
-packed into XNNPACK's own weight layout): the runtime has no way for one buffer to serve both.
+per group (XNNPACK takes multiples of 32; ``group_size=0`` is one scale per output row). Both
+quantized modes also quantize the output head the same way and the embedding table to 8 bits per row.
+A tied table is then stored twice (an int8 lookup table, and the head packed into XNNPACK's own
+weight layout): the runtime has no way for one buffer to serve both.
 """
 
 from __future__ import annotations
@@ -110,13 +111,17 @@ class CachedDecoder(nn.Module):
 
 
 def check_group_size(model: MobileLLM, group_size: int) -> None:
-    """8da4w groups must tile every linear's input: dim, n_heads * head_dim and ffn_hidden_dim."""
+    """8da4w groups: 0 (one scale per output row), or a multiple of 32 (XNNPACK's rule) tiling every linear input."""
     cfg = model.cfg
     dims = {"dim": cfg.dim, "n_heads * head_dim": cfg.n_heads * cfg.hd, "ffn_hidden_dim": cfg.ffn_hidden_dim}
+    if group_size == 0:
+        return
     bad = {k: v for k, v in dims.items() if v % group_size}
-    if group_size < 1 or bad:
+    if group_size < 0 or group_size % 32 or bad:
         g = math.gcd(*dims.values())
-        raise ValueError(f"group_size {group_size} does not divide {bad or dims}: choose a divisor of {g}")
+        fits = f"a multiple of 32 dividing {g}" if g % 32 == 0 else "0 (per row: these dims are not multiples of 32)"
+        raise ValueError(f"group_size {group_size} must be a multiple of 32 (XNNPACK) that divides "
+                         f"{bad or dims}: choose {fits}")
 
 
 def quantize_decoder_(decoder: CachedDecoder, quant: str, group_size: int = DEFAULT_GROUP_SIZE) -> CachedDecoder:
@@ -127,7 +132,8 @@ def quantize_decoder_(decoder: CachedDecoder, quant: str, group_size: int = DEFA
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
     from torchao.quantization.granularity import PerAxis, PerGroup
 
-    weight_dtype, granularity = (torch.int8, PerAxis(0)) if quant == "int8" else (torch.int4, PerGroup(group_size))
+    weight_dtype, granularity = (torch.int8, PerAxis(0)) if quant == "int8" else (
+        torch.int4, PerGroup(group_size) if group_size else PerAxis(0))
     # A tied head is its own Parameter after this; the embedding keeps the fp32 table until below.
     quantize_(decoder, Int8DynamicActivationIntxWeightConfig(weight_dtype=weight_dtype,
                                                              weight_granularity=granularity),
@@ -152,9 +158,9 @@ def export_program(model: MobileLLM, path: str | os.PathLike, quant: str = "fp32
                    group_size: int = DEFAULT_GROUP_SIZE, bos_id: int | None = None) -> Path:
     """Write ``model`` as a KV-cached ExecuTorch program (XNNPACK) with a cache window of ``max_len`` tokens.
 
-    ``quant``: one of ``QUANT_MODES``. ``group_size``: 8da4w's weights per scale (must divide the
-    linears' input sizes). ``model`` is not changed. Lowering a tiny model takes seconds, the 125M
-    shape minutes: cache the file.
+    ``quant``: one of ``QUANT_MODES``. ``group_size``: 8da4w's weights per scale (a multiple of 32
+    dividing the linears' input sizes, or 0 for one scale per output row). ``model`` is not changed.
+    Lowering a tiny model takes seconds to a minute, the 125M shape minutes: cache the file.
     """
     if quant not in QUANT_MODES:
         raise ValueError(f"quant {quant!r} is not one of {', '.join(QUANT_MODES)}")
@@ -182,6 +188,8 @@ def export_program(model: MobileLLM, path: str | os.PathLike, quant: str = "fp32
                                                                    XnnpackPartitioner()]
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.export's pytree chatter
+        # The caches start empty by design: no step reads a position before writing it.
+        warnings.filterwarnings("ignore", message="Mutation on a buffer in the model is detected")
         ep = torch.export.export(decoder, example, dynamic_shapes=dynamic, strict=False)
         ep = ep.run_decompositions({})  # torchao's tensor subclasses -> plain q/dq ops XNNPACK matches
         edge = to_edge_transform_and_lower(ep, partitioner=partitioners,
@@ -232,7 +240,7 @@ class PteDecoder:
         self.pos = 0  # positions filled in the program's caches
 
     def step(self, ids: torch.Tensor | Sequence[int], pos: int | None = None) -> torch.Tensor:
-        """Logits (vocab,) after feeding ``ids`` (a chunk) at position ``pos`` (default: after the last chunk)."""
+        """Logits (vocab,) after feeding ``ids`` (a chunk) at ``pos`` (default: after the last chunk; less rewinds)."""
         ids = ids if isinstance(ids, torch.Tensor) else torch.as_tensor(list(ids), dtype=torch.long)
         if ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"token ids must be int64 (or int32), got {ids.dtype}")
@@ -241,6 +249,9 @@ class PteDecoder:
         T = ids.shape[1]
         if T == 0:
             raise ValueError("empty chunk: give at least one token id")
+        if pos > self.pos:
+            raise ValueError(f"position {pos} skips positions {self.pos}..{pos - 1}, which hold no keys yet: "
+                             f"continue at {self.pos} or start again at 0")
         if pos < 0 or pos + T > self.max_len:
             raise ValueError(f"positions {pos}..{pos + T - 1} do not fit the program's cache window of "
                              f"{self.max_len} tokens: shorten the prompt or export with a larger --max-len")
