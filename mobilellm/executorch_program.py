@@ -18,7 +18,7 @@ while the block's weights are stored once in the program.
 Quantization modes: ``fp32``; ``int8`` — W8A8: int8 per-channel weights, int8 dynamic per-token
 activations (ExecuTorch's ``8da8w``, the numbers of ``export.export_executorch``'s int8 path);
 ``8da4w`` — int8 dynamic activations, int4 weights in groups of ``group_size`` inputs, one scale
-per group (XNNPACK takes multiples of 32; ``group_size=0`` is one scale per output row). Both
+per group (XNNPACK wants inputs and groups in multiples of 32; ``group_size=0``: a scale per row). Both
 quantized modes also quantize the output head the same way and the embedding table to 8 bits per row.
 A tied table is then stored twice (an int8 lookup table, and the head packed into XNNPACK's own
 weight layout): the runtime has no way for one buffer to serve both.
@@ -111,17 +111,17 @@ class CachedDecoder(nn.Module):
 
 
 def check_group_size(model: MobileLLM, group_size: int) -> None:
-    """8da4w groups: 0 (one scale per output row), or a multiple of 32 (XNNPACK's rule) tiling every linear input."""
+    """8da4w on XNNPACK: every linear input a multiple of 32, groups a multiple of 32 tiling it (0: one per row)."""
     cfg = model.cfg
     dims = {"dim": cfg.dim, "n_heads * head_dim": cfg.n_heads * cfg.hd, "ffn_hidden_dim": cfg.ffn_hidden_dim}
-    if group_size == 0:
-        return
-    bad = {k: v for k, v in dims.items() if v % group_size}
+    off = {k: v for k, v in dims.items() if v % 32}
+    if off:
+        raise ValueError(f"8da4w needs linear input sizes in multiples of 32 (XNNPACK's int4 kernels), but {off} "
+                         "are not: use --quant int8 for this model")
+    bad = {k: v for k, v in dims.items() if group_size and v % group_size}
     if group_size < 0 or group_size % 32 or bad:
-        g = math.gcd(*dims.values())
-        fits = f"a multiple of 32 dividing {g}" if g % 32 == 0 else "0 (per row: these dims are not multiples of 32)"
-        raise ValueError(f"group_size {group_size} must be a multiple of 32 (XNNPACK) that divides "
-                         f"{bad or dims}: choose {fits}")
+        raise ValueError(f"group_size {group_size} must be 0 (one scale per row) or a multiple of 32 (XNNPACK) "
+                         f"that divides {bad or dims}: choose a multiple of 32 dividing {math.gcd(*dims.values())}")
 
 
 def quantize_decoder_(decoder: CachedDecoder, quant: str, group_size: int = DEFAULT_GROUP_SIZE) -> CachedDecoder:

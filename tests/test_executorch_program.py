@@ -61,14 +61,13 @@ def test_cached_decoder_matches_the_model_in_eager(sharing):
 def test_group_size_must_tile_the_linears():
     model = MobileLLM(cfg())
     check_group_size(model, 32)
-    check_group_size(model, 0)  # one scale per row fits any shape
+    check_group_size(model, 0)  # one scale per row
     with pytest.raises(ValueError, match="divides .*ffn_hidden_dim.*a multiple of 32 dividing 32"):
         check_group_size(model, 64)
-    with pytest.raises(ValueError, match="must be a multiple of 32"):
+    with pytest.raises(ValueError, match="must be 0 .* or a multiple of 32"):
         export_program(model, "unused.pte", "8da4w", group_size=16)
-    with pytest.raises(ValueError, match=r"choose 0 \(per row"):
-        check_group_size(MobileLLM(cfg(dim=48, ffn_hidden_dim=128)), 32)
-
+    with pytest.raises(ValueError, match=r"multiples of 32 .*'dim': 48.*use --quant int8"):
+        check_group_size(MobileLLM(cfg(dim=48, ffn_hidden_dim=128)), 0)
 
 def test_export_argument_errors(tmp_path):
     model = MobileLLM(cfg())
