@@ -173,7 +173,8 @@ def test_block_bytes_and_caches():
     assert block_bytes(cfg, "fp32", 32) == 4 * n + 8 * 576
     assert block_bytes(cfg, "int8", 32) < block_bytes(cfg, "fp32", 32) / 3.9
     assert block_bytes(cfg, "8da4w", 32) == n // 2 + 2 * n // 32 + 8 * 576
-    assert pte_group_size(cfg) == 32 and pte_group_size(get_config("teach-micro")) == 16
+    assert pte_group_size(cfg) == 32 and pte_group_size(get_config("teach-micro")) is None  # width 48
+    assert block_bytes(cfg, "8da4w", 0) == n // 2 + 4 * (3 * 576 + 2 * 192 + 2 * 1536) + 8 * 576
     caches = cpu_caches()
     assert all(c["bytes"] > 0 and c["level"] >= 1 for c in caches)
 
