@@ -90,7 +90,9 @@ def _add_export(sub) -> None:
     p.add_argument("--out", required=True, help="folder to write (hf) or file to write (pte, gguf)")
     p.add_argument("--quant", default=None, choices=("fp32", "int8", "8da4w"),
                    help="pte: fp32 (default), int8 (W8A8) or 8da4w (int4 weights in groups of --group-size)")
-    p.add_argument("--group-size", type=int, default=32, help="pte 8da4w: weights per int4 scale (default 32)")
+    p.add_argument("--group-size", type=int, default=32,
+                   help="pte 8da4w: weights per int4 scale, a multiple of 32 (default 32); 0: one scale per row. "
+                        "XNNPACK needs the model's widths in multiples of 32 too")
     p.add_argument("--max-len", type=int, default=None,
                    help="pte: the KV cache window in tokens, prompt and output together (default: the model's max)")
     p.add_argument("--gguf-type", default="f16", choices=("f16", "q8_0"), help="gguf: tensor type (default f16)")

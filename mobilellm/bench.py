@@ -618,22 +618,25 @@ def cpu_caches() -> list[dict]:
     return out
 
 
-def pte_group_size(cfg: ModelConfig) -> int:
-    """8da4w's group: 32 (ExecuTorch's usual choice for small models) or the largest power of two that fits."""
+def pte_group_size(cfg: ModelConfig) -> int | None:
+    """8da4w's group: 32 (ExecuTorch's usual choice), or None where XNNPACK's int4 kernels do not fit the model."""
     dims = (cfg.dim, cfg.n_heads * cfg.hd, cfg.ffn_hidden_dim)
-    return next(g for g in (32, 16, 8, 4, 2, 1) if all(d % g == 0 for d in dims))
+    return 32 if all(d % 32 == 0 for d in dims) else None
 
 
 def block_bytes(cfg: ModelConfig, quant: str, group_size: int) -> int:
-    """Bytes of one block's weights as the program stores them: fp32; int8 + an fp32 scale per output
-    channel; int4 + a bf16 scale per group (XNNPACK's layout). Norm gains are fp32 in every format."""
+    """Bytes of one block's weights as the program stores them (XNNPACK's layout), norm gains in fp32.
+
+    fp32; int8 + an fp32 scale per output row; int4 + a bf16 scale per group (group 0: an fp32 scale per row).
+    """
     shapes = [(cfg.n_heads * cfg.hd, cfg.dim), (cfg.n_kv_heads * cfg.hd, cfg.dim), (cfg.n_kv_heads * cfg.hd, cfg.dim),
               (cfg.dim, cfg.n_heads * cfg.hd), (cfg.dim, cfg.ffn_hidden_dim), (cfg.ffn_hidden_dim, cfg.dim)]
     if cfg.ffn_type == "swiglu":
         shapes.append((cfg.ffn_hidden_dim, cfg.dim))
     n = sum(o * i for o, i in shapes)
     rows = sum(o for o, _ in shapes)
-    linear = {"fp32": 4 * n, "int8": n + 4 * rows, "8da4w": n // 2 + 2 * (n // group_size)}[quant]
+    int4 = n // 2 + (2 * (n // group_size) if group_size else 4 * rows)
+    linear = {"fp32": 4 * n, "int8": n + 4 * rows, "8da4w": int4}[quant]
     return linear + 2 * 4 * cfg.dim
 
 
@@ -677,6 +680,9 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
     rows, skipped = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for quant in quants:
+            if quant == "8da4w" and group is None:
+                skipped["8da4w"] = "XNNPACK's int4 kernels need linear input sizes in multiples of 32"
+                continue
             # One format at a time: its four programs are timed interleaved, then freed (a 125M fp32 set is 3 GB).
             decs, info = {}, {}
             for key, (m, _) in models.items():
@@ -690,7 +696,7 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
                 except Exception as e:  # lowering is fragile across versions: report it, keep the rest
                     skipped[f"{key} {quant}"] = f"export or run failed: {_first_line(e)}"
             times = measure({k: pte_decode_timer(d, prompt, new) for k, d in decs.items()}, repeats, s.warmup,
-                            f"pte {quant} {name}", s.progress)
+                            f"pte {quant} {name}", s.progress) if decs else {}
             ref = median(times["unshared"]) if "unshared" in times else None
             for key, (m, what) in models.items():
                 ms = median(times[key]) * 1e3 if key in times else None
@@ -708,7 +714,7 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
     for r in rows:
         r["size_ratio_vs_fp32"] = ratio(r.get("bytes"), fp32_bytes.get(r["name"]))
     caches = cpu_caches()
-    blocks = {q: block_bytes(base_cfg, q, group) for q in quants}
+    blocks = {q: block_bytes(base_cfg, q, group or 0) for q in quants if q != "8da4w" or group}
     fits = {q: [f"L{c['level']}{'d' if c['type'] == 'Data' else ''}" for c in caches
                 if c["type"] != "Instruction" and b <= c["bytes"]] for q, b in blocks.items()}
     return {"config": name, "weights": "random (seeded); latency does not depend on the values",

@@ -18,9 +18,10 @@ while the block's weights are stored once in the program.
 Quantization modes: ``fp32``; ``int8`` — W8A8: int8 per-channel weights, int8 dynamic per-token
 activations (ExecuTorch's ``8da8w``, the numbers of ``export.export_executorch``'s int8 path);
 ``8da4w`` — int8 dynamic activations, int4 weights in groups of ``group_size`` inputs, one scale
-per group. Both quantized modes also quantize the output head the same way and the embedding
-table to 8 bits per row. A tied table is then stored twice (an int8 lookup table, and the head
-packed into XNNPACK's own weight layout): the runtime has no way for one buffer to serve both.
+per group (XNNPACK wants inputs and groups in multiples of 32; ``group_size=0``: a scale per row). Both
+quantized modes also quantize the output head the same way and the embedding table to 8 bits per row.
+A tied table is then stored twice (an int8 lookup table, and the head packed into XNNPACK's own
+weight layout): the runtime has no way for one buffer to serve both.
 """
 
 from __future__ import annotations
@@ -111,13 +112,17 @@ class CachedDecoder(nn.Module):
 
 
 def check_group_size(model: MobileLLM, group_size: int) -> None:
-    """8da4w groups must tile every linear's input: dim, n_heads * head_dim and ffn_hidden_dim."""
+    """8da4w on XNNPACK: every linear input a multiple of 32, groups a multiple of 32 tiling it (0: one per row)."""
     cfg = model.cfg
     dims = {"dim": cfg.dim, "n_heads * head_dim": cfg.n_heads * cfg.hd, "ffn_hidden_dim": cfg.ffn_hidden_dim}
-    bad = {k: v for k, v in dims.items() if v % group_size}
-    if group_size < 1 or bad:
-        g = math.gcd(*dims.values())
-        raise ValueError(f"group_size {group_size} does not divide {bad or dims}: choose a divisor of {g}")
+    off = {k: v for k, v in dims.items() if v % 32}
+    if off:
+        raise ValueError(f"8da4w needs linear input sizes in multiples of 32 (XNNPACK's int4 kernels), but {off} "
+                         "are not: use --quant int8 for this model")
+    bad = {k: v for k, v in dims.items() if group_size and v % group_size}
+    if group_size < 0 or group_size % 32 or bad:
+        raise ValueError(f"group_size {group_size} must be 0 (one scale per row) or a multiple of 32 (XNNPACK) "
+                         f"that divides {bad or dims}: choose a multiple of 32 dividing {math.gcd(*dims.values())}")
 
 
 def quantize_decoder_(decoder: CachedDecoder, quant: str, group_size: int = DEFAULT_GROUP_SIZE) -> CachedDecoder:
@@ -128,7 +133,8 @@ def quantize_decoder_(decoder: CachedDecoder, quant: str, group_size: int = DEFA
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
     from torchao.quantization.granularity import PerAxis, PerGroup
 
-    weight_dtype, granularity = (torch.int8, PerAxis(0)) if quant == "int8" else (torch.int4, PerGroup(group_size))
+    weight_dtype, granularity = (torch.int8, PerAxis(0)) if quant == "int8" else (
+        torch.int4, PerGroup(group_size) if group_size else PerAxis(0))
     # A tied head is its own Parameter after this; the embedding keeps the fp32 table until below.
     quantize_(decoder, Int8DynamicActivationIntxWeightConfig(weight_dtype=weight_dtype,
                                                              weight_granularity=granularity),
@@ -153,9 +159,9 @@ def export_program(model: MobileLLM, path: str | os.PathLike, quant: str = "fp32
                    group_size: int = DEFAULT_GROUP_SIZE, bos_id: int | None = None) -> Path:
     """Write ``model`` as a KV-cached ExecuTorch program (XNNPACK) with a cache window of ``max_len`` tokens.
 
-    ``quant``: one of ``QUANT_MODES``. ``group_size``: 8da4w's weights per scale (must divide the
-    linears' input sizes). ``model`` is not changed. Lowering a tiny model takes seconds, the 125M
-    shape minutes: cache the file.
+    ``quant``: one of ``QUANT_MODES``. ``group_size``: 8da4w's weights per scale (a multiple of 32
+    dividing the linears' input sizes, or 0 for one scale per output row). ``model`` is not changed.
+    Lowering a tiny model takes seconds to a minute, the 125M shape minutes: cache the file.
     """
     if quant not in QUANT_MODES:
         raise ValueError(f"quant {quant!r} is not one of {', '.join(QUANT_MODES)}")
@@ -184,6 +190,8 @@ def export_program(model: MobileLLM, path: str | os.PathLike, quant: str = "fp32
                                                                    XnnpackPartitioner()]
     with torch.no_grad(), warnings.catch_warnings(), quiet_libraries(), native_stderr_silenced():
         warnings.simplefilter("ignore", FutureWarning)  # torch.export's pytree chatter
+        # The caches start empty by design: no step reads a position before writing it.
+        warnings.filterwarnings("ignore", message="Mutation on a buffer in the model is detected")
         ep = torch.export.export(decoder, example, dynamic_shapes=dynamic, strict=False)
         ep = ep.run_decompositions({})  # torchao's tensor subclasses -> plain q/dq ops XNNPACK matches
         edge = to_edge_transform_and_lower(ep, partitioner=partitioners,
@@ -234,7 +242,7 @@ class PteDecoder:
         self.pos = 0  # positions filled in the program's caches
 
     def step(self, ids: torch.Tensor | Sequence[int], pos: int | None = None) -> torch.Tensor:
-        """Logits (vocab,) after feeding ``ids`` (a chunk) at position ``pos`` (default: after the last chunk)."""
+        """Logits (vocab,) after feeding ``ids`` (a chunk) at ``pos`` (default: after the last chunk; less rewinds)."""
         ids = ids if isinstance(ids, torch.Tensor) else torch.as_tensor(list(ids), dtype=torch.long)
         if ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"token ids must be int64 (or int32), got {ids.dtype}")
@@ -243,6 +251,9 @@ class PteDecoder:
         T = ids.shape[1]
         if T == 0:
             raise ValueError("empty chunk: give at least one token id")
+        if pos > self.pos:
+            raise ValueError(f"position {pos} skips positions {self.pos}..{pos - 1}, which hold no keys yet: "
+                             f"continue at {self.pos} or start again at 0")
         if pos < 0 or pos + T > self.max_len:
             raise ValueError(f"positions {pos}..{pos + T - 1} do not fit the program's cache window of "
                              f"{self.max_len} tokens: shorten the prompt or export with a larger --max-len")

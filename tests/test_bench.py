@@ -173,7 +173,8 @@ def test_block_bytes_and_caches():
     assert block_bytes(cfg, "fp32", 32) == 4 * n + 8 * 576
     assert block_bytes(cfg, "int8", 32) < block_bytes(cfg, "fp32", 32) / 3.9
     assert block_bytes(cfg, "8da4w", 32) == n // 2 + 2 * n // 32 + 8 * 576
-    assert pte_group_size(cfg) == 32 and pte_group_size(get_config("teach-micro")) == 16
+    assert pte_group_size(cfg) == 32 and pte_group_size(get_config("teach-micro")) is None  # width 48
+    assert block_bytes(cfg, "8da4w", 0) == n // 2 + 4 * (3 * 576 + 2 * 192 + 2 * 1536) + 8 * 576
     caches = cpu_caches()
     assert all(c["bytes"] > 0 and c["level"] >= 1 for c in caches)
 
@@ -184,11 +185,12 @@ def test_pte_suite_on_a_tiny_model():
     from mobilellm.bench import bench_pte, format_report
 
     cfg = tiny_config(vocab_size=128, dim=32, n_layers=1, ffn_hidden_dim=64, max_seq_len=64)
-    r = bench_pte(cfg, BenchSettings(repeats=2, warmup=1, progress=False), quants=("fp32", "8da4w"))
+    # fp32 only: four lowerings, not eight (8da4w's size and agreement are tested in test_executorch_program)
+    r = bench_pte(cfg, BenchSettings(repeats=2, warmup=1, progress=False), quants=("fp32",))
     assert not r["skipped"], r["skipped"]
     rows = {(v["name"], v["quant"]): v for v in r["variants"]}
-    assert len(rows) == 8
-    assert rows["deeper", "fp32"]["executed_layers"] == 2 == rows["immediate", "8da4w"]["executed_layers"]
+    assert len(rows) == 4
+    assert rows["deeper", "fp32"]["executed_layers"] == 2 == rows["immediate", "fp32"]["executed_layers"]
     for v in rows.values():
         assert _ok(v["ms_per_token"]) and _ok(v["eager_fp32_ms_per_token"]) and v["bytes"] > 0
     assert rows["unshared", "fp32"]["latency_ratio_vs_unshared"] == 1.0
@@ -196,7 +198,6 @@ def test_pte_suite_on_a_tiny_model():
     unshared, block = rows["unshared", "fp32"]["bytes"], r["block_bytes"]["fp32"]
     assert rows["immediate", "fp32"]["bytes"] - unshared < block / 2
     assert rows["deeper", "fp32"]["bytes"] - unshared > block
-    assert rows["unshared", "8da4w"]["size_ratio_vs_fp32"] < 0.6
     machine = {"cpu": "x", "cpus_available": 1, "torch": "t", "torch_threads": 1, "transformers": None,
                "git_commit": None, "date": "d", "load_average": []}
     assert "pte custom" in format_report({"machine": machine, "ceilings": {}, "pte": [r]})

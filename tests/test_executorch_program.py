@@ -61,11 +61,13 @@ def test_cached_decoder_matches_the_model_in_eager(sharing):
 def test_group_size_must_tile_the_linears():
     model = MobileLLM(cfg())
     check_group_size(model, 32)
-    with pytest.raises(ValueError, match="does not divide.*ffn_hidden_dim.*divisor of 32"):
+    check_group_size(model, 0)  # one scale per row
+    with pytest.raises(ValueError, match="divides .*ffn_hidden_dim.*a multiple of 32 dividing 32"):
         check_group_size(model, 64)
-    with pytest.raises(ValueError, match="does not divide"):
-        export_program(model, "unused.pte", "8da4w", group_size=48)
-
+    with pytest.raises(ValueError, match="must be 0 .* or a multiple of 32"):
+        export_program(model, "unused.pte", "8da4w", group_size=16)
+    with pytest.raises(ValueError, match=r"multiples of 32 .*'dim': 48.*use --quant int8"):
+        check_group_size(MobileLLM(cfg(dim=48, ffn_hidden_dim=128)), 0)
 
 def test_export_argument_errors(tmp_path):
     model = MobileLLM(cfg())
@@ -136,6 +138,9 @@ def test_bad_inputs_are_one_line_errors(programs):
         dec.step(torch.zeros(3))
     with pytest.raises(ValueError, match="cache window of 48 tokens"):
         dec.step(torch.zeros(49, dtype=torch.long), 0)
+    with pytest.raises(ValueError, match="position 5 skips positions 0..4"):
+        dec.step(torch.zeros(2, dtype=torch.long), 5)
+    dec.step(torch.zeros(47, dtype=torch.long), 0)
     with pytest.raises(ValueError, match="cache window of 48 tokens"):
         dec.step(torch.zeros(2, dtype=torch.long), 47)
     with pytest.raises(ValueError, match=r"token id 128 is outside the vocabulary \[0, 128\)"):
