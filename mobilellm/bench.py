@@ -562,23 +562,28 @@ def bench_int8(config: str | ModelConfig, s: BenchSettings) -> dict:
 # --- sharing ---------------------------------------------------------------------------------
 
 
+def sharing_variants(base_cfg: ModelConfig) -> dict[str, tuple[MobileLLM, str]]:
+    """The paper's latency comparison: unshared, its blocks run as immediate and as repeat-all-over
+    sharing (the same weights), and an unshared model twice as deep."""
+    n = base_cfg.n_layers
+    base = build(base_cfg)
+    return {
+        "unshared": (base, f"{n} blocks, {n} layers"),
+        "immediate": (twin(base, base_cfg.replace(layer_sharing="immediate")), f"{n} blocks run as A A B B …"),
+        "repeat_all": (twin(base, base_cfg.replace(layer_sharing="repeat_all")), f"{n} blocks run as A B … A B …"),
+        "deeper": (build(base_cfg.replace(n_layers=2 * n)), f"{2 * n} blocks, {2 * n} layers (2x deeper, unshared)"),
+    }
+
+
 def bench_sharing(config: str | ModelConfig, s: BenchSettings) -> dict:
     """Per-token cached decode latency: unshared vs layer-shared (same stored blocks) vs twice as deep."""
     name, cfg = resolve(config)
     base_cfg = cfg.replace(layer_sharing="none")
-    n = base_cfg.n_layers
     repeats = s.repeats_for(cfg)
     plen = min(16, cfg.max_seq_len // 4)
     new = min(8 if s.quick else 64, cfg.max_seq_len - plen)
     prompt = _tokens(cfg, (1, plen))
-    base = build(base_cfg)
-    deep_cfg = base_cfg.replace(n_layers=2 * n)
-    models = {
-        "unshared": (base, f"{n} blocks, {n} layers"),
-        "immediate": (twin(base, base_cfg.replace(layer_sharing="immediate")), f"{n} blocks run as A A B B …"),
-        "repeat_all": (twin(base, base_cfg.replace(layer_sharing="repeat_all")), f"{n} blocks run as A B … A B …"),
-        "deeper": (build(deep_cfg), f"{2 * n} blocks, {2 * n} layers (2x deeper, unshared)"),
-    }
+    models = sharing_variants(base_cfg)
     times = measure({k: decode_timer(m, prompt, new) for k, (m, _) in models.items()}, repeats, s.warmup,
                     f"sharing {name}", s.progress)
     ref = median(times["unshared"])
@@ -662,19 +667,12 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
     if cfg.ffn_type != "swiglu":
         raise ValueError(f"the pte suite needs a SwiGLU model, {name} has {cfg.ffn_type!r}")
     base_cfg = cfg.replace(layer_sharing="none")
-    n = base_cfg.n_layers
     repeats = s.repeats_for(cfg)
     plen = min(16, cfg.max_seq_len // 4)
     new = min(8 if s.quick else 64, cfg.max_seq_len - plen)
     prompt = _tokens(cfg, (1, plen))
     group = pte_group_size(cfg)
-    base = build(base_cfg)
-    models = {
-        "unshared": (base, f"{n} blocks, {n} layers"),
-        "immediate": (twin(base, base_cfg.replace(layer_sharing="immediate")), f"{n} blocks run as A A B B …"),
-        "repeat_all": (twin(base, base_cfg.replace(layer_sharing="repeat_all")), f"{n} blocks run as A B … A B …"),
-        "deeper": (build(base_cfg.replace(n_layers=2 * n)), f"{2 * n} blocks, {2 * n} layers (unshared)"),
-    }
+    models = sharing_variants(base_cfg)
     eager = measure({k: decode_timer(m, prompt, new) for k, (m, _) in models.items()}, repeats, s.warmup,
                     f"pte eager {name}", s.progress)
     rows, skipped = [], {}

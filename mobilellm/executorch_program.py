@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ._quiet import native_stderr_silenced, quiet_libraries
-from .model import MobileLLM, apply_rope, sample_next
+from .model import MobileLLM, apply_rope, check_sampling, sample_next
 
 QUANT_MODES = ("fp32", "int8", "8da4w")
 DEFAULT_GROUP_SIZE = 32
@@ -279,17 +279,10 @@ class PteDecoder:
         n = prompt.numel()
         if n == 0:
             raise ValueError("the prompt is empty: give at least one token (e.g. the BOS id)")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens ({max_new_tokens}) must be >= 0")
+        check_sampling(max_new_tokens, temperature, top_k, top_p)
         if n + max_new_tokens > self.max_len:
             raise ValueError(f"prompt ({n} tokens) + max_new_tokens ({max_new_tokens}) exceeds the program's "
                              f"cache window of {self.max_len}: shorten the prompt or ask for fewer tokens")
-        if temperature < 0:
-            raise ValueError(f"temperature ({temperature}) must be >= 0 (0 means greedy)")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k ({top_k}) must be >= 1")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p ({top_p}) must be in (0, 1]")
         chunk = chunk or self.max_len - 1
         for start in range(0, n, chunk):
             logits = self.step(prompt[start:start + chunk], start)

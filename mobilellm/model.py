@@ -230,14 +230,7 @@ class MobileLLM(nn.Module):
         After a row emits ``eos_id`` it is padded with ``eos_id``; decoding stops early once every
         row has finished.
         """
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens ({max_new_tokens}) must be >= 0")
-        if temperature < 0:
-            raise ValueError(f"temperature ({temperature}) must be >= 0 (0 means greedy)")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k ({top_k}) must be >= 1")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p ({top_p}) must be in (0, 1]")
+        check_sampling(max_new_tokens, temperature, top_k, top_p)
         self._check_input(input_ids, 0, self.cfg.max_seq_len)
         B, T = input_ids.shape
         if T == 0:
@@ -259,6 +252,18 @@ class MobileLLM(nn.Module):
                 break
             logits = self(nxt[:, None], cache)[:, -1]
         return torch.cat(out, dim=1)
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """One-line errors for impossible generation settings (shared by every decode loop)."""
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens ({max_new_tokens}) must be >= 0")
+    if temperature < 0:
+        raise ValueError(f"temperature ({temperature}) must be >= 0 (0 means greedy)")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k ({top_k}) must be >= 1")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p ({top_p}) must be in (0, 1]")
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
