@@ -562,6 +562,12 @@ def bench_int8(config: str | ModelConfig, s: BenchSettings) -> dict:
 # --- sharing ---------------------------------------------------------------------------------
 
 
+def _sharing_prompt(cfg: ModelConfig, s: BenchSettings) -> tuple[int, int, torch.Tensor]:
+    """(prompt length, new tokens, prompt) of the sharing latency suites: a short prompt, then decode."""
+    plen = min(16, cfg.max_seq_len // 4)
+    return plen, min(8 if s.quick else 64, cfg.max_seq_len - plen), _tokens(cfg, (1, plen))
+
+
 def sharing_variants(base_cfg: ModelConfig) -> dict[str, tuple[MobileLLM, str]]:
     """The paper's latency comparison: unshared, its blocks run as immediate and as repeat-all-over
     sharing (the same weights), and an unshared model twice as deep."""
@@ -580,9 +586,7 @@ def bench_sharing(config: str | ModelConfig, s: BenchSettings) -> dict:
     name, cfg = resolve(config)
     base_cfg = cfg.replace(layer_sharing="none")
     repeats = s.repeats_for(cfg)
-    plen = min(16, cfg.max_seq_len // 4)
-    new = min(8 if s.quick else 64, cfg.max_seq_len - plen)
-    prompt = _tokens(cfg, (1, plen))
+    plen, new, prompt = _sharing_prompt(cfg, s)
     models = sharing_variants(base_cfg)
     times = measure({k: decode_timer(m, prompt, new) for k, (m, _) in models.items()}, repeats, s.warmup,
                     f"sharing {name}", s.progress)
@@ -668,9 +672,7 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
         raise ValueError(f"the pte suite needs a SwiGLU model, {name} has {cfg.ffn_type!r}")
     base_cfg = cfg.replace(layer_sharing="none")
     repeats = s.repeats_for(cfg)
-    plen = min(16, cfg.max_seq_len // 4)
-    new = min(8 if s.quick else 64, cfg.max_seq_len - plen)
-    prompt = _tokens(cfg, (1, plen))
+    plen, new, prompt = _sharing_prompt(cfg, s)
     group = pte_group_size(cfg)
     models = sharing_variants(base_cfg)
     eager = measure({k: decode_timer(m, prompt, new) for k, (m, _) in models.items()}, repeats, s.warmup,

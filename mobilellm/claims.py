@@ -83,16 +83,6 @@ def claims() -> list[Claim]:
     ]
 
 
-def slope_interval(trend: Trend, level: float = 0.95) -> tuple[float, float]:
-    """The confidence interval of a trend's slope (per 10× budget)."""
-    import math
-
-    from scipy import stats
-
-    half = stats.t.ppf(0.5 + level / 2, df=trend.n - 2) * trend.resid_sd / math.sqrt(trend.sxx)
-    return trend.slope - half, trend.slope + half
-
-
 def classify(expect: int, p: Paired, trend: Trend | None) -> str:
     """The class of one claim from our paired difference at the main budget and its budget trend."""
     if p.verdict == "one seed":
@@ -110,7 +100,7 @@ def classify(expect: int, p: Paired, trend: Trend | None) -> str:
 def _trend_text(expect: int, p: Paired, trend: Trend | None) -> str:
     if trend is None or trend.n < 3:
         return ", no trend measured"
-    low, high = slope_interval(trend)
+    low, high = trend.slope_interval()
     # Toward the paper: the difference moves in the paper's direction as the budget grows. For a
     # claim of no difference, toward zero.
     toward = -1 if p.mean > 0 else 1
@@ -132,7 +122,7 @@ def _trend(claim: Claim) -> tuple[Trend | None, str]:
     if len(set(xs)) < 2 or len(xs) < 3:
         return None, "not enough budgets yet"
     t = log_trend(xs, ys)
-    low, high = slope_interval(t)
+    low, high = t.slope_interval()
     return t, (f"{t.slope:+.3f} [{low:+.3f}, {high:+.3f}] per 10× tokens "
                f"({len(set(xs))} budgets, {min(xs):.0f}–{max(xs):.0f} tokens/param)")
 

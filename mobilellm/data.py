@@ -13,7 +13,6 @@ import io
 import json
 import os
 import re
-import uuid
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ._files import write_atomic
 
 HUB_CORPORA = {
     # name: (hub path, config name, split, text field, licence)
@@ -446,20 +447,6 @@ def _encode_docs(tok: Tokenizer, docs: list[str]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
-def _tmp_path(path: Path) -> Path:
-    """A temporary name beside ``path`` unique to this process and call: two writers never share one."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = _tmp_path(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def prepare(corpus: str | Corpus = "shakespeare", vocab_size: int = 512,
             cache_dir: str | os.PathLike | None = None, tokenizer: str | os.PathLike | None = None,
             **corpus_kwargs) -> TokenData:
@@ -479,7 +466,7 @@ def prepare(corpus: str | Corpus = "shakespeare", vocab_size: int = 512,
             tok = Tokenizer(tok_file)
         else:
             tok = Tokenizer.train(c.train, vocab_size)
-            _write_atomic(tok_file, tok.model_proto)
+            write_atomic(tok_file, lambda t: t.write_bytes(tok.model_proto))
     fp = hashlib.sha256((c.fingerprint + tok.fingerprint).encode()).hexdigest()
     out = root / f"tokens-{fp[:12]}"
     meta_file = out / "meta.json"
@@ -490,10 +477,10 @@ def prepare(corpus: str | Corpus = "shakespeare", vocab_size: int = 512,
                 "tokenizer_fingerprint": tok.fingerprint, "vocab_size": tok.vocab_size}
         for split, docs in (("train", c.train), ("val", c.val)):
             ids = _encode_docs(tok, docs)
-            _write_atomic(out / f"{split}.bin", ids.tobytes())
+            write_atomic(out / f"{split}.bin", lambda t, ids=ids: t.write_bytes(ids.tobytes()))
             meta[f"{split}_tokens"], meta["dtype"] = int(len(ids)), ids.dtype.name
             meta[f"{split}_chars"] = sum(map(len, docs))
-        _write_atomic(meta_file, json.dumps(meta, indent=1).encode())
+        write_atomic(meta_file, lambda t: t.write_text(json.dumps(meta, indent=1)))
     meta = json.loads(meta_file.read_text())
     arrays = {s: np.memmap(out / f"{s}.bin", dtype=meta["dtype"], mode="r") for s in ("train", "val")}
     return TokenData(arrays["train"], arrays["val"], Tokenizer(out / "tokenizer.model"), fp, out, c.name)

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._files import write_atomic
 from ._quiet import native_stderr_silenced, quiet_libraries
 from .model import MobileLLM, apply_rope, check_sampling, sample_next
 
@@ -201,12 +202,7 @@ def export_program(model: MobileLLM, path: str | os.PathLike, quant: str = "fp32
             extract_delegate_segments=True, do_quant_fusion_and_const_prop=True,
             memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
             sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass()))
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(program.buffer)
-    os.replace(tmp, out)
-    return out
+    return write_atomic(path, lambda t: t.write_bytes(program.buffer))
 
 
 # --- running it ------------------------------------------------------------------------------

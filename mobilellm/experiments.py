@@ -23,6 +23,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._files import write_atomic
 from .config import ModelConfig
 from .paired import Paired, paired
 
@@ -184,6 +185,11 @@ def describe(cfg: ModelConfig) -> str:
     return f"{cfg.n_layers}x{cfg.dim}-{cfg.ffn_type}{cfg.ffn_hidden_dim}-h{cfg.n_heads}kv{cfg.n_kv_heads}-{emb}{share}"
 
 
+def result_path(results_dir: Path, cfg: ModelConfig, recipe: Recipe, data_fingerprint: str, seed: int) -> Path:
+    """Where the result of one (variant, recipe, data, seed) run is stored."""
+    return results_dir / f"{describe(cfg)}-s{seed}-{run_key(cfg, recipe, data_fingerprint, seed)}.json"
+
+
 def provenance(command: str | None = None) -> dict:
     """Where a result came from: commit, command, versions, machine, date."""
     import torch
@@ -225,8 +231,7 @@ def run_one(label: str, cfg: ModelConfig, recipe: Recipe, seed: int, results_dir
     results_dir = results_dir or output_dirs()[0]
     fresh = fresh_mode() if fresh is None else fresh
     data = load_data(recipe)
-    key = run_key(cfg, recipe, data.fingerprint, seed)
-    path = results_dir / f"{describe(cfg)}-s{seed}-{key}.json"
+    path = result_path(results_dir, cfg, recipe, data.fingerprint, seed)
     if _reusable(path, fresh):
         rec = RunRecord(**json.loads(path.read_text()))
         rec.label = label
@@ -248,17 +253,9 @@ def run_one(label: str, cfg: ModelConfig, recipe: Recipe, seed: int, results_dir
                     final_val_loss=res.final_val_loss, best_val_loss=res.best_val_loss,
                     val_curve=res.val_loss, train_curve=res.train_loss[::10], wall_time=round(res.wall_time, 2),
                     provenance=provenance(command), weights=weights)
-    _write_json(path, dataclasses.asdict(rec))
+    write_atomic(path, lambda t: t.write_text(json.dumps(dataclasses.asdict(rec), indent=1)))
     rec.path = path
     return rec
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    """Write atomically: an interrupted run leaves no half-written result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def cached_measurement(name: str, key: dict, measure, results_dir: Path | None = None,
@@ -275,7 +272,7 @@ def cached_measurement(name: str, key: dict, measure, results_dir: Path | None =
     if _reusable(path, fresh):
         return {**json.loads(path.read_text()), "cached": True, "path": str(path)}
     result = {"name": name, "key": key, "result": measure(), "provenance": provenance()}
-    _write_json(path, result)
+    write_atomic(path, lambda t: t.write_text(json.dumps(result, indent=1)))
     return {**result, "cached": False, "path": str(path)}
 
 
@@ -316,7 +313,7 @@ def cached_runs(ab: Ablation) -> tuple[list[RunRecord], list[tuple[str, int]]]:
     found, missing = [], []
     for label, cfg in ab.variants:
         for seed in seeds_of(ab):
-            path = results / f"{describe(cfg)}-s{seed}-{run_key(cfg, ab.recipe, fp, seed)}.json"
+            path = result_path(results, cfg, ab.recipe, fp, seed)
             if path.is_file():
                 found.append(run_one(label, cfg, ab.recipe, seed, results, fresh=False))
             else:
@@ -346,7 +343,7 @@ def is_cached(ab: Ablation) -> bool:
         return True
     results = output_dirs()[0]
     fp = load_data(ab.recipe).fingerprint
-    return all((results / f"{describe(c)}-s{s}-{run_key(c, ab.recipe, fp, s)}.json").is_file()
+    return all(result_path(results, c, ab.recipe, fp, s).is_file()
                for _, c in ab.variants for s in seeds_of(ab))
 
 
@@ -449,11 +446,6 @@ def scaled(ab: Ablation, width: int, corpus: str | None = None) -> Ablation:
     recipe = dataclasses.replace(ab.recipe, tokens=int(ab.recipe.tokens * grow), corpus=corpus or ab.recipe.corpus)
     return Ablation(name=f"{ab.name}-x{width}" + (f"-{corpus}" if corpus else ""), variants=variants,
                     recipe=recipe, seeds=ab.seeds, question=f"{ab.question} ({width}x wider)")
-
-
-def budget_runs(sweeps: list[Ablation]) -> dict[int, list[RunRecord]]:
-    """Training tokens → the runs of each budget in a ``budget_sweep``, for ``plots.budget``."""
-    return {sweep.recipe.tokens: run_ablation(sweep) for sweep in sweeps}
 
 
 def budget_sweep(ab: Ablation, labels: tuple[str, ...], factors: tuple[float, ...] = (0.25, 1.0, 3.0),

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ._files import write_atomic
 from ._quiet import native_stderr_silenced, quiet_libraries
 from .config import ModelConfig
 from .data import Tokenizer
@@ -445,12 +446,7 @@ def export_executorch(model: MobileLLM, path: str | os.PathLike, quantize: str |
             lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
     finally:
         model.train(was_training)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(lowered.buffer)
-    os.replace(tmp, out)
-    return out
+    return write_atomic(path, lambda t: t.write_bytes(lowered.buffer))
 
 
 _PTE_CACHE: dict[tuple, object] = {}  # loaded programs, so that repeated runs time execution, not loading

@@ -106,6 +106,11 @@ class Trend:
         """The fitted difference at ``budget`` tokens per parameter."""
         return self.intercept + self.slope * math.log10(budget)
 
+    def slope_interval(self, level: float = 0.95) -> tuple[float, float]:
+        """The confidence interval of the slope (per 10x budget)."""
+        half = stats.t.ppf(0.5 + level / 2, df=self.n - 2) * self.resid_sd / math.sqrt(self.sxx)
+        return self.slope - half, self.slope + half
+
     def band(self, budget: float, level: float = 0.95) -> tuple[float, float]:
         """The confidence interval of the fitted mean at ``budget`` (wide far from the data)."""
         x = math.log10(budget)

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
+import numpy as np
 
 from .experiments import RunRecord, compare, output_dirs, summarize
+from .paired import log_trend
 
 STYLE = {
     "figure.dpi": 110, "savefig.dpi": 130, "font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12,
@@ -175,8 +177,6 @@ def _budget_axes(ax, a: str, b: str, runs: dict[int, list[RunRecord]], title: st
                  extrapolate_to: float | None = None) -> None:
     """One panel of ``budget_panels``: ``b − a`` per seed (dots) and its mean with the 95% interval,
     at each training budget; a zero line; optionally a fitted trend drawn out to ``extrapolate_to``."""
-    from .paired import log_trend
-
     xs_all, ys_all = [], []
     for tokens, recs in sorted(runs.items()):
         p = compare(recs, a, b)
@@ -193,8 +193,6 @@ def _budget_axes(ax, a: str, b: str, runs: dict[int, list[RunRecord]], title: st
         ys_all += list(p.diffs)
     ax.axhline(0, color="k", lw=0.8)
     if extrapolate_to and len(set(xs_all)) >= 2 and len(xs_all) >= 3:
-        import numpy as np
-
         trend = log_trend(xs_all, ys_all)
         grid = np.logspace(np.log10(min(xs_all)), np.log10(extrapolate_to), 60)
         lo, hi = zip(*(trend.band(g) for g in grid), strict=True)
@@ -209,11 +207,6 @@ def _budget_axes(ax, a: str, b: str, runs: dict[int, list[RunRecord]], title: st
     ax.set_xlabel("training tokens per parameter (log scale)")
     ax.set_ylabel(f"{b} − {a}\n(validation loss, nats; < 0: {b} better)", fontsize=10)
     ax.set_title(title, fontsize=12)
-
-
-def budget(a: str, b: str, runs: dict[int, list[RunRecord]], title: str, name: str | None = None):
-    """The paired difference ``b − a`` against the training budget: does the ranking hold?"""
-    return budget_panels({title: (a, b, runs)}, name=name)
 
 
 def budget_panels(panels: dict[str, tuple[str, str, dict[int, list[RunRecord]]]], title: str | None = None,

@@ -18,7 +18,6 @@ import shutil
 import signal
 import stat
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ._files import fsync, tmp_path, write_atomic
 from .config import ModelConfig
 from .data import TokenData, Tokenizer, get_batch, val_windows
 from .model import MobileLLM
@@ -176,34 +176,6 @@ LATEST = "latest"
 _STEP_DIR = re.compile(r"step-\d+(\.\d+)?")
 
 
-def _tmp_name(path: Path) -> Path:
-    """A temporary name beside ``path``, unique to this process and call (never shared by two writers)."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # a folder cannot be opened on Windows: nothing to sync there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _replace_atomic(path: Path, write) -> None:
-    tmp = _tmp_name(path)
-    try:
-        write(tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _file_mode() -> int:
     """The mode a new plain file gets here (0644 under the usual umask 022)."""
     umask = os.umask(0)
@@ -243,7 +215,7 @@ def save_checkpoint(out: str | os.PathLike, model: MobileLLM, optimizer: torch.o
     try:
         out.mkdir(parents=True, exist_ok=True)
         previous = checkpoint_dir(out)
-        tmp = out / f".step-{step:06d}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = tmp_path(out / f"step-{step:06d}")
         tmp.mkdir()
     except OSError as e:
         raise ValueError(f"cannot write a checkpoint in {out} ({e.strerror or e}): choose another --out") from None
@@ -261,15 +233,15 @@ def save_checkpoint(out: str | os.PathLike, model: MobileLLM, optimizer: torch.o
     if tokenizer is not None:  # always the tokenizer this model was trained with
         tokenizer.save(tmp / "tokenizer.model")
     for f in tmp.iterdir():
-        _fsync(f)
+        fsync(f)
     final, n = out / f"step-{step:06d}", 0
     while final.exists():  # the same step saved again (e.g. Ctrl-C right after a checkpoint)
         n += 1
         final = out / f"step-{step:06d}.{n}"
     os.replace(tmp, final)
-    _fsync(out)
-    _replace_atomic(out / LATEST, lambda p: p.write_text(final.name + "\n"))
-    _fsync(out)
+    fsync(out)
+    write_atomic(out / LATEST, lambda p: p.write_text(final.name + "\n"))
+    fsync(out)
     for old in out.iterdir():  # the previous checkpoint, and leftovers of killed saves
         if old != final and old.is_dir() and (
                 _STEP_DIR.fullmatch(old.name) or re.fullmatch(r"\.step-\d+\.tmp-.*", old.name)):
@@ -732,5 +704,5 @@ def _read_metrics(out: Path, upto: int) -> dict:
                 curves["train"].append((r["step"], r["loss"]))
             if "val_loss" in r:
                 curves["val"].append((r["step"], r["val_loss"]))
-        _replace_atomic(path, lambda p: p.write_text("".join(k + "\n" for k in kept)))
+        write_atomic(path, lambda p: p.write_text("".join(k + "\n" for k in kept)))
     return curves

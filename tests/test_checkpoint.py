@@ -223,11 +223,11 @@ def test_a_second_process_on_the_folder_is_refused_naming_the_holder(tmp_path, s
 
 
 def test_temporary_names_are_unique(tmp_path):
-    from mobilellm.data import _tmp_path
-    from mobilellm.train import _tmp_name
+    from mobilellm._files import tmp_path as tmp_name
 
     p = tmp_path / "x.bin"
-    assert len({_tmp_name(p) for _ in range(50)}) == 50 and len({_tmp_path(p) for _ in range(50)}) == 50
+    assert len({tmp_name(p) for _ in range(50)}) == 50
+    assert all(t.parent == p.parent and t.name.startswith(".x.bin.tmp-") for t in {tmp_name(p)})
 
 
 # --- silently wrong --------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def test_one_seed_is_not_classified():
 
 def test_slope_interval_contains_the_slope():
     t = shrinking()
-    low, high = claims.slope_interval(t)
+    low, high = t.slope_interval()
     assert low < t.slope < high < 0
 
 

@@ -11,9 +11,8 @@ import torch
 
 from mobilellm import MobileLLM
 from mobilellm.config import LAYER_SHARING
-from mobilellm.train import TrainConfig, train
 
-from .conftest import tiny_config
+from .conftest import export_config
 
 pytest.importorskip("executorch")
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
@@ -30,10 +29,7 @@ from mobilellm.executorch_program import (  # noqa: E402
 WINDOW = 48  # the programs' cache window in these tests
 
 
-def cfg(**changes):
-    # Two stored blocks (so immediate AABB, repeat_all ABAB and reverse ABBA all differ); dims divisible by 32.
-    return tiny_config(**{"vocab_size": 128, "dim": 64, "n_layers": 2, "ffn_hidden_dim": 96, "max_seq_len": 64,
-                          "init": "fan_in", **changes})
+cfg = export_config  # the model of the shared `trained` fixture (conftest)
 
 
 def greedy_eager(model: MobileLLM, prompt: torch.Tensor, n: int) -> list[int]:
@@ -101,15 +97,6 @@ def test_fp32_program_greedy_equals_eager(sharing, tmp_path):
     assert list(dec.generate(prompt, 10, chunk=4)) == greedy_eager(model, prompt, 10)
 
 
-@pytest.fixture(scope="module")
-def trained(small_data, tmp_path_factory):
-    """A teaching model trained for 150 steps (val loss ~3.3 nats vs 4.85 at chance)."""
-    out = tmp_path_factory.mktemp("ckpt")
-    tc = TrainConfig(max_steps=150, batch_size=16, seq_len=64, warmup_steps=15, eval_every=150, eval_windows=16,
-                     progress=False, device="cpu")
-    model, result = train(cfg(), tc, small_data, out=out)
-    assert result.final_val_loss < 3.7
-    return model.eval(), out
 
 
 @pytest.fixture(scope="module")

@@ -20,30 +20,15 @@ from mobilellm.quantize import (
     quantize_weight,
     torchao_quantize,
 )
-from mobilellm.train import TrainConfig, train
 
-from .conftest import tiny_config
+from .conftest import export_config
 
 SEQ = 32  # the .pte's fixed input length in these tests
 # torch's pytree deprecation, raised inside ExecuTorch's lowering
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 
 
-def cfg(**changes):
-    # Two blocks, not three: ExecuTorch lowering time grows with every block (~7 XNNPACK partitions each).
-    return tiny_config(vocab_size=128, max_seq_len=64, dim=64, n_layers=2, ffn_hidden_dim=96, init="fan_in",
-                       **changes)
-
-
-@pytest.fixture(scope="module")
-def trained(small_data, tmp_path_factory):
-    """A teaching model trained for 150 steps (val loss ~3.3 nats vs 4.85 at chance), and its checkpoint."""
-    out = tmp_path_factory.mktemp("ckpt")
-    tc = TrainConfig(max_steps=150, batch_size=16, seq_len=64, warmup_steps=15, eval_every=150, eval_windows=16,
-                     progress=False, device="cpu")
-    model, result = train(cfg(), tc, small_data, out=out)
-    assert result.final_val_loss < 3.7
-    return model.eval(), out
+cfg = export_config  # the model of the shared `trained` fixture (conftest)
 
 
 def val_batch(data, n=4, length=SEQ):
