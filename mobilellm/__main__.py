@@ -246,7 +246,7 @@ def _add_eval(sub) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint on tasks and print a table like the paper's Table 3."""
-    from .evaluate import PAPER_TASKS, TASKS, evaluate_task
+    from .eval_tasks import PAPER_TASKS, TASKS, evaluate_task
     from .export import load_pretrained
     from .train import auto_device
 

@@ -17,6 +17,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from ._common import eval_mode
 from ._tqdm import tqdm
 from .data import Tokenizer
 from .evaluate import _model_max_len, encode_pair, score_requests
@@ -110,10 +111,8 @@ class MobileLLMEval(LM):
         # Left-truncate so prompt + new tokens fit the window (lm-eval's HF model does the same).
         prompt = (list(self.tokenizer.encode(context)) or [eos])[-(L - max_new):]
         device = next(self.model.parameters()).device
-        was_training = self.model.training
-        self.model.eval()
         new: list[int] = []
-        try:
+        with eval_mode(self.model):
             # In chunks, so a stop string ends decoding early; each chunk re-reads the prompt.
             while len(new) < max_new:
                 ids = torch.tensor([prompt + new], dtype=torch.long, device=device)
@@ -125,8 +124,6 @@ class MobileLLMEval(LM):
                 new += got
                 if until and any(u in self.tokenizer.decode(new) for u in until):
                     break
-        finally:
-            self.model.train(was_training)
         text = self.tokenizer.decode(new)
         for u in until:
             if u:

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ._common import eval_mode
 from ._files import fsync, tmp_path, write_atomic
 from .config import ModelConfig
 from .data import TokenData, Tokenizer, get_batch, val_windows
@@ -153,15 +154,13 @@ def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.AdamW
 def evaluate_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 32,
                   device: torch.device | str = "cpu") -> float:
     """Mean next-token cross-entropy (nats) over validation windows (N, T + 1)."""
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    for i in range(0, len(windows), batch_size):
-        w = windows[i:i + batch_size].to(device)
-        logits = model(w[:, :-1])
-        total += F.cross_entropy(logits.float().flatten(0, 1), w[:, 1:].flatten(), reduction="sum").item()
-        count += w[:, 1:].numel()
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(windows), batch_size):
+            w = windows[i:i + batch_size].to(device)
+            logits = model(w[:, :-1])
+            total += F.cross_entropy(logits.float().flatten(0, 1), w[:, 1:].flatten(), reduction="sum").item()
+            count += w[:, 1:].numel()
     return total / count
 
 

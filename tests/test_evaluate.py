@@ -9,17 +9,8 @@ import pytest
 import torch
 
 from mobilellm import MobileLLM
-from mobilellm.evaluate import (
-    TASKS,
-    MCItem,
-    encode_pair,
-    evaluate_task,
-    get_task,
-    perplexity,
-    score_multiple_choice,
-    score_requests,
-    task_items,
-)
+from mobilellm.eval_tasks import TASKS, evaluate_task, get_task, task_items
+from mobilellm.evaluate import MCItem, encode_pair, perplexity, score_multiple_choice, score_requests
 
 from .conftest import EVAL_DATA, tiny_config
 
@@ -407,7 +398,7 @@ def test_missing_file_and_bad_limit(model, small_data, tmp_path):
 
 def test_task_rows_edited_in_place_are_read_again(tmp_path):
     """Flipped labels with the file's size and mtime kept give the new rows, not a cached copy."""
-    from mobilellm.evaluate import load_rows
+    from mobilellm.eval_tasks import load_rows
 
     row = {"premise": "The man turned on the faucet.", "choice1": "The toilet filled.", "choice2": "Water flowed.",
            "question": "effect", "idx": 0}
