@@ -158,7 +158,8 @@ def _export_pte(args: argparse.Namespace, out: Path) -> int:
 
     import torch
 
-    from .export import compare_executorch, export_executorch, load_pretrained
+    from .executorch_window import compare_executorch, export_executorch
+    from .export import load_pretrained
 
     if importlib.util.find_spec("executorch") is None:
         raise ValueError("--format pte needs executorch: pip install 'executorch>=1.0'")

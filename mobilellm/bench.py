@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ._common import one_line
 from .accounting import flops_per_token, kv_cache_bytes_per_token, param_count, weight_bytes
 from .config import ModelConfig, get_config
 from .model import MobileLLM
@@ -322,7 +323,7 @@ def bench_train(config: str | ModelConfig, s: BenchSettings, matmul: dict | None
             compile_s = wall(step)()  # the first call compiles forward and backward
             timers["ours_compiled"] = wall(step)
         except Exception as e:  # a compiler failure is a result to report, not a reason to stop
-            skipped["ours_compiled"] = f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0]}"
+            skipped["ours_compiled"] = f"torch.compile failed: {one_line(e)}"
     else:
         skipped["ours_compiled"] = "compile off (--quick or --no-compile)"
     times = measure(timers, repeats, s.warmup, f"train {name}", s.progress)
@@ -448,26 +449,19 @@ def _saved_mb(model: torch.nn.Module, folder: Path, name: str) -> float:
     return path.stat().st_size / 1e6
 
 
-def _first_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"
-
-
 def _executorch_variants(model: MobileLLM, example: torch.Tensor, folder: Path) -> tuple[dict, dict]:
-    """ExecuTorch ``.pte`` programs (fp32 and int8) written by ``export.export_executorch``, where it exists.
+    """ExecuTorch ``.pte`` programs (fp32 and int8) written by ``executorch_window.export_executorch``.
 
     Returns ``{label: (timer, size_mb, extra)}`` and ``{label: why skipped}``. The timer runs the
     loaded method's ``execute`` only, as an app does per call; loading (the paper's load + init)
     is timed once and reported apart.
     """
-    from . import export
-
     labels = ("executorch fp32", "executorch int8")
     if importlib.util.find_spec("executorch") is None:
         return {}, dict.fromkeys(labels, "executorch is not installed: pip install executorch")
-    if not hasattr(export, "export_executorch"):
-        return {}, dict.fromkeys(labels, "mobilellm.export has no export_executorch")
     from executorch.runtime import Runtime
+
+    from .executorch_window import export_executorch
 
     with torch.no_grad():
         ref = model(example)
@@ -475,15 +469,15 @@ def _executorch_variants(model: MobileLLM, example: torch.Tensor, folder: Path) 
     for label, quant in zip(labels, (None, "int8"), strict=True):
         try:
             start = time.perf_counter()
-            path = Path(export.export_executorch(model, folder / f"{label.replace(' ', '_')}.pte", quantize=quant,
-                                                 seq_len=example.shape[1]))
+            path = Path(export_executorch(model, folder / f"{label.replace(' ', '_')}.pte", quantize=quant,
+                                          seq_len=example.shape[1]))
             lower_s = time.perf_counter() - start
             start = time.perf_counter()
             method = Runtime.get().load_program(path).load_method("forward")
             load_s = time.perf_counter() - start
             got = method.execute((example,))[0]
         except Exception as e:  # lowering is fragile across versions: report it, keep the other figures
-            skipped[label] = f"export or run failed: {_first_line(e)}"
+            skipped[label] = f"export or run failed: {one_line(e)}"
             continue
         extra = {"lower_s": lower_s, "load_ms": load_s * 1e3,
                  "max_abs_diff_vs_fp32": (got - ref).abs().max().item()}
@@ -508,7 +502,7 @@ def bench_int8(config: str | ModelConfig, s: BenchSettings) -> dict:
             try:
                 models[f"int8 {scheme}"] = torchao_quantize(base, scheme)
             except Exception as e:  # an unsupported CPU kernel is a result, not a crash
-                skipped[f"int8 {scheme}"] = f"torchao failed: {_first_line(e)}"
+                skipped[f"int8 {scheme}"] = f"torchao failed: {one_line(e)}"
     fwd_timers: dict[str, Callable[[], float]] = {}
     dec_timers: dict[str, Callable[[], float]] = {}
     sizes: dict[str, float] = {}
@@ -529,7 +523,7 @@ def bench_int8(config: str | ModelConfig, s: BenchSettings) -> dict:
                     compile_s[f"{label} compiled"] = run()
                     fwd_timers[f"{label} compiled"] = run
                 except Exception as e:
-                    skipped[f"{label} compiled"] = f"torch.compile failed: {_first_line(e)}"
+                    skipped[f"{label} compiled"] = f"torch.compile failed: {one_line(e)}"
         else:
             skipped["compiled"] = "compile off (--quick or --no-compile)"
         if s.executorch:
@@ -694,7 +688,7 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
                     decs[key] = PteDecoder(path)
                     info[key] = {"lower_s": lower_s, "bytes": path.stat().st_size}
                 except Exception as e:  # lowering is fragile across versions: report it, keep the rest
-                    skipped[f"{key} {quant}"] = f"export or run failed: {_first_line(e)}"
+                    skipped[f"{key} {quant}"] = f"export or run failed: {one_line(e)}"
             times = measure({k: pte_decode_timer(d, prompt, new) for k, d in decs.items()}, repeats, s.warmup,
                             f"pte {quant} {name}", s.progress) if decs else {}
             ref = median(times["unshared"]) if "unshared" in times else None

@@ -16,7 +16,7 @@ per *executed* layer (a block that runs twice sees different inputs each time, s
 while the block's weights are stored once in the program.
 
 Quantization modes: ``fp32``; ``int8`` — W8A8: int8 per-channel weights, int8 dynamic per-token
-activations (ExecuTorch's ``8da8w``, the numbers of ``export.export_executorch``'s int8 path);
+activations (ExecuTorch's ``8da8w``, the numbers of ``executorch_window.export_executorch``'s int8 path);
 ``8da4w`` — int8 dynamic activations, int4 weights in groups of ``group_size`` inputs, one scale
 per group (XNNPACK wants inputs and groups in multiples of 32; ``group_size=0``: a scale per row). Both
 quantized modes also quantize the output head the same way and the embedding table to 8 bits per row.
@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._common import one_line
 from ._files import write_atomic
 from ._quiet import native_stderr_silenced, quiet_libraries
 from .model import MobileLLM, apply_rope, check_sampling, sample_next
@@ -219,13 +220,11 @@ class PteDecoder:
         _load_custom_ops()
         from executorch.runtime import Runtime
 
-        from .export import _why
-
         try:
             with native_stderr_silenced():
                 self._program = Runtime.get().load_program(p)
         except Exception as e:  # the runtime raises RuntimeError or ValueError for garbage
-            raise ValueError(f"{p} is not an ExecuTorch program ({_why(e)})") from None
+            raise ValueError(f"{p} is not an ExecuTorch program ({one_line(e)})") from None
         names = set(self._program.method_names)
         if not {"forward", "get_max_seq_len", "get_vocab_size"} <= names:
             raise ValueError(f"{p} is not a KV-cached program from export_program (methods {sorted(names)}): "

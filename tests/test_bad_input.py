@@ -179,8 +179,8 @@ def test_bad_input(env, argv, outcome, pattern, before_data, capsys, monkeypatch
 
     import mobilellm.data
     import mobilellm.evaluate
+    import mobilellm.executorch_window
     import mobilellm.experiments
-    import mobilellm.export
 
     if "{readonly}" in " ".join(argv) and env["readonly"] is None:
         pytest.skip("no read-only location on this machine")
@@ -190,7 +190,7 @@ def test_bad_input(env, argv, outcome, pattern, before_data, capsys, monkeypatch
 
     if before_data:
         monkeypatch.setattr(mobilellm.data, "prepare", must_not_run)
-    monkeypatch.setattr(mobilellm.export, "export_executorch", must_not_run)
+    monkeypatch.setattr(mobilellm.executorch_window, "export_executorch", must_not_run)
     monkeypatch.setattr(mobilellm.experiments, "run_ablation", must_not_run)
     start = time.perf_counter()
     if outcome == "usage":

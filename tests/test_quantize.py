@@ -150,7 +150,7 @@ def test_int8_agrees_with_fp32_on_a_trained_model(trained, small_data):
 @pytest.fixture(scope="module")
 def fp32_pte(trained, tmp_path_factory):
     pytest.importorskip("executorch")
-    from mobilellm.export import export_executorch
+    from mobilellm.executorch_window import export_executorch
 
     return export_executorch(trained[0], tmp_path_factory.mktemp("pte") / "fp32.pte", quantize=None, seq_len=SEQ)
 
@@ -172,7 +172,7 @@ def int8_pte(trained, tmp_path_factory):
 
 @pytest.mark.slow
 def test_fp32_pte_matches_eager(trained, fp32_pte, small_data):
-    from mobilellm.export import compare_executorch, run_executorch
+    from mobilellm.executorch_window import compare_executorch, run_executorch
 
     model = trained[0]
     ids = val_batch(small_data)
@@ -200,7 +200,7 @@ def test_cli_export_int8_pte(int8_pte, fp32_pte):
 
 @pytest.mark.slow
 def test_int8_pte_is_close_to_eager_int8(trained, int8_pte, small_data):
-    from mobilellm.export import compare_executorch, run_executorch
+    from mobilellm.executorch_window import compare_executorch, run_executorch
 
     model = trained[0]
     ids = val_batch(small_data)
@@ -218,7 +218,7 @@ def test_int8_pte_is_close_to_eager_int8(trained, int8_pte, small_data):
 @pytest.mark.slow
 def test_export_errors(trained, tmp_path, capsys):
     from mobilellm.__main__ import main
-    from mobilellm.export import export_executorch
+    from mobilellm.executorch_window import export_executorch
 
     with pytest.raises(ValueError, match="quantize 'int4'"):
         export_executorch(trained[0], tmp_path / "x.pte", quantize="int4")
