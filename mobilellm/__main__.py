@@ -428,7 +428,8 @@ def _seed_list(text: str) -> tuple[int, ...]:
 
 def cmd_ablation(args: argparse.Namespace) -> int:
     """Run (or read from the results cache) one ablation and print its summary."""
-    from .experiments import compare, get_ablation, run_ablation, scaled, summarize
+    from .ablations import get_ablation, scaled
+    from .experiments import compare, run_ablation, summarize
 
     ab = get_ablation(args.name)
     command = f"python -m mobilellm ablation {args.name}"
@@ -525,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_eval(sub)
     _add_bench(sub)
     sub.add_parser("configs", help="list the model presets")
-    from .experiments import ABLATIONS
+    from .ablations import ABLATIONS
 
     p = sub.add_parser("ablation", help="run one of the curriculum's ablations (cached in data/results)")
     p.add_argument("name", choices=list(ABLATIONS), help="which ablation")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import ablations as A
 from . import experiments as E
 from . import paper
 from .accounting import kv_cache_bytes_per_token, param_count
@@ -57,28 +58,28 @@ def claims() -> list[Claim]:
     r, z, e = paper.ROADMAP_125M, paper.ZERO_SHOT, paper.EMBEDDING_SHARING
     return [
         Claim("SwiGLU beats FC-ReLU-FC at equal parameters", f"{paper.step(r, 'baseline', '+ SwiGLU'):+.1f} points",
-              -1, E.SWIGLU, "ReLU (baseline)", "SwiGLU",
+              -1, A.SWIGLU, "ReLU (baseline)", "SwiGLU",
               any_scale="equal parameters and equal FLOPs per token: trying it is free"),
         Claim("deeper and thinner beats shallow and wide", f"{paper.step(r, '+ SwiGLU', '+ deep & thin'):+.1f} points",
-              -1, E.DEPTH, "2×56", "8×32", E.DEPTH_TREND,
+              -1, A.DEPTH, "2×56", "8×32", A.DEPTH_TREND,
               any_scale="more sequential layers: slower per token on a CPU at equal parameters"),
         Claim("sharing the embeddings costs little", f"{paper.step(r, '+ deep & thin', '+ tied embeddings'):+.1f} "
-              "points", +1, E.EMBEDDING, "untied", "tied", E.EMBEDDING_TREND,
+              "points", +1, A.EMBEDDING, "untied", "tied", A.EMBEDDING_TREND,
               any_scale=f"one vocab × dim table fewer: {_tied_saving()}"),
         Claim("the saving spent on depth gains",
               f"{paper.step(e, 'untied, 30 layers (135M)', 'tied, 32 layers (125M)'):+.1f} points (tied + 2 layers "
-              "vs untied)", -1, E.EMBEDDING,
+              "vs untied)", -1, A.EMBEDDING,
               "untied", "tied + 1 layer", any_scale="same parameters as untied, one more layer to run"),
-        Claim("fewer KV heads cost nothing", "no loss (16 → 4 KV heads)", 0, E.GQA, "MHA (4 KV heads)",
+        Claim("fewer KV heads cost nothing", "no loss (16 → 4 KV heads)", 0, A.GQA, "MHA (4 KV heads)",
               "GQA (2 KV heads)",
               any_scale=f"KV cache {_kv_ratio():.0f}× smaller at 125M (9 query heads, 3 KV heads)"),
         Claim("immediate layer sharing gains at equal stored parameters",
-              f"{z['MobileLLM-LS-125M'] - z['MobileLLM-125M']:+.1f} points (1T tokens)", -1, E.SHARING,
-              "no sharing", "immediate ×2", E.SHARING_TREND,
+              f"{z['MobileLLM-LS-125M'] - z['MobileLLM-125M']:+.1f} points (1T tokens)", -1, A.SHARING,
+              "no sharing", "immediate ×2", A.SHARING_TREND,
               any_scale="stored bytes unchanged, executed layers ×2; on this CPU ×1.96 per token "
                         "(paper, iPhone: ×1.03)"),
         Claim("sharing gains where parameters are scarce (31k, ~300 tokens/param)", "(the paper's mechanism)", -1,
-              E.SHARING_SCARCE, "no sharing", "immediate ×2",
+              A.SHARING_SCARCE, "no sharing", "immediate ×2",
               any_scale="as above"),
     ]
 

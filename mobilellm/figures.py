@@ -11,7 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .experiments import ABLATIONS, ROOT, compare, fresh_mode, is_cached, provenance, run_ablation, summarize
+from .ablations import ABLATIONS
+from .experiments import ROOT, compare, fresh_mode, is_cached, provenance, run_ablation, summarize
 
 NOTEBOOKS_DIR = ROOT / "notebooks"
 TIMES_FILE = ROOT / "data" / "results" / "notebook_times.json"
@@ -172,7 +173,7 @@ def ablation_table() -> str:
             "initialisation and batch order): the mean difference with its 95% t-interval and how many seeds "
             "agree in sign; *better*/*worse* when the interval excludes zero, *leaning* when every seed agrees "
             "but the interval reaches zero, *mixed* when the seeds disagree. Definitions: "
-            "`mobilellm/experiments.py`; runs: `data/results/`.")
+            "`mobilellm/ablations.py`; runs: `data/results/`.")
     if missing:
         note += f" Not run yet: {', '.join(missing)}."
     return "\n".join(rows) + note

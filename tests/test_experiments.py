@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from mobilellm import ablations as A
 from mobilellm import experiments as E
 from mobilellm.experiments import Ablation, Recipe, RunRecord
 
@@ -27,7 +28,7 @@ def test_compare_pairs_runs_by_seed():
     with pytest.raises(ValueError, match="no runs labelled 'z'"):
         E.compare(recs, "a", "z")
 def test_run_keys_change_with_what_matters():
-    cfg, recipe = E.SWIGLU.config("SwiGLU"), Recipe()
+    cfg, recipe = A.SWIGLU.config("SwiGLU"), Recipe()
     key = E.run_key(cfg, recipe, "data", 0)
     assert key == E.run_key(cfg, Recipe(), "data", 0)
     assert key != E.run_key(cfg, recipe, "data", 1)
@@ -39,30 +40,30 @@ def test_run_keys_change_with_what_matters():
 def test_ablations_compare_at_equal_parameters():
     from mobilellm.accounting import param_count
 
-    for ab in (E.SWIGLU, E.DEPTH, E.GQA):
+    for ab in (A.SWIGLU, A.DEPTH, A.GQA):
         counts = [param_count(c)["total"] for _, c in ab.variants]
         assert max(counts) / min(counts) < 1.03, ab.name
     # the variant shared by notebooks 02 and 03 is one config, so its runs are trained once
-    assert E.DEPTH.config("3×48") == E.SWIGLU.config("SwiGLU")
-    assert E.DEPTH_TREND[1].recipe == E.DEPTH.recipe and E.DEPTH_TREND[1].name == "depth-trend-1x"
+    assert A.DEPTH.config("3×48") == A.SWIGLU.config("SwiGLU")
+    assert A.DEPTH_TREND[1].recipe == A.DEPTH.recipe and A.DEPTH_TREND[1].name == "depth-trend-1x"
 
 
 def test_ablation_validation():
-    cfg = E.SWIGLU.config("SwiGLU")
+    cfg = A.SWIGLU.config("SwiGLU")
     with pytest.raises(ValueError, match="duplicate labels"):
         Ablation("x", (("a", cfg), ("a", cfg)))
     with pytest.raises(ValueError, match="vocab_size 512"):
         Ablation("x", (("a", cfg.replace(vocab_size=100)),))
     with pytest.raises(ValueError, match="no variant 'z'"):
-        E.SWIGLU.config("z")
+        A.SWIGLU.config("z")
     with pytest.raises(ValueError, match="unknown ablation"):
-        E.get_ablation("nope")
+        A.get_ablation("nope")
 
 
 @pytest.mark.slow
 def test_runner_trains_once_then_reads_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MOBILELLM_QUICK", "1")
-    ab = Ablation("tiny", (("micro", E.SWIGLU.config("SwiGLU")),), recipe=Recipe(tokens=4 * 32 * 128))
+    ab = Ablation("tiny", (("micro", A.SWIGLU.config("SwiGLU")),), recipe=Recipe(tokens=4 * 32 * 128))
     first = E.run_ablation(ab, results_dir=tmp_path, command="pytest")
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len(first) == 1 and len(files) == 2  # the JSON and the seed-0 weights
@@ -99,29 +100,29 @@ def test_cached_measurement_measures_once_per_key(tmp_path, monkeypatch):
 def test_seeds_can_be_limited_for_a_faster_fresh_run(monkeypatch):
     monkeypatch.delenv("MOBILELLM_QUICK", raising=False)
     monkeypatch.delenv("MOBILELLM_SEEDS", raising=False)
-    assert E.seeds_of(E.SWIGLU) == (0, 1, 2)
+    assert E.seeds_of(A.SWIGLU) == (0, 1, 2)
     monkeypatch.setenv("MOBILELLM_SEEDS", "1")
-    assert E.seeds_of(E.SWIGLU) == (0,) and E.seeds_of(E.SHARING_ORDERS) == (0,)
+    assert E.seeds_of(A.SWIGLU) == (0,) and E.seeds_of(A.SHARING_ORDERS) == (0,)
     monkeypatch.setenv("MOBILELLM_SEEDS", "two")
     with pytest.raises(ValueError, match="MOBILELLM_SEEDS .'two'. must be a positive integer"):
-        E.seeds_of(E.SWIGLU)
+        E.seeds_of(A.SWIGLU)
     monkeypatch.setenv("MOBILELLM_QUICK", "1")
-    assert E.seeds_of(E.SWIGLU) == (0,)
+    assert E.seeds_of(A.SWIGLU) == (0,)
 
 
 def test_scaled_ablations_keep_the_shapes_and_the_tokens_per_parameter():
     from mobilellm.accounting import param_count
 
-    big = E.scaled(E.SHARING, 4)
-    assert big.name == "sharing-x4" and [lab for lab, _ in big.variants] == [lab for lab, _ in E.SHARING.variants]
-    for (_, small), (_, wide) in zip(E.SHARING.variants, big.variants, strict=True):
+    big = A.scaled(A.SHARING, 4)
+    assert big.name == "sharing-x4" and [lab for lab, _ in big.variants] == [lab for lab, _ in A.SHARING.variants]
+    for (_, small), (_, wide) in zip(A.SHARING.variants, big.variants, strict=True):
         assert (wide.dim, wide.hd, wide.execution_order) == (4 * small.dim, small.hd, small.execution_order)
         assert wide.n_heads // wide.n_kv_heads == small.n_heads // small.n_kv_heads
     ratio = lambda ab: ab.recipe.tokens / param_count(ab.variants[0][1])["total"]  # noqa: E731
-    assert ratio(big) == pytest.approx(ratio(E.SHARING), rel=1e-3)
-    assert E.scaled(E.SWIGLU, 1) is E.SWIGLU
-    assert E.scaled(E.SWIGLU, 2, corpus="tinystories").recipe.corpus == "tinystories"
+    assert ratio(big) == pytest.approx(ratio(A.SHARING), rel=1e-3)
+    assert A.scaled(A.SWIGLU, 1) is A.SWIGLU
+    assert A.scaled(A.SWIGLU, 2, corpus="tinystories").recipe.corpus == "tinystories"
     with pytest.warns(UserWarning, match="depth at 4x: variants of equal size at 1x now differ by up to 41%"):
-        E.scaled(E.DEPTH, 4)  # embeddings grow linearly with width, blocks quadratically
+        A.scaled(A.DEPTH, 4)  # embeddings grow linearly with width, blocks quadratically
     with pytest.raises(ValueError, match="width .0. must be a positive integer"):
-        E.scaled(E.SWIGLU, 0)
+        A.scaled(A.SWIGLU, 0)

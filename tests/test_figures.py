@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 
+from mobilellm import ablations as A
 from mobilellm import experiments as E
 from mobilellm import figures as F
 from mobilellm.experiments import Ablation, Recipe
@@ -14,8 +15,8 @@ def test_ablation_table_and_readme_come_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("MOBILELLM_QUICK", raising=False)
     monkeypatch.setattr(E, "RESULTS_DIR", tmp_path / "results")
     recipe = Recipe(tokens=2 * 32 * 128, evals=1, eval_windows=2)
-    cfg = E.SWIGLU.config("SwiGLU")
-    ab = Ablation("tiny", (("relu", E.SWIGLU.config("ReLU (baseline)")), ("shared", cfg.replace(
+    cfg = A.SWIGLU.config("SwiGLU")
+    ab = Ablation("tiny", (("relu", A.SWIGLU.config("ReLU (baseline)")), ("shared", cfg.replace(
         layer_sharing="immediate"))), recipe=recipe, seeds=(0, 1))
     later = Ablation("later", (("x", cfg),), recipe=dataclasses.replace(recipe, lr=1e-3), seeds=(0,))
     monkeypatch.setattr(F, "ABLATIONS", {"tiny": ab, "later": later})
