@@ -457,7 +457,8 @@ def cmd_ablation(args: argparse.Namespace) -> int:
 
 def cmd_figures(args: argparse.Namespace) -> int:
     """Run the notebooks in order (full mode), then regenerate the README's notebook map."""
-    from .figures import record_times, run_notebooks, update_readme
+    from .notebooks import record_times, run_notebooks
+    from .readme import update_readme
 
     if not args.readme_only:
         start = time.perf_counter()

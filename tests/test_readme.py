@@ -6,7 +6,7 @@ import pytest
 
 from mobilellm import ablations as A
 from mobilellm import experiments as E
-from mobilellm import figures as F
+from mobilellm import readme as F
 from mobilellm.experiments import Ablation, Recipe
 
 

@@ -1,21 +1,19 @@
-"""``make figures``: run every notebook in order, in place, and regenerate the README's notebook map
-from what the run measured (wall times, and each ablation's finding from ``data/results/``)."""
+"""The README's generated sections: the notebook map, the ablation table, the training budget, the verdicts.
+
+``make figures`` rewrites them after running the notebooks, from what the run measured (wall times,
+and each ablation's finding from ``data/results/``); nothing in them is typed by hand.
+"""
 
 from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
-import tempfile
-import time
-from pathlib import Path
 
 from .ablations import ABLATIONS
-from .experiments import ROOT, compare, fresh_mode, is_cached, provenance, run_ablation, summarize
+from .experiments import ROOT, compare, is_cached, run_ablation, summarize
+from .notebooks import NOTEBOOKS_DIR, TIMES_FILE, notebooks
 
-NOTEBOOKS_DIR = ROOT / "notebooks"
-TIMES_FILE = ROOT / "data" / "results" / "notebook_times.json"
 README = ROOT / "README.md"
 
 # notebook stem: (what it builds, the paper's reference, (ablation, base label, changed label) or None)
@@ -54,69 +52,6 @@ CURRICULUM = {
                        "latency); ExecuTorch XNNPACK .pte run and compared; the 125M exported", "W8A8 < 0.5 points "
                        "lost; 125M 15.6 ms/token on iPhone 13", None),
 }
-
-
-def notebooks() -> list[Path]:
-    """The curriculum's notebooks, in order."""
-    return sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
-
-
-def run_notebooks(only: list[str] | None = None) -> dict[str, float]:
-    """Execute notebooks in place (full mode unless MOBILELLM_QUICK is set); return seconds per notebook."""
-    import nbformat
-    from jupyter_client.manager import KernelManager
-    from nbclient import NotebookClient
-
-    os.environ["MOBILELLM_HEADLESS"] = "1"  # no progress bars in the committed outputs
-    os.environ["TQDM_DISABLE"] = "1"  # nor the libraries' (datasets, lm-eval, transformers)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ["MOBILELLM_COMMAND"] = "make figures" + (" FRESH=1" if fresh_mode() else "")
-    # every notebook kernel counts results written from now on as fresh (see experiments.fresh_since)
-    os.environ.setdefault("MOBILELLM_FRESH_SINCE", str(time.time()))
-    times: dict[str, float] = {}
-    selected = [p for p in notebooks() if not only or any(p.stem.startswith(o) for o in only)]
-    if not selected:
-        raise ValueError(f"no notebook matches {only}; notebooks: {[p.stem for p in notebooks()]}")
-    for path in selected:
-        print(f"▶ {path.name} …", flush=True)
-        start = time.perf_counter()
-        nb = nbformat.read(path, as_version=4)
-        # Unix sockets rather than TCP: local only, and no "running over TCP without encryption"
-        # warning from every kernel in the log.
-        # (absolute socket path: the kernel runs in notebooks/, this process elsewhere)
-        km = KernelManager(kernel_name="python3", transport="ipc",
-                           ip=str(Path(tempfile.gettempdir()) / f"mobilellm-kernel-{os.getpid()}"))
-        client = NotebookClient(nb, km=km, timeout=None, kernel_name="python3",
-                                resources={"metadata": {"path": str(NOTEBOOKS_DIR)}})
-        try:
-            client.execute()
-        finally:
-            if km.has_kernel:  # the client shuts down only kernels it started itself
-                km.shutdown_kernel(now=True)
-            nbformat.write(strip_volatile(nb), path)  # keep what ran, errors included, for inspection
-        times[path.stem] = round(time.perf_counter() - start, 1)
-        print(f"  {path.name}: {times[path.stem]:.0f} s", flush=True)
-    return times
-
-
-def strip_volatile(nb):
-    """Drop what changes on every run without changing what a reader sees (execution timestamps),
-    so that re-running a notebook with the results cache changes only what really changed."""
-    for cell in nb.cells:
-        cell.metadata.pop("execution", None)
-    return nb
-
-
-def record_times(times: dict[str, float]) -> dict:
-    """Merge this run's wall times into ``data/results/notebook_times.json``."""
-    stored = json.loads(TIMES_FILE.read_text()) if TIMES_FILE.is_file() else {}
-    prov = provenance()
-    for name, seconds in times.items():
-        stored[name] = {"seconds": seconds, "fresh": fresh_mode(), "date": prov["date"], "commit": prov["commit"],
-                        "machine": prov["machine"]}
-    TIMES_FILE.parent.mkdir(parents=True, exist_ok=True)
-    TIMES_FILE.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
-    return stored
 
 
 def finding(spec: tuple[str, str, str] | None) -> str:
