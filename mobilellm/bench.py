@@ -30,8 +30,6 @@ import json
 import math
 import os
 import platform
-import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,8 +42,10 @@ import torch.nn.functional as F
 from ._common import one_line
 from .accounting import flops_per_token, kv_cache_bytes_per_token, param_count, weight_bytes
 from .config import ModelConfig, get_config
+from .experiments import provenance
 from .model import MobileLLM
 from .quantize import torchao_quantize
+from .timing import decode_timer, measure, median, wall
 
 SUITES = ("train", "decode", "int8", "sharing", "pte")
 ALL_SUITES = ("train", "decode", "int8", "sharing")  # what "all" runs: pte lowers 12 programs
@@ -102,47 +102,7 @@ def resolve(config: str | ModelConfig) -> tuple[str, ModelConfig]:
     return config, get_config(config)
 
 
-# --- timing ----------------------------------------------------------------------------------
-
-
-def wall(fn: Callable[[], object]) -> Callable[[], float]:
-    """A timer for ``fn``: calling it runs ``fn`` once and returns the seconds it took."""
-    def timed() -> float:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
-    return timed
-
-
-def _bar(total: int, desc: str, progress: bool):
-    from ._tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, disable=not progress)
-
-
-def measure(timers: dict[str, Callable[[], float]], repeats: int, warmup: int = 1, desc: str = "",
-            progress: bool = False) -> dict[str, list[float]]:
-    """Seconds per run of each timer, ``repeats`` rounds after ``warmup`` rounds.
-
-    The timers take turns within each round and the order rotates from round to round, so a
-    slow spell of the machine (another process, frequency scaling) lands on all of them alike.
-    """
-    names = list(timers)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    with _bar((warmup + repeats) * len(names), desc, progress) as bar:
-        for r in range(warmup + repeats):
-            k = r % len(names)
-            for n in names[k:] + names[:k]:
-                t = timers[n]()
-                if r >= warmup:
-                    times[n].append(t)
-                bar.update()
-    return times
-
-
-def median(xs: list[float]) -> float:
-    """The median (of run times)."""
-    return statistics.median(xs)
+# --- comparing ------------------------------------------------------------------------------
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -150,6 +110,18 @@ def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or not b > 0 or not math.isfinite(a):
         return None
     return a / b
+
+
+def versus(rows: list[dict], ref: dict, key: str, out: str, speedup: bool = False) -> None:
+    """Set ``row[out]`` in every row: its ``key`` over ``ref``'s (``speedup``: ``ref``'s over its)."""
+    for row in rows:
+        mine, theirs = row.get(key), ref.get(key)
+        row[out] = ratio(theirs, mine) if speedup else ratio(mine, theirs)
+
+
+def row_of(rows: list[dict], name: str) -> dict | None:
+    """The row called ``name`` (a suite result's ``variants``), or None when it was not measured."""
+    return next((v for v in rows if v["name"] == name), None)
 
 
 # --- the machine -----------------------------------------------------------------------------
@@ -160,22 +132,6 @@ def _version(dist: str) -> str | None:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _git_commit() -> str | None:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
-        if head.returncode:
-            return None
-        # --no-optional-locks: never take the index lock from under a concurrent commit.
-        dirty = subprocess.run(["git", "--no-optional-locks", "-C", str(root), "status", "--porcelain",
-                                "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def _cpu_model() -> str:
@@ -196,7 +152,7 @@ def machine_info() -> dict:
         "cpus_available": affinity, "torch_threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "python": platform.python_version(),
         "torch": torch.__version__, "transformers": _version("transformers"), "torchao": _version("torchao"),
-        "executorch": _version("executorch"), "git_commit": _git_commit(),
+        "executorch": _version("executorch"), "git_commit": provenance()["commit"] or None,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "device": str(DEVICE),
@@ -328,27 +284,19 @@ def bench_train(config: str | ModelConfig, s: BenchSettings, matmul: dict | None
         skipped["ours_compiled"] = "compile off (--quick or --no-compile)"
     times = measure(timers, repeats, s.warmup, f"train {name}", s.progress)
 
-    def side(key: str) -> dict | None:
-        if key not in times:
-            return None
-        sec = median(times[key])
-        tps = batch * seq / sec
-        return {"step_ms": sec * 1e3, "tokens_per_s": tps, "gflops": fpt * tps / 1e9,
-                "fraction_of_matmul": ratio(fpt * tps / 1e9, matmul["gflops"]) if matmul else None}
-
-    ours, peer, comp = side("ours"), side("hf"), side("ours_compiled")
-    if peer is not None:
-        peer["attn_implementation"] = hf.config._attn_implementation
-    result = {
-        "config": name, "params": param_count(cfg)["total"], "batch": batch, "seq_len": seq,
-        "tokens_per_step": batch * seq, "flops_per_token": fpt, "repeats": repeats, "ours": ours, "hf": peer,
-        "ours_compiled": comp, "compile_s": compile_s,
-        "ratio_vs_hf": ratio(ours["tokens_per_s"], peer and peer["tokens_per_s"]),
-        "ratio_compiled_vs_eager": ratio(comp and comp["tokens_per_s"], ours["tokens_per_s"]),
-        "ratio_compiled_vs_hf": ratio(comp and comp["tokens_per_s"], peer and peer["tokens_per_s"]),
-        "skipped": skipped,
-    }
-    return result
+    rows = []
+    for key in (k for k in ("ours", "ours_compiled", "hf") if k in times):
+        tps = batch * seq / median(times[key])
+        rows.append({"name": key, "step_ms": median(times[key]) * 1e3, "tokens_per_s": tps, "gflops": fpt * tps / 1e9,
+                     "fraction_of_matmul": ratio(fpt * tps / 1e9, matmul and matmul["gflops"])})
+    if "hf" in times:
+        row_of(rows, "hf")["attn_implementation"] = hf.config._attn_implementation
+    tps = {r["name"]: r["tokens_per_s"] for r in rows}
+    return {"config": name, "params": param_count(cfg)["total"], "batch": batch, "seq_len": seq,
+            "tokens_per_step": batch * seq, "flops_per_token": fpt, "repeats": repeats, "variants": rows,
+            "compile_s": compile_s, "ratio_vs_hf": ratio(tps["ours"], tps.get("hf")),
+            "ratio_compiled_vs_eager": ratio(tps.get("ours_compiled"), tps["ours"]),
+            "ratio_compiled_vs_hf": ratio(tps.get("ours_compiled"), tps.get("hf")), "skipped": skipped}
 
 
 # --- decode ----------------------------------------------------------------------------------
@@ -358,19 +306,6 @@ def _decode_shape(cfg: ModelConfig, s: BenchSettings) -> tuple[int, int]:
     prompt, new = (16, 8) if s.quick else (64, 64)
     prompt = min(prompt, cfg.max_seq_len // 2)
     return prompt, min(new, cfg.max_seq_len - prompt)
-
-
-def decode_timer(model: MobileLLM, prompt: torch.Tensor, new_tokens: int) -> Callable[[], float]:
-    """A timer of cached greedy decoding: prefill (untimed), then seconds per generated token."""
-    @torch.no_grad()
-    def run() -> float:
-        cache = model.new_cache(prompt.shape[0], prompt.shape[1] + new_tokens)
-        logits = model(prompt, cache)[:, -1]
-        start = time.perf_counter()
-        for _ in range(new_tokens):
-            logits = model(logits.argmax(-1, keepdim=True), cache)[:, -1]
-        return (time.perf_counter() - start) / new_tokens
-    return run
 
 
 def bench_decode(config: str | ModelConfig, s: BenchSettings, bandwidth: dict | None = None) -> dict:
@@ -411,24 +346,23 @@ def bench_decode(config: str | ModelConfig, s: BenchSettings, bandwidth: dict | 
         same_tokens = bool(torch.equal(model.generate(prompt, new), hf_gen(new)))
     times = measure(timers, repeats, s.warmup, f"decode {name}", s.progress)
 
-    def side(key: str) -> dict | None:
-        if f"{key}_genN" not in times:
-            return None
+    rows = []
+    for key in (k for k in ("ours", "hf") if f"{k}_genN" in times):
         # generate(n) - generate(1) is n - 1 cached steps: prefill and set-up cancel out, round by round.
         diffs = [b - a for a, b in zip(times[f"{key}_gen1"], times[f"{key}_genN"], strict=True)]
         step = median(diffs) / (new - 1)
         step = step if step > 0 else float("nan")
-        return {"prefill_ms": median(times[f"{key}_prefill"]) * 1e3, "decode_ms_per_token": step * 1e3,
-                "decode_tokens_per_s": 1 / step, "generate_ms": median(times[f"{key}_genN"]) * 1e3}
-
-    ours, peer = side("ours"), side("hf")
+        rows.append({"name": key, "prefill_ms": median(times[f"{key}_prefill"]) * 1e3,
+                     "decode_ms_per_token": step * 1e3, "decode_tokens_per_s": 1 / step,
+                     "generate_ms": median(times[f"{key}_genN"]) * 1e3})
+    ours, peer = rows[0], row_of(rows, "hf") or {}
     per_token = weight_bytes(cfg, "fp32")
     ceiling = bandwidth["gbs"] * 1e9 / per_token if bandwidth else None
     result = {
         "config": name, "params": param_count(cfg)["total"], "prompt_len": plen, "new_tokens": new,
-        "repeats": repeats, "ours": ours, "hf": peer, "same_tokens": same_tokens,
-        "prefill_speedup_vs_hf": ratio(peer and peer["prefill_ms"], ours["prefill_ms"]),
-        "decode_ratio_vs_hf": ratio(ours["decode_tokens_per_s"], peer and peer["decode_tokens_per_s"]),
+        "repeats": repeats, "variants": rows, "same_tokens": same_tokens,
+        "prefill_speedup_vs_hf": ratio(peer.get("prefill_ms"), ours["prefill_ms"]),
+        "decode_ratio_vs_hf": ratio(ours["decode_tokens_per_s"], peer.get("decode_tokens_per_s")),
         # Every stored weight is read once per token (the tied table once, as the output head);
         # the KV cache read is small beside it at these lengths, and reported for the record.
         "weight_bytes_per_token": per_token,
@@ -541,11 +475,9 @@ def bench_int8(config: str | ModelConfig, s: BenchSettings) -> dict:
         d_ms = median(dec[label]) * 1e3 if label in dec else None
         variants.append({"name": label, "forward_ms": f_ms, "decode_ms_per_token": d_ms, "size_mb": sizes.get(label),
                          "compile_s": compile_s.get(label), **extras.get(label, {})})
-    ref = variants[0]
-    for v in variants:
-        v["forward_speedup_vs_fp32"] = ratio(ref["forward_ms"], v["forward_ms"])
-        v["decode_speedup_vs_fp32"] = ratio(ref["decode_ms_per_token"], v["decode_ms_per_token"])
-        v["size_ratio_vs_fp32"] = ratio(v["size_mb"], ref["size_mb"])
+    versus(variants, variants[0], "forward_ms", "forward_speedup_vs_fp32", speedup=True)
+    versus(variants, variants[0], "decode_ms_per_token", "decode_speedup_vs_fp32", speedup=True)
+    versus(variants, variants[0], "size_mb", "size_ratio_vs_fp32")
     result = {"config": name, "params": param_count(cfg)["total"], "forward_len": seq, "new_tokens": new,
               "repeats": repeats, "variants": variants, "skipped": skipped,
               "note": "torchao W8A8 runs int8 matmuls; on CPUs without fast int8 paths it is faster than fp32 "
@@ -584,16 +516,12 @@ def bench_sharing(config: str | ModelConfig, s: BenchSettings) -> dict:
     models = sharing_variants(base_cfg)
     times = measure({k: decode_timer(m, prompt, new) for k, (m, _) in models.items()}, repeats, s.warmup,
                     f"sharing {name}", s.progress)
-    ref = median(times["unshared"])
-    variants = []
-    for key, (m, what) in models.items():
-        ms = median(times[key]) * 1e3
-        variants.append({"name": key, "what": what, "layer_sharing": m.cfg.layer_sharing,
-                         "stored_blocks": m.cfg.n_layers, "executed_layers": m.cfg.n_executed_layers,
-                         "params": param_count(m.cfg)["total"], "ms_per_token": ms,
-                         "latency_ratio_vs_unshared": ratio(ms, ref * 1e3),
-                         "paper_ms": PAPER_SHARING_MS.get(key),
-                         "paper_ratio": ratio(PAPER_SHARING_MS.get(key), PAPER_SHARING_MS["unshared"])})
+    variants = [{"name": key, "what": what, "layer_sharing": m.cfg.layer_sharing, "stored_blocks": m.cfg.n_layers,
+                 "executed_layers": m.cfg.n_executed_layers, "params": param_count(m.cfg)["total"],
+                 "ms_per_token": median(times[key]) * 1e3, "paper_ms": PAPER_SHARING_MS.get(key),
+                 "paper_ratio": ratio(PAPER_SHARING_MS.get(key), PAPER_SHARING_MS["unshared"])}
+                for key, (m, what) in models.items()]
+    versus(variants, variants[0], "ms_per_token", "latency_ratio_vs_unshared")
     r = {v["name"]: v["latency_ratio_vs_unshared"] for v in variants}
     result = {"config": name, "prompt_len": plen, "new_tokens": new, "repeats": repeats, "variants": variants,
               "immediate_vs_repeat_all": ratio(r["immediate"], r["repeat_all"]),
@@ -764,6 +692,100 @@ def _f(x: float | None, fmt: str = ".1f", suffix: str = "") -> str:
     return "—" if x is None or not math.isfinite(x) else f"{x:{fmt}}{suffix}"
 
 
+def table(rows: list[dict], columns: list[tuple[str, str | Callable[[dict], object], str]]) -> list[str]:
+    """Rows as aligned text, indented two spaces: columns of (header, key or function of the row, format).
+
+    A column formatted ``""`` holds text and is aligned left; numbers align right, a missing one shows "—".
+    """
+    def cell(row: dict, get, fmt: str) -> str:
+        value = get(row) if callable(get) else row.get(get)
+        return str(value) if fmt == "" else _f(value, fmt)
+
+    body = [[cell(row, get, fmt) for _, get, fmt in columns] for row in rows]
+    head = [h for h, _, _ in columns]
+    widths = [max(map(len, col)) for col in zip(head, *body, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        return "  " + "  ".join(c.ljust(w) if fmt == "" else c.rjust(w)
+                                for c, w, (_, _, fmt) in zip(cells, widths, columns, strict=True)).rstrip()
+    return [line(head), *map(line, body)]
+
+
+def _percent(key: str) -> Callable[[dict], float | None]:
+    return lambda row: None if row.get(key) is None else 100 * row[key]
+
+
+NAME = ("", "name", "")
+COLUMNS = {
+    "train": [NAME, ("tokens/s", "tokens_per_s", ".0f"), ("GFLOP/s", "gflops", ".2f"),
+              ("% of matmul", _percent("fraction_of_matmul"), ".1f"), ("step ms", "step_ms", ".1f")],
+    "decode": [NAME, ("prefill ms", "prefill_ms", ".2f"), ("tokens/s", "decode_tokens_per_s", ".1f"),
+               ("ms/token", "decode_ms_per_token", ".2f")],
+    "int8": [NAME, ("forward ms", "forward_ms", ".2f"), ("x fp32", "forward_speedup_vs_fp32", ".2f"),
+             ("decode ms/tok", "decode_ms_per_token", ".2f"), ("x fp32", "decode_speedup_vs_fp32", ".2f"),
+             ("size MB", "size_mb", ".1f"), ("x fp32", "size_ratio_vs_fp32", ".2f")],
+    "sharing": [NAME, ("what", "what", ""), ("ms/token", "ms_per_token", ".2f"),
+                ("x unshared", "latency_ratio_vs_unshared", ".3f"), ("paper", "paper_ratio", ".3f")],
+    "pte": [NAME, ("quant", "quant", ""), ("ms/token", "ms_per_token", ".2f"),
+            ("x unshared", "latency_ratio_vs_unshared", ".3f"), ("paper", "paper_ratio", ".3f"),
+            ("eager ms", "eager_fp32_ms_per_token", ".2f"), ("MB", lambda row: row.get("bytes") and row["bytes"] / 1e6,
+                                                              ".2f"), ("x fp32", "size_ratio_vs_fp32", ".2f")],
+}
+
+
+def _title(suite: str, r: dict) -> str:
+    """The line above a suite's table: what was measured, on what, how often."""
+    if suite == "train":
+        return (f"train {r['config']} ({r['params']:,} params), batch {r['batch']} x {r['seq_len']}, AdamW step, "
+                f"median of {r['repeats']}")
+    if suite == "decode":
+        return (f"decode {r['config']} ({r['params']:,} params), batch 1, prompt {r['prompt_len']}, "
+                f"{r['new_tokens']} new tokens greedy, median of {r['repeats']}")
+    if suite == "int8":
+        return (f"int8 {r['config']} ({r['params']:,} params): forward 1 x {r['forward_len']}, decode "
+                f"{r['new_tokens']} tokens, median of {r['repeats']}")
+    if suite == "sharing":
+        return (f"sharing {r['config']}: cached decode at batch 1, prompt {r['prompt_len']}, {r['new_tokens']} "
+                f"tokens, median of {r['repeats']}")
+    return (f"pte {r['config']} ({r['weights']}): KV-cached ExecuTorch programs, batch 1, prompt {r['prompt_len']}, "
+            f"{r['new_tokens']} tokens, median of {r['repeats']}; 8da4w groups of {r['group_size_8da4w']}")
+
+
+def _notes(suite: str, r: dict) -> list[str]:
+    """The lines below a suite's table: its comparisons and what was skipped."""
+    out = []
+    if suite == "train":
+        out.append(f"ours/HF {_f(r['ratio_vs_hf'], '.2f', 'x')}   compiled/eager "
+                   f"{_f(r['ratio_compiled_vs_eager'], '.2f', 'x')}   compiled/HF "
+                   f"{_f(r['ratio_compiled_vs_hf'], '.2f', 'x')}"
+                   + (f"   (compile {r['compile_s']:.0f} s)" if r["compile_s"] else ""))
+    elif suite == "decode":
+        out.append(f"ours vs HF (>1: ours faster): prefill {_f(r['prefill_speedup_vs_hf'], '.2f', 'x')}, decode "
+                   f"{_f(r['decode_ratio_vs_hf'], '.2f', 'x')}; same tokens: {r['same_tokens']}")
+        out.append(f"bound: {r['weight_bytes_per_token'] / 1e6:.1f} MB of weights per token -> "
+                   f"{_f(r['ceiling_tokens_per_s'], '.0f')} tokens/s; ours at "
+                   f"{_f(r['fraction_of_ceiling'] and 100 * r['fraction_of_ceiling'], '.1f', '%')}")
+    elif suite == "int8":
+        out.append("(x fp32: speed-up for times, fraction for size)")
+        for v in r["variants"]:
+            if v.get("compile_s"):
+                out.append(f"{v['name']}: compiled in {v['compile_s']:.0f} s")
+            if v.get("lower_s"):
+                out.append(f"{v['name']}: lowered in {v['lower_s']:.0f} s, loaded in {v['load_ms']:.0f} ms, "
+                           f"max |logit - eager fp32| {v['max_abs_diff_vs_fp32']:.1e}")
+    elif suite == "sharing":
+        out.append(f"immediate / repeat_all latency: {_f(r['immediate_vs_repeat_all'], '.3f')}  "
+                   f"(paper: {r['paper']})")
+    elif suite == "pte":
+        caches = ", ".join(f"L{c['level']}{c['type'][0].lower()} {c['bytes'] // 1024} KiB" for c in r["cpu_caches"])
+        blocks = ", ".join(f"{q} {b / 1024:.0f} KiB (fits {'/'.join(r['block_fits_in'][q]) or 'no cache'})"
+                           for q, b in r["block_bytes"].items())
+        out.append(f"one block: {blocks}; caches: {caches}")
+        out.append(f"(paper: {r['paper']}; eager ms: our PyTorch fp32 cached decode of the same model)")
+    out += [f"skipped {k}: {why}" for k, why in r.get("skipped", {}).items()]
+    return ["  " + line for line in out]
+
+
 def format_report(report: dict) -> str:
     """The report as plain-text tables, one per suite."""
     m = report["machine"]
@@ -777,79 +799,9 @@ def format_report(report: dict) -> str:
         mem = c["memory"]
         out.append(f"ceiling: memory {mem['gbs']:.1f} GB/s (copy {mem['copy_gbs']:.1f}, gemv {mem['gemv_gbs']:.1f}; "
                    f"{mem['mb']} MB)")
-    for r in report.get("train", []):
-        out.append(f"\ntrain {r['config']} ({r['params']:,} params), batch {r['batch']} x {r['seq_len']}, AdamW "
-                   f"step, median of {r['repeats']}")
-        out.append(f"  {'':16s}{'tokens/s':>11s}{'GFLOP/s':>10s}{'of matmul':>11s}{'step ms':>10s}")
-        for key, label in (("ours", "ours eager"), ("ours_compiled", "ours compiled"), ("hf", "HF Llama")):
-            v = r[key]
-            if v is not None:
-                out.append(f"  {label:16s}{v['tokens_per_s']:11.0f}{v['gflops']:10.2f}"
-                           f"{_f(v['fraction_of_matmul'] and 100 * v['fraction_of_matmul'], '.1f', '%'):>11s}"
-                           f"{v['step_ms']:10.1f}")
-        out.append(f"  ours/HF {_f(r['ratio_vs_hf'], '.2f', 'x')}   compiled/eager "
-                   f"{_f(r['ratio_compiled_vs_eager'], '.2f', 'x')}   "
-                   f"compiled/HF {_f(r['ratio_compiled_vs_hf'], '.2f', 'x')}"
-                   + (f"   (compile {r['compile_s']:.0f} s)" if r["compile_s"] else ""))
-        out += [f"  skipped {k}: {why}" for k, why in r["skipped"].items()]
-    for r in report.get("decode", []):
-        out.append(f"\ndecode {r['config']} ({r['params']:,} params), batch 1, prompt {r['prompt_len']}, "
-                   f"{r['new_tokens']} new tokens greedy, median of {r['repeats']}")
-        out.append(f"  {'':12s}{'prefill ms':>11s}{'tokens/s':>10s}{'ms/token':>10s}")
-        for key, label in (("ours", "ours"), ("hf", "HF generate")):
-            v = r[key]
-            if v is not None:
-                out.append(f"  {label:12s}{v['prefill_ms']:11.2f}{_f(v['decode_tokens_per_s'], '.1f'):>10s}"
-                           f"{_f(v['decode_ms_per_token'], '.2f'):>10s}")
-        out.append(f"  ours vs HF (>1: ours faster): prefill {_f(r['prefill_speedup_vs_hf'], '.2f', 'x')}, decode "
-                   f"{_f(r['decode_ratio_vs_hf'], '.2f', 'x')}; same tokens: {r['same_tokens']}")
-        out.append(f"  bound: {r['weight_bytes_per_token'] / 1e6:.1f} MB of weights per token -> "
-                   f"{_f(r['ceiling_tokens_per_s'], '.0f')} tokens/s; ours at "
-                   f"{_f(r['fraction_of_ceiling'] and 100 * r['fraction_of_ceiling'], '.1f', '%')}")
-        out += [f"  skipped {k}: {why}" for k, why in r["skipped"].items()]
-    for r in report.get("int8", []):
-        out.append(f"\nint8 {r['config']} ({r['params']:,} params): forward 1 x {r['forward_len']}, decode "
-                   f"{r['new_tokens']} tokens, median of {r['repeats']}")
-        out.append(f"  {'':22s}{'forward ms':>11s}{'x fp32':>8s}{'decode ms/tok':>14s}{'x fp32':>8s}"
-                   f"{'size MB':>9s}{'x fp32':>8s}")
-        for v in r["variants"]:
-            out.append(f"  {v['name']:22s}{v['forward_ms']:11.2f}{_f(v['forward_speedup_vs_fp32'], '.2f'):>8s}"
-                       f"{_f(v['decode_ms_per_token'], '.2f'):>14s}{_f(v['decode_speedup_vs_fp32'], '.2f'):>8s}"
-                       f"{_f(v['size_mb'], '.1f'):>9s}{_f(v['size_ratio_vs_fp32'], '.2f'):>8s}")
-        out.append("  (x fp32: speed-up for times, fraction for size)")
-        for v in r["variants"]:
-            if v.get("compile_s"):
-                out.append(f"  {v['name']}: compiled in {v['compile_s']:.0f} s")
-            if v.get("lower_s"):
-                out.append(f"  {v['name']}: lowered in {v['lower_s']:.0f} s, loaded in {v['load_ms']:.0f} ms, "
-                           f"max |logit - eager fp32| {v['max_abs_diff_vs_fp32']:.1e}")
-        out += [f"  skipped {k}: {why}" for k, why in r["skipped"].items()]
-    for r in report.get("sharing", []):
-        out.append(f"\nsharing {r['config']}: cached decode at batch 1, prompt {r['prompt_len']}, "
-                   f"{r['new_tokens']} tokens, median of {r['repeats']}")
-        out.append(f"  {'':12s}{'what':48s}{'ms/token':>9s}{'x unshared':>11s}{'paper':>8s}")
-        for v in r["variants"]:
-            out.append(f"  {v['name']:12s}{v['what']:48s}{v['ms_per_token']:9.2f}"
-                       f"{_f(v['latency_ratio_vs_unshared'], '.3f'):>11s}{_f(v['paper_ratio'], '.3f'):>8s}")
-        out.append(f"  immediate / repeat_all latency: {_f(r['immediate_vs_repeat_all'], '.3f')}  "
-                   f"(paper: {r['paper']})")
-    for r in report.get("pte", []):
-        out.append(f"\npte {r['config']} ({r['weights']}): KV-cached ExecuTorch programs, batch 1, prompt "
-                   f"{r['prompt_len']}, {r['new_tokens']} tokens, median of {r['repeats']}; 8da4w groups of "
-                   f"{r['group_size_8da4w']}")
-        out.append(f"  {'':12s}{'quant':>7s}{'ms/token':>10s}{'x unshared':>11s}{'paper':>8s}{'eager ms':>10s}"
-                   f"{'MB':>9s}{'x fp32':>8s}")
-        for v in r["variants"]:
-            out.append(f"  {v['name']:12s}{v['quant']:>7s}{_f(v['ms_per_token'], '.2f'):>10s}"
-                       f"{_f(v['latency_ratio_vs_unshared'], '.3f'):>11s}{_f(v['paper_ratio'], '.3f'):>8s}"
-                       f"{v['eager_fp32_ms_per_token']:10.2f}{_f(v.get('bytes') and v['bytes'] / 1e6, '.2f'):>9s}"
-                       f"{_f(v['size_ratio_vs_fp32'], '.2f'):>8s}")
-        caches = ", ".join(f"L{c['level']}{c['type'][0].lower()} {c['bytes'] // 1024} KiB" for c in r["cpu_caches"])
-        blocks = ", ".join(f"{q} {b / 1024:.0f} KiB (fits {'/'.join(r['block_fits_in'][q]) or 'no cache'})"
-                           for q, b in r["block_bytes"].items())
-        out.append(f"  one block: {blocks}; caches: {caches}")
-        out.append(f"  (paper: {r['paper']}; eager ms: our PyTorch fp32 cached decode of the same model)")
-        out += [f"  skipped {k}: {why}" for k, why in r["skipped"].items()]
+    for suite in SUITES:
+        for r in report.get(suite, []):
+            out += ["", _title(suite, r), *table(r["variants"], COLUMNS[suite]), *_notes(suite, r)]
     return "\n".join(out)
 
 

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import copy
 import io
-import statistics
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -205,26 +203,6 @@ def _prompts(tokens: np.ndarray, n: int, length: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.asarray(tokens[s:s + length], dtype=np.int64) for s in starts]))
 
 
-@torch.inference_mode()
-def _latency_ms(model: nn.Module, prompt: torch.Tensor, decode_tokens: int, repeats: int) -> tuple[float, float]:
-    """Median prefill time of ``prompt`` (1, T) and median time per cached decoding step, in ms."""
-    prefill, decode = [], []
-    for r in range(repeats + 1):  # run 0 warms up (allocations, first-call dispatch)
-        cache = model.new_cache(1, prompt.shape[1] + decode_tokens)
-        t0 = time.perf_counter()
-        nxt = model(prompt, cache)[:, -1:].argmax(-1)
-        t1 = time.perf_counter()
-        steps = []
-        for _ in range(decode_tokens):
-            s = time.perf_counter()
-            nxt = model(nxt, cache)[:, -1:].argmax(-1)
-            steps.append(time.perf_counter() - s)
-        if r:
-            prefill.append(t1 - t0)
-            decode.append(statistics.median(steps) if steps else float("nan"))
-    return statistics.median(prefill) * 1e3, statistics.median(decode) * 1e3
-
-
 def quant_report(fp32_model: nn.Module, quantized_models: dict[str, nn.Module],
                  val_tokens: np.ndarray | torch.Tensor, tokenizer: Tokenizer | None = None, *,
                  seq_len: int | None = None, eval_tokens: int | None = 32_768, n_prompts: int = 4,
@@ -240,11 +218,13 @@ def quant_report(fp32_model: nn.Module, quantized_models: dict[str, nn.Module],
     difference the contexts differ, so one near-tie early drags the rest along).
     ``token_agreement``: the same positions, but every model reads fp32's greedy text and only its
     next-token argmax is compared (no drift: the per-token effect of quantization). Latency: median over ``repeats``
-    of one prefill of ``latency_prompt_len`` tokens and of one cached decoding step, batch 1, eager,
-    the current thread count. ``mc_accuracy(model)``, if given, adds a multiple-choice accuracy.
+    runs (``timing.cached_decode``, after one warm-up) of one prefill of ``latency_prompt_len`` tokens
+    and of the time per cached decoding step over ``decode_tokens`` steps, batch 1, eager, the current
+    thread count. ``mc_accuracy(model)``, if given, adds a multiple-choice accuracy.
     With a ``tokenizer``, ``sample`` is the first prompt's continuation as text.
     """
     from .evaluate import perplexity
+    from .timing import cached_decode, median
 
     if isinstance(val_tokens, torch.Tensor):
         val_tokens = val_tokens.cpu().numpy()
@@ -279,7 +259,8 @@ def quant_report(fp32_model: nn.Module, quantized_models: dict[str, nn.Module],
         size = state_dict_bytes(model)
         base_bytes = base_bytes or size
         ppl = perplexity(model, toks, seq_len)
-        prefill_ms, decode_ms = _latency_ms(model, lat_prompt, decode_tokens, repeats)
+        runs = [cached_decode(model, lat_prompt, decode_tokens) for _ in range(repeats + 1)][1:]  # 1st: warm-up
+        prefill_ms, decode_ms = (median([r[i] for r in runs]) * 1e3 for i in (0, 1))
         row = {"name": name, "bytes": size, "size_vs_fp32": size / base_bytes,
                "val_nll": ppl["nll"], "val_ppl": ppl["perplexity"],
                "greedy_agreement": (cont == reference).float().mean().item(),
