@@ -733,22 +733,18 @@ COLUMNS = {
 }
 
 
-def _title(suite: str, r: dict) -> str:
-    """The line above a suite's table: what was measured, on what, how often."""
-    if suite == "train":
-        return (f"train {r['config']} ({r['params']:,} params), batch {r['batch']} x {r['seq_len']}, AdamW step, "
-                f"median of {r['repeats']}")
-    if suite == "decode":
-        return (f"decode {r['config']} ({r['params']:,} params), batch 1, prompt {r['prompt_len']}, "
-                f"{r['new_tokens']} new tokens greedy, median of {r['repeats']}")
-    if suite == "int8":
-        return (f"int8 {r['config']} ({r['params']:,} params): forward 1 x {r['forward_len']}, decode "
-                f"{r['new_tokens']} tokens, median of {r['repeats']}")
-    if suite == "sharing":
-        return (f"sharing {r['config']}: cached decode at batch 1, prompt {r['prompt_len']}, {r['new_tokens']} "
-                f"tokens, median of {r['repeats']}")
-    return (f"pte {r['config']} ({r['weights']}): KV-cached ExecuTorch programs, batch 1, prompt {r['prompt_len']}, "
-            f"{r['new_tokens']} tokens, median of {r['repeats']}; 8da4w groups of {r['group_size_8da4w']}")
+# The line above each suite's table: what was measured, on what, how often (filled from the suite's result).
+TITLES = {
+    "train": "train {config} ({params:,} params), batch {batch} x {seq_len}, AdamW step, median of {repeats}",
+    "decode": "decode {config} ({params:,} params), batch 1, prompt {prompt_len}, {new_tokens} new tokens greedy, "
+              "median of {repeats}",
+    "int8": "int8 {config} ({params:,} params): forward 1 x {forward_len}, decode {new_tokens} tokens, "
+            "median of {repeats}",
+    "sharing": "sharing {config}: cached decode at batch 1, prompt {prompt_len}, {new_tokens} tokens, "
+               "median of {repeats}",
+    "pte": "pte {config} ({weights}): KV-cached ExecuTorch programs, batch 1, prompt {prompt_len}, {new_tokens} "
+           "tokens, median of {repeats}; 8da4w groups of {group_size_8da4w}",
+}
 
 
 def _notes(suite: str, r: dict) -> list[str]:
@@ -801,7 +797,7 @@ def format_report(report: dict) -> str:
                    f"{mem['mb']} MB)")
     for suite in SUITES:
         for r in report.get(suite, []):
-            out += ["", _title(suite, r), *table(r["variants"], COLUMNS[suite]), *_notes(suite, r)]
+            out += ["", TITLES[suite].format(**r), *table(r["variants"], COLUMNS[suite]), *_notes(suite, r)]
     return "\n".join(out)
 
 
