@@ -169,6 +169,11 @@ class RunRecord:
     provenance: dict = field(default_factory=dict)
     results_version: int = RESULTS_VERSION
     weights: str | None = None  # file name of the trained weights (kept for seed 0), beside the JSON
+    path: Path | None = field(default=None, repr=False)  # where the record was read from or written to (not stored)
+
+    def to_json(self) -> str:
+        """The stored form: every field but ``path``."""
+        return json.dumps({k: v for k, v in dataclasses.asdict(self).items() if k != "path"}, indent=1)
 
 
 def run_key(cfg: ModelConfig, recipe: Recipe, data_fingerprint: str, seed: int) -> str:
@@ -233,10 +238,7 @@ def run_one(label: str, cfg: ModelConfig, recipe: Recipe, seed: int, results_dir
     data = load_data(recipe)
     path = result_path(results_dir, cfg, recipe, data.fingerprint, seed)
     if _reusable(path, fresh):
-        rec = RunRecord(**json.loads(path.read_text()))
-        rec.label = label
-        rec.path = path
-        return rec
+        return dataclasses.replace(RunRecord(**json.loads(path.read_text())), label=label, path=path)
     print(f"training {label!r} ({describe(cfg)}), seed {seed}: {recipe.steps} steps", flush=True)
     model, res = train(cfg, recipe.train_config(seed), data)
     print(f"  done: validation loss {res.final_val_loss:.4f} after {res.tokens:,} tokens, {res.wall_time:.0f} s "
@@ -253,9 +255,8 @@ def run_one(label: str, cfg: ModelConfig, recipe: Recipe, seed: int, results_dir
                     final_val_loss=res.final_val_loss, best_val_loss=res.best_val_loss,
                     val_curve=res.val_loss, train_curve=res.train_loss[::10], wall_time=round(res.wall_time, 2),
                     provenance=provenance(command), weights=weights)
-    write_atomic(path, lambda t: t.write_text(json.dumps(dataclasses.asdict(rec), indent=1)))
-    rec.path = path
-    return rec
+    write_atomic(path, lambda t: t.write_text(rec.to_json()))
+    return dataclasses.replace(rec, path=path)
 
 
 def cached_measurement(name: str, key: dict, measure, results_dir: Path | None = None,

@@ -68,7 +68,10 @@ def test_runner_trains_once_then_reads_the_cache(tmp_path, monkeypatch):
     assert len(first) == 1 and len(files) == 2  # the JSON and the seed-0 weights
     stored = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert stored["provenance"]["command"] == "pytest" and stored["tokens"] == 12 * 32 * 128
+    # where a record lives is known to the record, but not stored in it (no machine paths in results)
+    assert "path" not in stored and first[0].path == next(tmp_path.glob("*.json"))
     again = E.run_ablation(ab, results_dir=tmp_path)
+    assert again[0].path == first[0].path
     assert again[0].final_val_loss == first[0].final_val_loss and again[0].wall_time == first[0].wall_time
     model = E.load_model(again[0])
     assert sum(p.numel() for p in model.parameters()) == first[0].params
