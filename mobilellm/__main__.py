@@ -470,7 +470,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     settings = settings.replace(fresh=settings.fresh or args.fresh, quick=settings.quick or args.quick,
-                                seeds=args.seeds or settings.seeds)
+                                seeds=settings.seeds if args.seeds is None else args.seeds)
     if not args.readme_only:
         start = time.perf_counter()
         times = run_notebooks(args.only, settings)
@@ -528,16 +528,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; user errors print one line and exit 2, never a traceback."""
-    parser = argparse.ArgumentParser(prog="python -m mobilellm", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_train(sub)
-    _add_generate(sub)
-    _add_export(sub)
-    _add_eval(sub)
-    _add_bench(sub)
+def _add_configs(sub) -> None:
     sub.add_parser("configs", help="list the model presets")
+
+
+def _add_ablation(sub) -> None:
     from .experiments import ABLATIONS
 
     p = sub.add_parser("ablation", help="run one of the curriculum's ablations (cached in data/results)")
@@ -550,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", default=None, help="train on this corpus instead (e.g. tinystories, a local file)")
     p.add_argument("--device", default=None, help="cpu (the course's default), cuda, mps or auto")
     p.add_argument("--quick", action="store_true", help="a few steps per run, one seed, output to a temp folder")
+
+
+def _add_figures(sub) -> None:
     p = sub.add_parser("figures", help="run every notebook in order and regenerate figures and the README map")
     p.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run (e.g. 02 03)")
     p.add_argument("--readme-only", action="store_true", help="only regenerate the README's notebook map")
@@ -557,6 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=None, metavar="N",
                    help="only the first N seeds of each ablation (a faster from-scratch run)")
     p.add_argument("--quick", action="store_true", help="a few steps per run, one seed, output to a temp folder")
+
+
+def _add_book(sub) -> None:
     p = sub.add_parser("book", help="build the course as a static website from the committed notebooks",
                        description="Write one HTML page per notebook (its committed outputs; nothing is "
                                    "re-executed), a landing and a reference page from README.md, into --out.")
@@ -565,6 +566,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source-url", default=None,
                    help="link source files at this URL + their path (e.g. https://github.com/OWNER/REPO/blob/main); "
                         "default: relative links into this checkout")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; user errors print one line and exit 2, never a traceback."""
+    parser = argparse.ArgumentParser(prog="python -m mobilellm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_generate(sub)
+    _add_export(sub)
+    _add_eval(sub)
+    _add_bench(sub)
+    _add_configs(sub)
+    _add_ablation(sub)
+    _add_figures(sub)
+    _add_book(sub)
     args = parser.parse_args(argv)
     handler = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "eval": cmd_eval,
                "configs": cmd_configs, "ablation": cmd_ablation, "figures": cmd_figures,
