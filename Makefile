@@ -39,7 +39,7 @@ test-fast: venv
 # Every notebook in order, in place, full mode: trains what data/results/ lacks (FRESH=1: all;
 # SEEDS=1: only the first seed of each ablation).
 figures: venv
-	MOBILELLM_SEEDS=$(SEEDS) $(PY) -m mobilellm figures
+	$(PY) -m mobilellm figures $(if $(SEEDS),--seeds $(SEEDS)) $(if $(filter-out 0,$(FRESH)),--fresh)
 
 # Speed, each figure beside a peer measured in the same run (minutes; not part of the tests).
 bench: venv

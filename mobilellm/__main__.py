@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import math
 import os
-import sys
-import tempfile
-import time
-from pathlib import Path
+
+# The command line is a process's outermost entry, so it may set what torch reads when it starts:
+# spinning OpenMP workers make training ~5x slower when another process shares the cores.
+# (Before anything imports torch; importing the package itself changes nothing.)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 
 def _add_train(sub) -> None:
@@ -430,6 +436,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     """Run (or read from the results cache) one ablation and print its summary."""
     from .ablations import get_ablation, scaled
     from .experiments import compare, run_ablation, summarize
+    from .settings import Settings
 
     ab = get_ablation(args.name)
     command = f"python -m mobilellm ablation {args.name}"
@@ -439,12 +446,15 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     if args.scale != 1 or args.corpus:
         ab = scaled(ab, args.scale, args.corpus)
         command += f" --scale {args.scale}" + (f" --corpus {args.corpus}" if args.corpus else "")
+    settings = Settings.from_env().replace(command=command)
+    if args.fresh or args.quick:
+        settings = settings.replace(fresh=settings.fresh or args.fresh, quick=settings.quick or args.quick)
     if args.device:
         from .train import auto_device
 
         auto_device(args.device)  # checked even when every result comes from the cache
-        os.environ["MOBILELLM_DEVICE"] = args.device
-    records = run_ablation(ab, fresh=args.fresh, command=command)
+        settings = settings.replace(device=args.device)
+    records = run_ablation(ab, settings)
     print(f"{ab.name}: {ab.question}")
     for s in summarize(records):
         print(f"  {s['label']:28s} {s['params']:>9,} params  val loss {s['mean']:.4f} ± {s['std']:.4f} "
@@ -459,11 +469,15 @@ def cmd_figures(args: argparse.Namespace) -> int:
     """Run the notebooks in order (full mode), then regenerate the README's notebook map."""
     from .notebooks import record_times, run_notebooks
     from .readme import update_readme
+    from .settings import Settings
 
+    settings = Settings.from_env()
+    settings = settings.replace(fresh=settings.fresh or args.fresh, quick=settings.quick or args.quick,
+                                seeds=settings.seeds if args.seeds is None else args.seeds)
     if not args.readme_only:
         start = time.perf_counter()
-        times = run_notebooks(args.only)
-        record_times(times)
+        times = run_notebooks(args.only, settings)
+        record_times(times, settings)
         print(f"all notebooks: {(time.perf_counter() - start) / 60:.1f} min")
     update_readme()
     print("README.md notebook map updated")
@@ -517,16 +531,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; user errors print one line and exit 2, never a traceback."""
-    parser = argparse.ArgumentParser(prog="python -m mobilellm", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_train(sub)
-    _add_generate(sub)
-    _add_export(sub)
-    _add_eval(sub)
-    _add_bench(sub)
+def _add_configs(sub) -> None:
     sub.add_parser("configs", help="list the model presets")
+
+
+
+def _add_ablation(sub) -> None:
     from .ablations import ABLATIONS
 
     p = sub.add_parser("ablation", help="run one of the curriculum's ablations (cached in data/results)")
@@ -538,9 +548,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="every variant W times wider, tokens grown to match (for a GPU; default 1)")
     p.add_argument("--corpus", default=None, help="train on this corpus instead (e.g. tinystories, a local file)")
     p.add_argument("--device", default=None, help="cpu (the course's default), cuda, mps or auto")
+    p.add_argument("--quick", action="store_true", help="a few steps per run, one seed, output to a temp folder")
+
+
+def _add_figures(sub) -> None:
     p = sub.add_parser("figures", help="run every notebook in order and regenerate figures and the README map")
     p.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run (e.g. 02 03)")
     p.add_argument("--readme-only", action="store_true", help="only regenerate the README's notebook map")
+    p.add_argument("--fresh", action="store_true", help="retrain and re-measure even what data/results has")
+    p.add_argument("--seeds", type=int, default=None, metavar="N",
+                   help="only the first N seeds of each ablation (a faster from-scratch run)")
+    p.add_argument("--quick", action="store_true", help="a few steps per run, one seed, output to a temp folder")
+
+
+def _add_book(sub) -> None:
     p = sub.add_parser("book", help="build the course as a static website from the committed notebooks",
                        description="Write one HTML page per notebook (its committed outputs; nothing is "
                                    "re-executed), a landing and a reference page from README.md, into --out.")
@@ -549,6 +570,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source-url", default=None,
                    help="link source files at this URL + their path (e.g. https://github.com/OWNER/REPO/blob/main); "
                         "default: relative links into this checkout")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; user errors print one line and exit 2, never a traceback."""
+    parser = argparse.ArgumentParser(prog="python -m mobilellm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_generate(sub)
+    _add_export(sub)
+    _add_eval(sub)
+    _add_bench(sub)
+    _add_configs(sub)
+    _add_ablation(sub)
+    _add_figures(sub)
+    _add_book(sub)
     args = parser.parse_args(argv)
     handler = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "eval": cmd_eval,
                "configs": cmd_configs, "ablation": cmd_ablation, "figures": cmd_figures,

@@ -45,6 +45,7 @@ from .config import ModelConfig, get_config
 from .experiments import provenance
 from .model import MobileLLM
 from .quantize import torchao_quantize
+from .settings import Settings
 from .timing import decode_timer, measure, median, wall
 
 SUITES = ("train", "decode", "int8", "sharing", "pte")
@@ -152,7 +153,7 @@ def machine_info() -> dict:
         "cpus_available": affinity, "torch_threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "python": platform.python_version(),
         "torch": torch.__version__, "transformers": _version("transformers"), "torchao": _version("torchao"),
-        "executorch": _version("executorch"), "git_commit": provenance()["commit"] or None,
+        "executorch": _version("executorch"), "git_commit": provenance(Settings())["commit"] or None,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "device": str(DEVICE),

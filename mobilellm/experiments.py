@@ -26,6 +26,7 @@ from pathlib import Path
 from ._files import write_atomic
 from .config import ModelConfig
 from .paired import Paired, paired
+from .settings import Settings
 
 RESULTS_VERSION = 1  # bump when the training code changes what a run measures
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,56 +34,35 @@ RESULTS_DIR = ROOT / "data" / "results"
 FIGURES_DIR = ROOT / "figures"
 
 
-def quick_mode() -> bool:
-    """True under ``MOBILELLM_QUICK=1`` (set by ``make test``): tiny runs, one seed, temp output."""
-    return os.environ.get("MOBILELLM_QUICK", "") not in ("", "0")
+def quick_mode(settings: Settings | None = None) -> bool:
+    """Quick mode (``make test``): tiny runs, one seed, temp output. ``None``: the environment's settings."""
+    return (settings or Settings.from_env()).quick
 
 
-def headless() -> bool:
-    """True when notebooks run unattended (``make figures``, nbval): no progress bars in outputs."""
-    return os.environ.get("MOBILELLM_HEADLESS", "") not in ("", "0")
-
-
-def fresh_mode() -> bool:
-    """True under ``FRESH=1`` (``make figures FRESH=1``): retrain even what the cache has."""
-    return os.environ.get("FRESH", "") not in ("", "0")
-
-
-def seeds_of(ab: Ablation) -> tuple[int, ...]:
-    """The seeds to run: all of ``ab.seeds``, the first only in quick mode, or the first N under
-    ``MOBILELLM_SEEDS=N`` (``make figures FRESH=1 SEEDS=1``: a from-scratch run in ~60% of the time,
-    as the budget sweeps already have one seed; every figure then shows one seed)."""
-    if quick_mode():
+def seeds_of(ab: Ablation, settings: Settings | None = None) -> tuple[int, ...]:
+    """The seeds to run: all of ``ab.seeds``, the first only in quick mode, or the first N with
+    ``seeds=N`` (``make figures FRESH=1 SEEDS=1``: a from-scratch run in ~60% of the time, as the
+    budget sweeps already have one seed; every figure then shows one seed)."""
+    settings = settings or Settings.from_env()
+    if settings.quick:
         return ab.seeds[:1]
-    n = os.environ.get("MOBILELLM_SEEDS", "")
-    if n == "":
-        return ab.seeds
-    if not n.isdigit() or int(n) < 1:
-        raise ValueError(f"MOBILELLM_SEEDS ({n!r}) must be a positive integer, e.g. SEEDS=1")
-    return ab.seeds[:int(n)]
+    return ab.seeds[:settings.seeds] if settings.seeds else ab.seeds
 
 
-def fresh_since() -> float:
-    """Under FRESH, results written after this time (``MOBILELLM_FRESH_SINCE``, set once by ``make
-    figures``; else this process's start) are already fresh: a run shared by several notebooks is
-    retrained once per FRESH session, not once per notebook."""
-    return float(os.environ.get("MOBILELLM_FRESH_SINCE") or _PROCESS_START)
-
-
-_PROCESS_START = datetime.datetime.now().timestamp()
-
-
-def _reusable(path: Path, fresh: bool) -> bool:
-    return path.is_file() and (not fresh or path.stat().st_mtime >= fresh_since())
+def _reusable(path: Path, settings: Settings) -> bool:
+    """A cached file serves unless ``fresh`` asks for it again: under FRESH, what was written after
+    ``fresh_since`` (set once by ``make figures``) is already fresh, so a run shared by several
+    notebooks is retrained once per FRESH session, not once per notebook."""
+    return path.is_file() and (not settings.fresh or path.stat().st_mtime >= settings.fresh_since)
 
 
 _QUICK_DIR: Path | None = None
 
 
-def output_dirs() -> tuple[Path, Path]:
+def output_dirs(settings: Settings | None = None) -> tuple[Path, Path]:
     """(results, figures) folders: the committed ones, or a temp folder in quick mode."""
     global _QUICK_DIR
-    if quick_mode():
+    if quick_mode(settings):
         if _QUICK_DIR is None:
             _QUICK_DIR = Path(tempfile.mkdtemp(prefix="mobilellm-quick-"))
         return _QUICK_DIR / "results", _QUICK_DIR / "figures"
@@ -113,14 +93,14 @@ class Recipe:
         return dataclasses.replace(self, tokens=12 * self.batch_size * self.seq_len, warmup_steps=3,
                                    evals=2, eval_windows=8)
 
-    def train_config(self, seed: int):
+    def train_config(self, seed: int, device: str = "cpu", progress: bool = True):
         """The TrainConfig of one run."""
         from .train import TrainConfig
 
         return TrainConfig(max_steps=self.steps, batch_size=self.batch_size, seq_len=self.seq_len, lr=self.lr,
                            warmup_steps=min(self.warmup_steps, self.steps), seed=seed,
                            eval_every=max(1, self.steps // self.evals), eval_windows=self.eval_windows,
-                           device=os.environ.get("MOBILELLM_DEVICE", "cpu"), progress=not headless())
+                           device=device, progress=progress)
 
 
 @dataclass(frozen=True)
@@ -169,6 +149,11 @@ class RunRecord:
     provenance: dict = field(default_factory=dict)
     results_version: int = RESULTS_VERSION
     weights: str | None = None  # file name of the trained weights (kept for seed 0), beside the JSON
+    path: Path | None = field(default=None, repr=False)  # where the record was read from or written to (not stored)
+
+    def to_json(self) -> str:
+        """The stored form: every field but ``path``."""
+        return json.dumps({k: v for k, v in dataclasses.asdict(self).items() if k != "path"}, indent=1)
 
 
 def run_key(cfg: ModelConfig, recipe: Recipe, data_fingerprint: str, seed: int) -> str:
@@ -190,8 +175,9 @@ def result_path(results_dir: Path, cfg: ModelConfig, recipe: Recipe, data_finger
     return results_dir / f"{describe(cfg)}-s{seed}-{run_key(cfg, recipe, data_fingerprint, seed)}.json"
 
 
-def provenance(command: str | None = None) -> dict:
+def provenance(settings: Settings | None = None) -> dict:
     """Where a result came from: commit, command, versions, machine, date."""
+    settings = settings or Settings.from_env()
     import torch
 
     def git(*args: str) -> str:
@@ -203,9 +189,9 @@ def provenance(command: str | None = None) -> dict:
     commit = git("rev-parse", "--short=12", "HEAD")
     dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", "mobilellm"))
     return {"commit": commit + ("+dirty" if dirty else ""),
-            "command": command or os.environ.get("MOBILELLM_COMMAND") or " ".join(sys.argv),
+            "command": settings.command or " ".join(sys.argv),
             "torch": torch.__version__, "python": platform.python_version(),
-            "device": os.environ.get("MOBILELLM_DEVICE", "cpu"),
+            "device": settings.device,
             "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {torch.get_num_threads()} threads",
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
@@ -223,22 +209,19 @@ def load_data(recipe: Recipe):
     return _DATA_CACHE[key]
 
 
-def run_one(label: str, cfg: ModelConfig, recipe: Recipe, seed: int, results_dir: Path | None = None,
-            fresh: bool | None = None, command: str | None = None) -> RunRecord:
+def run_one(label: str, cfg: ModelConfig, recipe: Recipe, seed: int, settings: Settings | None = None,
+            results_dir: Path | None = None) -> RunRecord:
     """Train one (variant, seed) unless its result is cached; return the record."""
     from .train import train
 
-    results_dir = results_dir or output_dirs()[0]
-    fresh = fresh_mode() if fresh is None else fresh
+    settings = settings or Settings.from_env()
+    results_dir = results_dir or output_dirs(settings)[0]
     data = load_data(recipe)
     path = result_path(results_dir, cfg, recipe, data.fingerprint, seed)
-    if _reusable(path, fresh):
-        rec = RunRecord(**json.loads(path.read_text()))
-        rec.label = label
-        rec.path = path
-        return rec
+    if _reusable(path, settings):
+        return dataclasses.replace(RunRecord(**json.loads(path.read_text())), label=label, path=path)
     print(f"training {label!r} ({describe(cfg)}), seed {seed}: {recipe.steps} steps", flush=True)
-    model, res = train(cfg, recipe.train_config(seed), data)
+    model, res = train(cfg, recipe.train_config(seed, settings.device, settings.progress), data)
     print(f"  done: validation loss {res.final_val_loss:.4f} after {res.tokens:,} tokens, {res.wall_time:.0f} s "
           f"({res.tokens_per_s:,.0f} tokens/s)", flush=True)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -252,26 +235,25 @@ def run_one(label: str, cfg: ModelConfig, recipe: Recipe, seed: int, results_dir
                     data_fingerprint=data.fingerprint, params=res.params, tokens=res.tokens,
                     final_val_loss=res.final_val_loss, best_val_loss=res.best_val_loss,
                     val_curve=res.val_loss, train_curve=res.train_loss[::10], wall_time=round(res.wall_time, 2),
-                    provenance=provenance(command), weights=weights)
-    write_atomic(path, lambda t: t.write_text(json.dumps(dataclasses.asdict(rec), indent=1)))
-    rec.path = path
-    return rec
+                    provenance=provenance(settings), weights=weights)
+    write_atomic(path, lambda t: t.write_text(rec.to_json()))
+    return dataclasses.replace(rec, path=path)
 
 
-def cached_measurement(name: str, key: dict, measure, results_dir: Path | None = None,
-                       fresh: bool | None = None) -> dict:
+def cached_measurement(name: str, key: dict, measure, settings: Settings | None = None,
+                       results_dir: Path | None = None) -> dict:
     """A measurement too slow for every ``make figures`` run (lowering the 125M to ExecuTorch takes
     ~12 minutes), cached like a training run: ``{name}-{hash of key}.json`` in the results folder,
     with the provenance of the run that measured it. ``measure()`` returns a JSON-able dict; it is
     called only when the key is new or under ``FRESH=1``. Put everything that changes the result
     (config, versions, sizes) in ``key``."""
-    results_dir = results_dir or output_dirs()[0]
-    fresh = fresh_mode() if fresh is None else fresh
+    settings = settings or Settings.from_env()
+    results_dir = results_dir or output_dirs(settings)[0]
     digest = hashlib.sha256(json.dumps({"key": key, "version": RESULTS_VERSION}, sort_keys=True).encode())
     path = results_dir / f"{name}-{digest.hexdigest()[:16]}.json"
-    if _reusable(path, fresh):
+    if _reusable(path, settings):
         return {**json.loads(path.read_text()), "cached": True, "path": str(path)}
-    result = {"name": name, "key": key, "result": measure(), "provenance": provenance()}
+    result = {"name": name, "key": key, "result": measure(), "provenance": provenance(settings)}
     write_atomic(path, lambda t: t.write_text(json.dumps(result, indent=1)))
     return {**result, "cached": False, "path": str(path)}
 
@@ -292,41 +274,44 @@ def load_model(rec: RunRecord):
     return model.eval()
 
 
-def run_ablation(ab: Ablation, results_dir: Path | None = None, fresh: bool | None = None,
-                 command: str | None = None) -> list[RunRecord]:
-    """Every (variant, seed) of an ablation; quick mode shrinks the recipe and keeps one seed."""
-    recipe, seeds = (ab.recipe.quick() if quick_mode() else ab.recipe), seeds_of(ab)
-    return [run_one(label, cfg, recipe, seed, results_dir, fresh, command)
-            for label, cfg in ab.variants for seed in seeds]
+def run_ablation(ab: Ablation, settings: Settings | None = None, results_dir: Path | None = None) -> list[RunRecord]:
+    """Every (variant, seed) of an ablation; quick mode shrinks the recipe and keeps one seed.
+    ``settings=None``: the environment's (``Settings.from_env``), as in a notebook kernel."""
+    settings = settings or Settings.from_env()
+    recipe = ab.recipe.quick() if settings.quick else ab.recipe
+    return [run_one(label, cfg, recipe, seed, settings, results_dir)
+            for label, cfg in ab.variants for seed in seeds_of(ab, settings)]
 
 
-def cached_runs(ab: Ablation) -> tuple[list[RunRecord], list[tuple[str, int]]]:
+def cached_runs(ab: Ablation, settings: Settings | None = None) -> tuple[list[RunRecord], list[tuple[str, int]]]:
     """The runs of ``ab`` already in the results cache, and the (label, seed) pairs still missing.
 
     For sweeps too long for ``make figures`` (hours): a notebook shows what is cached and names the
     command that trains the rest (``python -m mobilellm ablation NAME``). In quick mode every run
     takes seconds, so they are all trained."""
-    if quick_mode():
-        return run_ablation(ab), []
-    results = output_dirs()[0]
+    settings = settings or Settings.from_env()
+    if settings.quick:
+        return run_ablation(ab, settings), []
+    results = output_dirs(settings)[0]
     fp = load_data(ab.recipe).fingerprint
     found, missing = [], []
     for label, cfg in ab.variants:
-        for seed in seeds_of(ab):
+        for seed in seeds_of(ab, settings):
             path = result_path(results, cfg, ab.recipe, fp, seed)
             if path.is_file():
-                found.append(run_one(label, cfg, ab.recipe, seed, results, fresh=False))
+                found.append(run_one(label, cfg, ab.recipe, seed, settings.replace(fresh=False), results))
             else:
                 missing.append((label, seed))
     return found, missing
 
 
-def trend_runs(sweeps: list[Ablation], a: str, b: str) -> tuple[dict[int, list[RunRecord]], list[str]]:
+def trend_runs(sweeps: list[Ablation], a: str, b: str,
+               settings: Settings | None = None) -> tuple[dict[int, list[RunRecord]], list[str]]:
     """For a budget trend: training tokens → the cached runs of ``a`` and ``b`` (budgets where both
     have a seed), and one line per sweep with runs still missing, naming the command to train them."""
     runs, notes = {}, []
     for sweep in sweeps:
-        found, missing = cached_runs(sweep)
+        found, missing = cached_runs(sweep, settings)
         found = [r for r in found if r.label in (a, b)]
         seeds = {r.seed for r in found if r.label == a} & {r.seed for r in found if r.label == b}
         if seeds:
@@ -337,14 +322,15 @@ def trend_runs(sweeps: list[Ablation], a: str, b: str) -> tuple[dict[int, list[R
     return runs, notes
 
 
-def is_cached(ab: Ablation) -> bool:
+def is_cached(ab: Ablation, settings: Settings | None = None) -> bool:
     """Whether every run of ``ab`` is in the results cache (in quick mode runs take seconds: always True)."""
-    if quick_mode():
+    settings = settings or Settings.from_env()
+    if settings.quick:
         return True
-    results = output_dirs()[0]
+    results = output_dirs(settings)[0]
     fp = load_data(ab.recipe).fingerprint
     return all(result_path(results, c, ab.recipe, fp, s).is_file()
-               for _, c in ab.variants for s in seeds_of(ab))
+               for _, c in ab.variants for s in seeds_of(ab, settings))
 
 
 def summarize(records: list[RunRecord]) -> list[dict]:

@@ -8,7 +8,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .experiments import ROOT, fresh_mode, provenance
+from .experiments import ROOT, provenance
+from .settings import Settings
 
 NOTEBOOKS_DIR = ROOT / "notebooks"
 TIMES_FILE = ROOT / "data" / "results" / "notebook_times.json"
@@ -19,18 +20,27 @@ def notebooks() -> list[Path]:
     return sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 
 
-def run_notebooks(only: list[str] | None = None) -> dict[str, float]:
-    """Execute notebooks in place (full mode unless MOBILELLM_QUICK is set); return seconds per notebook."""
+def kernel_env(settings: Settings) -> dict[str, str]:
+    """The environment of a notebook kernel: this process's, plus the settings (the only way into a
+    kernel), no progress bars in the committed outputs (ours or the libraries': datasets, lm-eval,
+    transformers), and OpenMP workers that sleep rather than spin (5x faster training when two
+    processes share the cores; read when torch starts, so it must be set before)."""
+    command = "make figures" + (" FRESH=1" if settings.fresh else "") + (f" SEEDS={settings.seeds}"
+                                                                         if settings.seeds else "")
+    return {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), "TQDM_DISABLE": "1",
+            **settings.replace(progress=False, command=settings.command or command).to_env()}
+
+
+def run_notebooks(only: list[str] | None = None, settings: Settings | None = None) -> dict[str, float]:
+    """Execute notebooks in place with ``settings`` (the environment's if None); return seconds per notebook.
+    Every kernel gets the same ``fresh_since`` (now), so a run shared by several notebooks is
+    retrained once under FRESH, not once per notebook."""
     import nbformat
     from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
 
-    os.environ["MOBILELLM_HEADLESS"] = "1"  # no progress bars in the committed outputs
-    os.environ["TQDM_DISABLE"] = "1"  # nor the libraries' (datasets, lm-eval, transformers)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ["MOBILELLM_COMMAND"] = "make figures" + (" FRESH=1" if fresh_mode() else "")
-    # every notebook kernel counts results written from now on as fresh (see experiments.fresh_since)
-    os.environ.setdefault("MOBILELLM_FRESH_SINCE", str(time.time()))
+    settings = (settings or Settings.from_env()).replace(fresh_since=time.time())
+    env = kernel_env(settings)
     times: dict[str, float] = {}
     selected = [p for p in notebooks() if not only or any(p.stem.startswith(o) for o in only)]
     if not selected:
@@ -47,7 +57,7 @@ def run_notebooks(only: list[str] | None = None) -> dict[str, float]:
         client = NotebookClient(nb, km=km, timeout=None, kernel_name="python3",
                                 resources={"metadata": {"path": str(NOTEBOOKS_DIR)}})
         try:
-            client.execute()
+            client.execute(env=env)
         finally:
             if km.has_kernel:  # the client shuts down only kernels it started itself
                 km.shutdown_kernel(now=True)
@@ -65,12 +75,13 @@ def strip_volatile(nb):
     return nb
 
 
-def record_times(times: dict[str, float]) -> dict:
+def record_times(times: dict[str, float], settings: Settings | None = None) -> dict:
     """Merge this run's wall times into ``data/results/notebook_times.json``."""
+    settings = settings or Settings.from_env()
     stored = json.loads(TIMES_FILE.read_text()) if TIMES_FILE.is_file() else {}
-    prov = provenance()
+    prov = provenance(settings)
     for name, seconds in times.items():
-        stored[name] = {"seconds": seconds, "fresh": fresh_mode(), "date": prov["date"], "commit": prov["commit"],
+        stored[name] = {"seconds": seconds, "fresh": settings.fresh, "date": prov["date"], "commit": prov["commit"],
                         "machine": prov["machine"]}
     TIMES_FILE.parent.mkdir(parents=True, exist_ok=True)
     TIMES_FILE.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")

@@ -135,11 +135,12 @@ class QuantEmbedding(nn.Module):
         return dequantize(self.qweight[ids], self.scale[ids])
 
 
-def quantize_w8a8_(model: nn.Module, include_embedding: bool = False, activations: bool = True) -> nn.Module:
-    """Replace every ``nn.Linear`` in ``model.layers`` by a ``QuantLinear``, in place; return ``model``.
+def quantize_w8a8_(model: nn.Module, include_embedding: bool = False) -> nn.Module:
+    """Replace every ``nn.Linear`` in ``model.layers`` by a W8A8 ``QuantLinear``, in place; return ``model``.
 
     ``include_embedding``: also store the embedding table in int8 (and, if tied, the head reuses
-    the very same int8 table and scales, so the tie is kept). ``activations=False``: weight-only.
+    the very same int8 table and scales, so the tie is kept). Weight-only int8 is a
+    ``QuantLinear(..., quantize_activations=False)`` per layer, or ``torchao_quantize(model, "w8")``.
     """
     if not hasattr(model, "layers"):
         raise ValueError(f"{type(model).__name__} has no .layers: quantize_w8a8_ expects a MobileLLM")
@@ -148,15 +149,15 @@ def quantize_w8a8_(model: nn.Module, include_embedding: bool = False, activation
     for name, lin in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.layers.get_submodule(parent_name) if parent_name else model.layers
-        setattr(parent, child, QuantLinear.from_linear(lin, activations))
+        setattr(parent, child, QuantLinear.from_linear(lin))
     if include_embedding:
         tied = model.lm_head.weight is model.embed_tokens.weight
         q, s = quantize_weight(model.embed_tokens.weight)
         model.embed_tokens = QuantEmbedding(q, s)
         if tied:
-            model.lm_head = QuantLinear(q, s, quantize_activations=activations)  # the same tensors
+            model.lm_head = QuantLinear(q, s)  # the same tensors
         else:
-            model.lm_head = QuantLinear.from_linear(model.lm_head, activations)
+            model.lm_head = QuantLinear.from_linear(model.lm_head)
     return model
 
 

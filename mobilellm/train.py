@@ -517,6 +517,126 @@ def _remove_checkpoints(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+@dataclass
+class TrainStep:
+    """One optimizer step: ``grad_accum`` micro-batches forward and backward, clip, update.
+
+    Every process draws the same global micro-batch and keeps its slice, so a run on N processes
+    sees exactly the data of a run on one. Returns the step's mean loss (averaged across processes).
+    """
+
+    fwd: Callable[[torch.Tensor], torch.Tensor]  # the model as called (wrapped, maybe compiled)
+    wrapped: torch.nn.Module  # the model as the optimizer and DDP/FSDP see it
+    optimizer: torch.optim.Optimizer
+    tokens: object  # the training token array
+    sampler: torch.Generator
+    tc: TrainConfig
+    seq_len: int
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def micro(self) -> int:
+        """Sequences per micro-batch, across all processes."""
+        return self.tc.batch_size // self.tc.grad_accum
+
+    def autocast(self):
+        return (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+                else contextlib.nullcontext())
+
+    def __call__(self, lr: float) -> float:
+        tc, micro, rank, world = self.tc, self.micro, self.rank, self.world
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for i in range(tc.grad_accum):
+            x, y = get_batch(self.tokens, micro, self.seq_len, self.sampler)
+            lo, hi = rank * micro // world, (rank + 1) * micro // world
+            x, y = x[lo:hi].to(self.device), y[lo:hi].to(self.device)
+            sync = (i == tc.grad_accum - 1 or world == 1 or tc.fsdp)
+            ctx = contextlib.nullcontext() if sync else self.wrapped.no_sync()
+            with ctx, self.autocast():
+                logits = self.fwd(x)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / tc.grad_accum
+            loss.backward()
+            loss_sum += loss.detach()
+        if tc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), tc.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        return loss_sum.item()
+
+
+class MetricsLog:
+    """``metrics.jsonl`` in the run folder (rank 0 only; nothing without a folder). A resumed run
+    appends (its metrics were cut back to the checkpoint's step); a new one starts afresh."""
+
+    def __init__(self, out: Path | None, resume: bool, rank: int = 0) -> None:
+        self._fh = open(out / "metrics.jsonl", "a" if resume else "w") if out is not None and rank == 0 else None
+
+    def write(self, record: dict) -> None:
+        if self._fh is not None:
+            self._fh.write(json.dumps(record, allow_nan=False) + "\n")
+            self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+
+@dataclass
+class Checkpointer:
+    """Writes the run's checkpoint into ``out`` (rank 0; under FSDP, every rank gathers first)."""
+
+    out: Path | None
+    cfg: ModelConfig
+    tc: TrainConfig
+    data: TokenData
+    model: MobileLLM  # the unwrapped model
+    step_fn: TrainStep
+    rank: int = 0
+
+    def __call__(self, step: int, tokens: int) -> None:
+        full = _full_state(self.step_fn.wrapped, self.step_fn.optimizer, self.tc)
+        if self.out is None or self.rank != 0:
+            return
+        model, optimizer = self.model, self.step_fn.optimizer
+        if full is not None:  # FSDP: save the gathered copies through an unwrapped twin
+            model = MobileLLM(self.cfg)
+            model.load_state_dict(full[0])
+            optimizer = make_optimizer(model, self.tc)
+            optimizer.load_state_dict(full[1])
+        save_checkpoint(self.out, model, optimizer, self.tc, step, tokens, self.step_fn.sampler,
+                        self.data.tokenizer, self.data.fingerprint)
+
+
+def _diverged(what: str, value: float, step: int, lr: float, out: Path | None) -> ValueError:
+    ck = checkpoint_dir(out) if out is not None else None
+    kept = f"; the checkpoint in {out} (step {_peek_step(ck)}) is the last good one" if ck is not None else ""
+    return ValueError(f"training diverged: the {what} is {value} at step {step} (learning rate {lr:.3g}); "
+                      f"nothing was saved for this step{kept}. Use a lower --lr (e.g. {lr / 10:.3g})")
+
+
+def _resume(out: Path | None, cfg: ModelConfig, data: TokenData) -> tuple[MobileLLM, dict, dict]:
+    """The checkpointed model, its training state, and the loss curves logged up to its step."""
+    ck = checkpoint_dir(out) if out is not None else None
+    if ck is None or not (ck / "train_state.pt").is_file():
+        raise FileNotFoundError(f"nothing to resume in {out}: train without --resume first")
+    model, meta = load_checkpoint(out, "cpu")
+    if model.cfg != cfg:
+        diff = {k: (v, getattr(cfg, k)) for k, v in model.cfg.to_dict().items() if getattr(cfg, k) != v}
+        raise ValueError(f"the checkpoint in {out} has a different model config "
+                         f"(field: (checkpoint, requested)) {diff}; use another --out or the same config")
+    _check_same_data(out, ck, meta, data)
+    state = _load_train_state(ck, meta["step"])
+    return model, state, _metrics_upto(out, state["step"])
+
+
 def _train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: Path | None, resume: bool,
            model: MobileLLM | None, on_step: Callable[[int, float], None] | None) -> tuple[MobileLLM, TrainResult]:
     from ._tqdm import tqdm
@@ -532,79 +652,33 @@ def _train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: Path | None,
     seq_len = tc.seq_len or cfg.max_seq_len
     if seq_len > cfg.max_seq_len:
         raise ValueError(f"seq_len ({seq_len}) exceeds the model's max_seq_len ({cfg.max_seq_len})")
-    micro = tc.batch_size // tc.grad_accum
-    if micro % world:
-        raise ValueError(f"batch_size / grad_accum ({micro}) must be divisible by the {world} processes")
+    if (tc.batch_size // tc.grad_accum) % world:
+        raise ValueError(f"batch_size / grad_accum ({tc.batch_size // tc.grad_accum}) must be divisible by "
+                         f"the {world} processes")
 
     torch.manual_seed(tc.seed)
     sampler = torch.Generator().manual_seed(tc.seed)
-    step, tokens = 0, 0
-    result_prev: dict = {}
+    step, tokens, curves, state = 0, 0, {}, None
     if resume:
-        ck = checkpoint_dir(out) if out is not None else None
-        if ck is None or not (ck / "train_state.pt").is_file():
-            raise FileNotFoundError(f"nothing to resume in {out}: train without --resume first")
-        model, meta = load_checkpoint(out, "cpu")
-        if model.cfg != cfg:
-            diff = {k: (v, getattr(cfg, k)) for k, v in model.cfg.to_dict().items() if getattr(cfg, k) != v}
-            raise ValueError(f"the checkpoint in {out} has a different model config "
-                             f"(field: (checkpoint, requested)) {diff}; use another --out or the same config")
-        _check_same_data(out, ck, meta, data)
-        state = _load_train_state(ck, meta["step"])
+        model, state, curves = _resume(out, cfg, data)
         step, tokens = state["step"], state["tokens"]
         sampler.set_state(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
-        result_prev = _read_metrics(out, step)
     elif model is None:
         model = MobileLLM(cfg)
     model.to(device).train()
-    raw_model = model
     wrapped = _wrap(model, tc, device, world)
     optimizer = make_optimizer(wrapped, tc)
-    if resume:
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
-    fwd = torch.compile(wrapped) if tc.compile else wrapped
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
-
+    train_step = TrainStep(torch.compile(wrapped) if tc.compile else wrapped, wrapped, optimizer, data.train,
+                           sampler, tc, seq_len, device, rank, world)
+    checkpoint = Checkpointer(out, cfg, tc, data, model, train_step, rank)
     windows = val_windows(data.val, seq_len, tc.eval_windows)
-    result = TrainResult(steps=step, tokens=tokens, params=sum(p.numel() for p in raw_model.parameters()),
-                         train_loss=result_prev.get("train", []), val_loss=result_prev.get("val", []))
-    # A resumed run appends (its metrics were cut back to the checkpoint's step); a new one starts afresh.
-    metrics = open(out / "metrics.jsonl", "a" if resume else "w") if out is not None and rank == 0 else None
+    result = TrainResult(steps=step, tokens=tokens, params=sum(p.numel() for p in model.parameters()),
+                         train_loss=curves.get("train", []), val_loss=curves.get("val", []))
+    metrics = MetricsLog(out, resume, rank)
     every_ckpt = tc.checkpoint_every or tc.eval_every
-
-    def log(record: dict) -> None:
-        if metrics is not None:
-            metrics.write(json.dumps(record, allow_nan=False) + "\n")
-            metrics.flush()
-
-    def checkpoint() -> None:
-        full = _full_state(wrapped, optimizer, tc)
-        if out is None or rank != 0:
-            return
-        if full is not None:  # FSDP: save the gathered copies through an unwrapped twin
-            twin = MobileLLM(cfg)
-            twin.load_state_dict(full[0])
-            opt = make_optimizer(twin, tc)
-            opt.load_state_dict(full[1])
-            save_checkpoint(out, twin, opt, tc, step, tokens, sampler, data.tokenizer, data.fingerprint)
-        else:
-            save_checkpoint(out, raw_model, optimizer, tc, step, tokens, sampler, data.tokenizer, data.fingerprint)
-
-    def diverged(what: str, value: float) -> None:
-        ck = checkpoint_dir(out) if out is not None else None
-        kept = f"; the checkpoint in {out} (step {_peek_step(ck)}) is the last good one" if ck is not None else ""
-        raise ValueError(f"training diverged: the {what} is {value} at step {step} (learning rate {lr:.3g}); "
-                         f"nothing was saved for this step{kept}. Use a lower --lr (e.g. {lr / 10:.3g})")
-
-    def validate() -> None:
-        with autocast:
-            v = evaluate_loss(fwd, windows, micro, device)
-        if not math.isfinite(v):
-            diverged("validation loss", v)
-        result.val_loss.append((step, v))
-        log({"step": step, "tokens": tokens, "val_loss": v})
 
     start, start_tokens = time.perf_counter(), tokens
     bar = tqdm(total=tc.max_steps, initial=step, disable=not tc.progress or rank != 0, unit="step",
@@ -613,60 +687,39 @@ def _train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: Path | None,
         with _StopFlag() as flag:
             while step < tc.max_steps and not flag.stop:
                 lr = lr_at(step, tc)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss_sum = torch.zeros((), device=device)
-                for i in range(tc.grad_accum):
-                    # Every process draws the same global micro-batch and keeps its slice, so a run
-                    # on N processes sees exactly the data of a run on one.
-                    x, y = get_batch(data.train, micro, seq_len, sampler)
-                    lo, hi = rank * micro // world, (rank + 1) * micro // world
-                    x, y = x[lo:hi].to(device), y[lo:hi].to(device)
-                    sync = (i == tc.grad_accum - 1 or world == 1 or tc.fsdp)
-                    ctx = contextlib.nullcontext() if sync else wrapped.no_sync()
-                    with ctx, autocast:
-                        logits = fwd(x)
-                        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / tc.grad_accum
-                    loss.backward()
-                    loss_sum += loss.detach()
-                if tc.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(wrapped.parameters(), tc.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if world > 1:
-                    import torch.distributed as dist
-
-                    dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+                loss = train_step(lr)
                 step += 1
                 tokens += tc.batch_size * seq_len
-                loss_value = loss_sum.item()
-                if not math.isfinite(loss_value):
-                    diverged("training loss", loss_value)
-                result.train_loss.append((step, loss_value))
-                log({"step": step, "tokens": tokens, "loss": loss_value, "lr": lr})
+                if not math.isfinite(loss):
+                    raise _diverged("training loss", loss, step, lr, out)
+                result.train_loss.append((step, loss))
+                metrics.write({"step": step, "tokens": tokens, "loss": loss, "lr": lr})
                 if on_step is not None:
-                    on_step(step, loss_value)
-                elapsed = time.perf_counter() - start
+                    on_step(step, loss)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{(tokens - start_tokens) / elapsed:,.0f}")
+                bar.set_postfix(loss=f"{loss:.3f}",
+                                tok_s=f"{(tokens - start_tokens) / (time.perf_counter() - start):,.0f}")
                 if step % tc.eval_every == 0 or step == tc.max_steps:
-                    validate()
-                    bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{result.final_val_loss:.3f}")
+                    with train_step.autocast():
+                        v = evaluate_loss(train_step.fwd, windows, train_step.micro, device)
+                    if not math.isfinite(v):
+                        raise _diverged("validation loss", v, step, lr, out)
+                    result.val_loss.append((step, v))
+                    metrics.write({"step": step, "tokens": tokens, "val_loss": v})
+                    bar.set_postfix(loss=f"{loss:.3f}", val=f"{v:.3f}")
                 if out is not None and (step % every_ckpt == 0 or step == tc.max_steps):
-                    checkpoint()
+                    checkpoint(step, tokens)
             if flag.stop:
                 result.interrupted = True
                 if out is not None:
-                    checkpoint()
-                    bar.write(f"interrupted at step {step}: checkpoint saved in {out}; "
-                              "continue with --resume")
+                    checkpoint(step, tokens)
+                    bar.write(f"interrupted at step {step}: checkpoint saved in {out}; continue with --resume")
     finally:
         bar.close()
-        if metrics is not None:
-            metrics.close()
+        metrics.close()
     result.wall_time = time.perf_counter() - start
     result.tokens, result.steps, result.session_tokens = tokens, step, tokens - start_tokens
-    return raw_model, result
+    return model, result
 
 
 def _check_same_data(out: Path, ck: Path, meta: dict, data: TokenData) -> None:
@@ -685,8 +738,9 @@ def _check_same_data(out: Path, ck: Path, meta: dict, data: TokenData) -> None:
                          "--max-chars, or train into a new --out")
 
 
-def _read_metrics(out: Path, upto: int) -> dict:
-    """Loss curves logged up to the checkpoint's step; later lines (lost work) are dropped."""
+def _metrics_upto(out: Path, upto: int) -> dict:
+    """Cut ``metrics.jsonl`` back to the checkpoint's step (later lines are lost work, and a resumed
+    run appends after it) and return the loss curves it keeps."""
     curves: dict = {"train": [], "val": []}
     path = out / "metrics.jsonl"
     kept = []

@@ -76,3 +76,12 @@ def test_ablation_scale_errors_are_one_line(capsys):
     assert main(["ablation", "swiglu", "--scale", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: width (0) must be a positive integer") and "Traceback" not in err
+
+
+def test_figures_refuses_zero_seeds_before_running_anything(capsys, monkeypatch):
+    import mobilellm.notebooks as F
+
+    monkeypatch.setattr(F, "run_notebooks", lambda *a, **k: pytest.fail("notebooks ran"))
+    assert main(["figures", "--seeds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: seeds (0) must be a positive integer") and "Traceback" not in err

@@ -7,6 +7,7 @@ import pytest
 from mobilellm import ablations as A
 from mobilellm import experiments as E
 from mobilellm.experiments import Ablation, Recipe, RunRecord
+from mobilellm.settings import Settings
 
 
 def record(label, loss, seed=0):
@@ -61,53 +62,53 @@ def test_ablation_validation():
 
 
 @pytest.mark.slow
-def test_runner_trains_once_then_reads_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOBILELLM_QUICK", "1")
+def test_runner_trains_once_then_reads_the_cache(tmp_path):
     ab = Ablation("tiny", (("micro", A.SWIGLU.config("SwiGLU")),), recipe=Recipe(tokens=4 * 32 * 128))
-    first = E.run_ablation(ab, results_dir=tmp_path, command="pytest")
+    quick = Settings(quick=True, command="pytest", progress=False)
+    first = E.run_ablation(ab, quick, results_dir=tmp_path)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len(first) == 1 and len(files) == 2  # the JSON and the seed-0 weights
     stored = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert stored["provenance"]["command"] == "pytest" and stored["tokens"] == 12 * 32 * 128
-    again = E.run_ablation(ab, results_dir=tmp_path)
+    # where a record lives is known to the record, but not stored in it (no machine paths in results)
+    assert "path" not in stored and first[0].path == next(tmp_path.glob("*.json"))
+    again = E.run_ablation(ab, quick.replace(command="other"), results_dir=tmp_path)
+    assert again[0].path == first[0].path
     assert again[0].final_val_loss == first[0].final_val_loss and again[0].wall_time == first[0].wall_time
     model = E.load_model(again[0])
     assert sum(p.numel() for p in model.parameters()) == first[0].params
 
 
-def test_cached_measurement_measures_once_per_key(tmp_path, monkeypatch):
+def test_cached_measurement_measures_once_per_key(tmp_path):
     calls = []
 
     def measure():
         calls.append(1)
         return {"ms": 1.5 * len(calls)}
 
-    first = E.cached_measurement("probe", {"config": "a"}, measure, results_dir=tmp_path, fresh=False)
-    again = E.cached_measurement("probe", {"config": "a"}, measure, results_dir=tmp_path, fresh=False)
+    cached = Settings()
+    first = E.cached_measurement("probe", {"config": "a"}, measure, cached, results_dir=tmp_path)
+    again = E.cached_measurement("probe", {"config": "a"}, measure, cached, results_dir=tmp_path)
     assert (first["cached"], again["cached"]) == (False, True) and len(calls) == 1
     assert again["result"] == first["result"] == {"ms": 1.5} and "commit" in again["provenance"]
-    other = E.cached_measurement("probe", {"config": "b"}, measure, results_dir=tmp_path, fresh=False)
+    other = E.cached_measurement("probe", {"config": "b"}, measure, cached, results_dir=tmp_path)
     assert other["result"] == {"ms": 3.0} and other["path"] != first["path"]
     # FRESH redoes what was measured before the FRESH session began, once: a second notebook asking
     # for the same result in the same session gets the fresh one
-    monkeypatch.setenv("MOBILELLM_FRESH_SINCE", "0")
-    assert E.cached_measurement("probe", {"config": "a"}, measure, results_dir=tmp_path, fresh=True)["cached"]
-    monkeypatch.setenv("MOBILELLM_FRESH_SINCE", str(time.time() + 60))
-    forced = E.cached_measurement("probe", {"config": "a"}, measure, results_dir=tmp_path, fresh=True)
+    fresh_before = Settings(fresh=True, fresh_since=0.0)
+    assert E.cached_measurement("probe", {"config": "a"}, measure, fresh_before, results_dir=tmp_path)["cached"]
+    fresh_now = Settings(fresh=True, fresh_since=time.time() + 60)
+    forced = E.cached_measurement("probe", {"config": "a"}, measure, fresh_now, results_dir=tmp_path)
     assert forced["result"] == {"ms": 4.5} and not forced["cached"] and len(calls) == 3
 
 
-def test_seeds_can_be_limited_for_a_faster_fresh_run(monkeypatch):
-    monkeypatch.delenv("MOBILELLM_QUICK", raising=False)
-    monkeypatch.delenv("MOBILELLM_SEEDS", raising=False)
-    assert E.seeds_of(A.SWIGLU) == (0, 1, 2)
-    monkeypatch.setenv("MOBILELLM_SEEDS", "1")
-    assert E.seeds_of(A.SWIGLU) == (0,) and E.seeds_of(A.SHARING_ORDERS) == (0,)
-    monkeypatch.setenv("MOBILELLM_SEEDS", "two")
-    with pytest.raises(ValueError, match="MOBILELLM_SEEDS .'two'. must be a positive integer"):
-        E.seeds_of(A.SWIGLU)
-    monkeypatch.setenv("MOBILELLM_QUICK", "1")
-    assert E.seeds_of(A.SWIGLU) == (0,)
+def test_seeds_can_be_limited_for_a_faster_fresh_run():
+    assert E.seeds_of(A.SWIGLU, Settings()) == (0, 1, 2)
+    one = Settings(seeds=1)
+    assert E.seeds_of(A.SWIGLU, one) == (0,) and E.seeds_of(A.SHARING_ORDERS, one) == (0,)
+    assert E.seeds_of(A.SWIGLU, Settings(quick=True)) == (0,)
+    with pytest.raises(ValueError, match=r"seeds \(0\) must be a positive integer"):
+        Settings(seeds=0)
 
 
 def test_scaled_ablations_keep_the_shapes_and_the_tokens_per_parameter():

@@ -8,11 +8,11 @@ from mobilellm import ablations as A
 from mobilellm import experiments as E
 from mobilellm import readme as F
 from mobilellm.experiments import Ablation, Recipe
+from mobilellm.settings import Settings
 
 
 @pytest.mark.slow  # trains four tiny runs
 def test_ablation_table_and_readme_come_from_the_cache(tmp_path, monkeypatch):
-    monkeypatch.delenv("MOBILELLM_QUICK", raising=False)
     monkeypatch.setattr(E, "RESULTS_DIR", tmp_path / "results")
     recipe = Recipe(tokens=2 * 32 * 128, evals=1, eval_windows=2)
     cfg = A.SWIGLU.config("SwiGLU")
@@ -20,7 +20,7 @@ def test_ablation_table_and_readme_come_from_the_cache(tmp_path, monkeypatch):
         layer_sharing="immediate"))), recipe=recipe, seeds=(0, 1))
     later = Ablation("later", (("x", cfg),), recipe=dataclasses.replace(recipe, lr=1e-3), seeds=(0,))
     monkeypatch.setattr(F, "ABLATIONS", {"tiny": ab, "later": later})
-    records = E.run_ablation(ab)
+    records = E.run_ablation(ab, Settings(progress=False))
     table = F.ablation_table()
     means = {s["label"]: s["mean"] for s in E.summarize(records)}
     best = min(means, key=means.get)
