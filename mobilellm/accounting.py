@@ -26,7 +26,7 @@ def _bytes(dtype: str | torch.dtype) -> float:
 
 def block_params(cfg: ModelConfig) -> dict[str, int]:
     """Parameters of one stored block, by part."""
-    attn = cfg.dim * cfg.hd * (2 * cfg.n_heads + 2 * cfg.n_kv_heads)  # q, o and k, v
+    attn = cfg.dim * cfg.head_dim * (2 * cfg.n_heads + 2 * cfg.n_kv_heads)  # q, o and k, v
     ffn = (3 if cfg.ffn_type == "swiglu" else 2) * cfg.dim * cfg.ffn_hidden_dim
     return {"attention": attn, "ffn": ffn, "norms": 2 * cfg.dim}
 
@@ -55,7 +55,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int | None = None, training: bool
     L = cfg.max_seq_len if seq_len is None else seq_len
     blk = block_params(cfg)
     matmul = cfg.n_executed_layers * (blk["attention"] + blk["ffn"]) + cfg.dim * cfg.vocab_size
-    attn = cfg.n_executed_layers * 4 * L * cfg.n_heads * cfg.hd
+    attn = cfg.n_executed_layers * 4 * L * cfg.n_heads * cfg.head_dim
     fwd = 2 * matmul + attn
     return 3 * fwd if training else fwd
 
@@ -67,7 +67,7 @@ def weight_bytes(cfg: ModelConfig, dtype: str | torch.dtype = "fp32") -> float:
 
 def kv_cache_bytes_per_token(cfg: ModelConfig, dtype: str | torch.dtype = "fp32") -> float:
     """KV-cache bytes one token of context costs (keys and values of every executed layer)."""
-    return 2 * cfg.n_executed_layers * cfg.n_kv_heads * cfg.hd * _bytes(dtype)
+    return 2 * cfg.n_executed_layers * cfg.n_kv_heads * cfg.head_dim * _bytes(dtype)
 
 
 def training_days(cfg: ModelConfig, tokens: float, n_gpus: int = 32, peak_tflops: float = 312.0,

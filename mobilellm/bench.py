@@ -552,7 +552,7 @@ def cpu_caches() -> list[dict]:
 
 def pte_group_size(cfg: ModelConfig) -> int | None:
     """8da4w's group: 32 (ExecuTorch's usual choice), or None where XNNPACK's int4 kernels do not fit the model."""
-    dims = (cfg.dim, cfg.n_heads * cfg.hd, cfg.ffn_hidden_dim)
+    dims = (cfg.dim, cfg.n_heads * cfg.head_dim, cfg.ffn_hidden_dim)
     return 32 if all(d % 32 == 0 for d in dims) else None
 
 
@@ -561,8 +561,9 @@ def block_bytes(cfg: ModelConfig, quant: str, group_size: int) -> int:
 
     fp32; int8 + an fp32 scale per output row; int4 + a bf16 scale per group (group 0: an fp32 scale per row).
     """
-    shapes = [(cfg.n_heads * cfg.hd, cfg.dim), (cfg.n_kv_heads * cfg.hd, cfg.dim), (cfg.n_kv_heads * cfg.hd, cfg.dim),
-              (cfg.dim, cfg.n_heads * cfg.hd), (cfg.dim, cfg.ffn_hidden_dim), (cfg.ffn_hidden_dim, cfg.dim)]
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    shapes = [(q, cfg.dim), (kv, cfg.dim), (kv, cfg.dim), (cfg.dim, q), (cfg.dim, cfg.ffn_hidden_dim),
+              (cfg.ffn_hidden_dim, cfg.dim)]
     if cfg.ffn_type == "swiglu":
         shapes.append((cfg.ffn_hidden_dim, cfg.dim))
     n = sum(o * i for o, i in shapes)

@@ -32,7 +32,9 @@ class ModelConfig:
     share_embedding: bool = True
     layer_sharing: str = "none"
     layer_repeats: int = 2
-    head_dim: int | None = None  # None: dim // n_heads (the released models all use 64)
+    # None: dim // n_heads, resolved on construction, so ``head_dim`` is always the value
+    # (the released models all use 64)
+    head_dim: int | None = None
     # "normal": N(0, init_std) everywhere, as the official code (fine at width >= 576).
     # "fan_in": N(0, 1/fan_in), embeddings N(0, 1/dim), residual outputs scaled by depth:
     # at teaching width (~48) the official 0.02 is far too small and flips ablations.
@@ -56,8 +58,13 @@ class ModelConfig:
         if self.head_dim is None and self.dim % self.n_heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads}), "
                              "or set head_dim explicitly")
-        if self.hd % 2:
-            raise ValueError(f"head_dim ({self.hd}) must be even: rotary embeddings rotate pairs")
+        # Resolved once. Whether it was derived is remembered (not a field: equal configs stay equal),
+        # so that ``replace(dim=…)`` derives it again and ``to_dict`` writes what was given.
+        object.__setattr__(self, "_derived_head_dim", self.head_dim is None)
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.dim // self.n_heads)
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim ({self.head_dim}) must be even: rotary embeddings rotate pairs")
         if self.ffn_type not in FFN_TYPES:
             raise ValueError(f"ffn_type ({self.ffn_type!r}) must be one of {', '.join(FFN_TYPES)}")
         if self.layer_sharing not in LAYER_SHARING:
@@ -71,11 +78,6 @@ class ModelConfig:
             raise ValueError(f"rope_theta ({self.rope_theta}) must be > 0")
         if not self.init_std > 0:
             raise ValueError(f"init_std ({self.init_std}) must be > 0")
-
-    @property
-    def hd(self) -> int:
-        """Dimension of one attention head."""
-        return self.head_dim if self.head_dim is not None else self.dim // self.n_heads
 
     @property
     def execution_order(self) -> tuple[int, ...]:
@@ -95,12 +97,18 @@ class ModelConfig:
         return len(self.execution_order)
 
     def replace(self, **changes: object) -> ModelConfig:
-        """A copy with some fields changed (and validated again)."""
+        """A copy with some fields changed (and validated again); a derived ``head_dim`` is derived again."""
+        if self._derived_head_dim:
+            changes.setdefault("head_dim", None)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """Plain-dict form, for JSON and checkpoints."""
-        return dataclasses.asdict(self)
+        """Plain-dict form, for JSON and checkpoints: the fields as given (a derived ``head_dim`` is
+        None), so run keys and stored configs read the same as before it was resolved."""
+        d = dataclasses.asdict(self)
+        if self._derived_head_dim:
+            d["head_dim"] = None
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:

@@ -78,7 +78,7 @@ class CachedDecoder(nn.Module):
                                                                    model.norm, model.lm_head)
         self.register_buffer("rope_cos", model.rope_cos[:max_len].clone(), persistent=False)
         self.register_buffer("rope_sin", model.rope_sin[:max_len].clone(), persistent=False)
-        shape = (1, max_len, cfg.n_kv_heads, cfg.hd)  # ExecuTorch's custom-op layout: position before head
+        shape = (1, max_len, cfg.n_kv_heads, cfg.head_dim)  # ExecuTorch's custom-op layout: position before head
         for slot in range(len(self.order)):
             self.register_buffer(f"k_cache_{slot}", torch.zeros(shape))
             self.register_buffer(f"v_cache_{slot}", torch.zeros(shape))
@@ -86,16 +86,16 @@ class CachedDecoder(nn.Module):
     def _attention(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                    slot: int, start: int) -> torch.Tensor:
         B, T, _ = x.shape
-        q = attn.q_proj(x).view(B, T, attn.n_heads, attn.hd)
-        k = attn.k_proj(x).view(B, T, attn.n_kv_heads, attn.hd)
-        v = attn.v_proj(x).view(B, T, attn.n_kv_heads, attn.hd)
+        q = attn.q_proj(x).view(B, T, attn.n_heads, attn.head_dim)
+        k = attn.k_proj(x).view(B, T, attn.n_kv_heads, attn.head_dim)
+        v = attn.v_proj(x).view(B, T, attn.n_kv_heads, attn.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # cos: (T, 1, hd) for this layout
         k_cache, v_cache = getattr(self, f"k_cache_{slot}"), getattr(self, f"v_cache_{slot}")
         torch.ops.llama.update_cache(k, k_cache, start)
         torch.ops.llama.update_cache(v, v_cache, start)
         # Causal from start: query i sees cached positions 0 .. start + i, never the stale tail.
         out = torch.ops.llama.custom_sdpa(q, k_cache, v_cache, start, None, 0, True)
-        return attn.o_proj(out.reshape(B, T, attn.n_heads * attn.hd))
+        return attn.o_proj(out.reshape(B, T, attn.n_heads * attn.head_dim))
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         """Run a chunk at positions input_pos[0] … +T-1, filling the caches; logits of its last token."""
@@ -116,7 +116,7 @@ class CachedDecoder(nn.Module):
 def check_group_size(model: MobileLLM, group_size: int) -> None:
     """8da4w on XNNPACK: every linear input a multiple of 32, groups a multiple of 32 tiling it (0: one per row)."""
     cfg = model.cfg
-    dims = {"dim": cfg.dim, "n_heads * head_dim": cfg.n_heads * cfg.hd, "ffn_hidden_dim": cfg.ffn_hidden_dim}
+    dims = {"dim": cfg.dim, "n_heads * head_dim": cfg.n_heads * cfg.head_dim, "ffn_hidden_dim": cfg.ffn_hidden_dim}
     off = {k: v for k, v in dims.items() if v % 32}
     if off:
         raise ValueError(f"8da4w needs linear input sizes in multiples of 32 (XNNPACK's int4 kernels), but {off} "

@@ -39,7 +39,7 @@ def _hf_config(cfg: ModelConfig):
     hf = LlamaConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.ffn_hidden_dim,
         num_hidden_layers=cfg.n_executed_layers, num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.hd, max_position_embeddings=cfg.max_seq_len,
+        num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, max_position_embeddings=cfg.max_seq_len,
         rms_norm_eps=cfg.norm_eps, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
         tie_word_embeddings=cfg.share_embedding, attention_bias=False, mlp_bias=False,
         hidden_act="silu", initializer_range=cfg.init_std,

@@ -98,7 +98,7 @@ def write_gguf(model: MobileLLM, path: str | os.PathLike, tokenizer: Tokenizer |
     if cfg.ffn_type != "swiglu":
         raise ValueError(f"ffn_type {cfg.ffn_type!r} has no Llama equivalent: only 'swiglu' models write as GGUF")
     if gguf_type == "q8_0":
-        bad = sorted({d for d in (cfg.dim, cfg.n_heads * cfg.hd, cfg.ffn_hidden_dim) if d % 32})
+        bad = sorted({d for d in (cfg.dim, cfg.n_heads * cfg.head_dim, cfg.ffn_hidden_dim) if d % 32})
         if bad:
             raise ValueError(f"Q8_0 quantizes rows in blocks of 32 but the model has rows of {bad}: use f16")
     if tokenizer is not None and tokenizer.vocab_size != cfg.vocab_size:
@@ -113,9 +113,9 @@ def write_gguf(model: MobileLLM, path: str | os.PathLike, tokenizer: Tokenizer |
     writer.add_feed_forward_length(cfg.ffn_hidden_dim)
     writer.add_head_count(cfg.n_heads)
     writer.add_head_count_kv(cfg.n_kv_heads)
-    writer.add_key_length(cfg.hd)
-    writer.add_value_length(cfg.hd)
-    writer.add_rope_dimension_count(cfg.hd)
+    writer.add_key_length(cfg.head_dim)
+    writer.add_value_length(cfg.head_dim)
+    writer.add_rope_dimension_count(cfg.head_dim)
     writer.add_rope_freq_base(cfg.rope_theta)
     writer.add_layer_norm_rms_eps(cfg.norm_eps)
     writer.add_vocab_size(cfg.vocab_size)

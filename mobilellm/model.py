@@ -62,7 +62,7 @@ class KVCache:
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
-        shape = (batch_size, cfg.n_kv_heads, max_len, cfg.hd)
+        shape = (batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in cfg.execution_order]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in cfg.execution_order]
         self.max_len = max_len
@@ -81,19 +81,19 @@ class Attention(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.hd
-        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.hd, bias=False)
-        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.hd, bias=False)
-        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.hd, bias=False)
-        self.o_proj = nn.Linear(cfg.n_heads * cfg.hd, cfg.dim, bias=False)
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None = None, slot: int = 0) -> torch.Tensor:
         """x: (B, T, dim) -> (B, T, dim); with a cache, x holds the positions after cache.pos."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.hd).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.hd).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         past = 0
         if cache is not None:
@@ -111,7 +111,7 @@ class Attention(nn.Module):
             rows = torch.arange(T, device=x.device)[:, None] + past
             mask = rows >= torch.arange(past + T, device=x.device)[None, :]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
 class FeedForward(nn.Module):
@@ -163,7 +163,7 @@ class MobileLLM(nn.Module):
         if cfg.share_embedding:
             # One tensor, two roles: the output projection *is* the embedding table.
             self.lm_head.weight = self.embed_tokens.weight
-        cos, sin = rope_tables(cfg.hd, cfg.max_seq_len, cfg.rope_theta)
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()

@@ -85,3 +85,16 @@ def test_dict_round_trip_and_unknown_field():
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match=r"unknown ModelConfig fields \['depth'\]"):
         ModelConfig.from_dict({**cfg.to_dict(), "depth": 3})
+
+
+def test_head_dim_is_resolved_once_and_derived_again_on_replace():
+    cfg = ModelConfig(dim=48, n_heads=4, n_kv_heads=2)
+    assert cfg.head_dim == 12  # a value, never None, once constructed
+    assert cfg.replace(dim=96).head_dim == 24  # derived from the width, so derived again
+    assert cfg.replace(n_heads=6, n_kv_heads=2).head_dim == 8
+    declared = ModelConfig(dim=48, n_heads=4, n_kv_heads=2, head_dim=16)
+    assert declared.replace(dim=96).head_dim == 16  # given explicitly: kept
+    assert cfg == ModelConfig(dim=48, n_heads=4, n_kv_heads=2, head_dim=12)  # same shape, equal
+    # stored as given, so run keys and saved configs stay what they were
+    assert cfg.to_dict()["head_dim"] is None and declared.to_dict()["head_dim"] == 16
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg

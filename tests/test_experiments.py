@@ -117,7 +117,7 @@ def test_scaled_ablations_keep_the_shapes_and_the_tokens_per_parameter():
     big = A.scaled(A.SHARING, 4)
     assert big.name == "sharing-x4" and [lab for lab, _ in big.variants] == [lab for lab, _ in A.SHARING.variants]
     for (_, small), (_, wide) in zip(A.SHARING.variants, big.variants, strict=True):
-        assert (wide.dim, wide.hd, wide.execution_order) == (4 * small.dim, small.hd, small.execution_order)
+        assert (wide.dim, wide.head_dim, wide.execution_order) == (4 * small.dim, small.head_dim, small.execution_order)
         assert wide.n_heads // wide.n_kv_heads == small.n_heads // small.n_kv_heads
     ratio = lambda ab: ab.recipe.tokens / param_count(ab.variants[0][1])["total"]  # noqa: E731
     assert ratio(big) == pytest.approx(ratio(A.SHARING), rel=1e-3)

@@ -52,7 +52,7 @@ def test_attention_matches_per_head_loop(n_kv_heads):
     """GQA written the slow way: query head h reads KV head h // (n_heads / n_kv_heads)."""
     cfg = tiny_config(n_kv_heads=n_kv_heads)
     attn = Attention(cfg)
-    T, hd = 6, cfg.hd
+    T, hd = 6, cfg.head_dim
     x = torch.randn(1, T, cfg.dim)
     cos, sin = rope_tables(hd, T, cfg.rope_theta)
 
@@ -255,13 +255,13 @@ def test_fan_in_init_is_scaled_to_width():
 def explicit_attention(attn, x, cos, sin):
     """softmax(Q K^T / sqrt(d) + causal mask) V over the whole sequence, GQA by repeating KV heads."""
     B, T, _ = x.shape
-    q = apply_rope(attn.q_proj(x).view(B, T, attn.n_heads, attn.hd).transpose(1, 2), cos, sin)
-    k = apply_rope(attn.k_proj(x).view(B, T, attn.n_kv_heads, attn.hd).transpose(1, 2), cos, sin)
-    v = attn.v_proj(x).view(B, T, attn.n_kv_heads, attn.hd).transpose(1, 2)
+    q = apply_rope(attn.q_proj(x).view(B, T, attn.n_heads, attn.head_dim).transpose(1, 2), cos, sin)
+    k = apply_rope(attn.k_proj(x).view(B, T, attn.n_kv_heads, attn.head_dim).transpose(1, 2), cos, sin)
+    v = attn.v_proj(x).view(B, T, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
     rep = attn.n_heads // attn.n_kv_heads
     k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     mask = torch.full((T, T), float("-inf")).triu(1)  # position i sees positions <= i
-    weights = F.softmax(q @ k.transpose(-2, -1) / math.sqrt(attn.hd) + mask, dim=-1)
+    weights = F.softmax(q @ k.transpose(-2, -1) / math.sqrt(attn.head_dim) + mask, dim=-1)
     return attn.o_proj((weights @ v).transpose(1, 2).reshape(B, T, -1))
 
 
@@ -271,7 +271,7 @@ def test_sdpa_paths_match_explicit_softmax():
     cfg = tiny_config()
     attn = Attention(cfg)
     x = torch.randn(2, 12, cfg.dim)
-    cos, sin = rope_tables(cfg.hd, 12, cfg.rope_theta)
+    cos, sin = rope_tables(cfg.head_dim, 12, cfg.rope_theta)
     expected = explicit_attention(attn, x, cos, sin)
     torch.testing.assert_close(attn(x, cos, sin), expected, atol=1e-5, rtol=1e-4)
     cache = KVCache(cfg, 2, 12)
