@@ -47,7 +47,7 @@ def _hf_config(cfg: ModelConfig):
     # Remembered so that from_transformers can fold the duplicated layers back (and give back
     # head_dim exactly as set: the released presets spell out 64 although it is dim // n_heads).
     hf.mobilellm = {"n_layers": cfg.n_layers, "layer_sharing": cfg.layer_sharing,
-                    "layer_repeats": cfg.layer_repeats, "init": cfg.init, "head_dim": cfg.head_dim}
+                    "layer_repeats": cfg.layer_repeats, "init": cfg.init, "head_dim": cfg.to_dict()["head_dim"]}
     return hf
 
 
@@ -131,7 +131,7 @@ def config_from_hf(hf_cfg) -> ModelConfig:
         else:
             head_dim = c.get("head_dim")
             if head_dim == need("hidden_size") // n_heads:
-                head_dim = None  # the default: keep configs comparable with ==
+                head_dim = None  # the default: derived, as a config built by hand would have it
     cfg = ModelConfig(
         vocab_size=need("vocab_size"), dim=need("hidden_size"), n_layers=n_layers, n_heads=n_heads,
         n_kv_heads=c.get("num_key_value_heads") or n_heads, ffn_hidden_dim=need("intermediate_size"),
