@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 # The command line is a process's outermost entry, so it may set what torch reads when it starts:
-# spinning OpenMP workers make training ~5x slower when another process shares the cores.
+# spinning OpenMP workers make training several times slower when another process shares the cores.
 # (Before anything imports torch; importing the package itself changes nothing.)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -47,7 +47,7 @@ def _add_train(sub) -> None:
     p.add_argument("--eval-every", type=int, default=100, help="validate and checkpoint every N steps")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (~1.25x after compiling)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (faster once compiled; compiling takes a while)")
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard with FSDP2 instead of DDP")
     p.add_argument("--cache-dir", default=None, help="where prepared tokens are cached (default data/cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

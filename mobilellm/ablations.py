@@ -105,8 +105,8 @@ def budget_sweep(ab: Ablation, labels: tuple[str, ...], factors: tuple[float, ..
 
 
 # The budget trend with paired seeds: the deep-thin extremes and the 5×40 optimum at ≈5, 19 and
-# 57 tokens per parameter (three seeds), and ≈150 (8x the tokens; ~9 passes over the corpus, two
-# seeds: each 8x run takes 10-40 minutes here).
+# 57 tokens per parameter (three seeds), and ≈150 (8x the tokens; ~9 passes over the corpus; two
+# seeds, as each 8x run costs 8 plain ones).
 DEPTH_TREND = (budget_sweep(DEPTH, ("2×56", "5×40", "8×32"), (0.25, 1.0, 3.0), (0, 1, 2), "trend")
                + budget_sweep(DEPTH, ("2×56", "5×40", "8×32"), (8.0,), (0, 1), "trend"))
 
@@ -155,7 +155,7 @@ SHARING = Ablation(
 )
 
 # The paper's three sharing orders at equal stored parameters and equal compute. Immediate
-# sharing's runs are SHARING's; the other two orders cost 2x a plain run each (~7 minutes here), so
+# sharing's runs are SHARING's; the other two orders cost 2x a plain run each, so
 # this comparison has one seed, read against the seed spread SHARING measures, and notebook 06 says so.
 SHARING_ORDERS = Ablation(
     name="sharing-orders",

@@ -69,7 +69,7 @@ class BenchSettings:
     warmup: int = 2
     quick: bool = False
     compile: bool = True
-    executorch: bool = True  # lower to .pte (30-60 s a model) where the export helpers exist
+    executorch: bool = True  # lower to .pte (slow: seconds to minutes a model) where the export helpers exist
     progress: bool = True
 
     def __post_init__(self) -> None:

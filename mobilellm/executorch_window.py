@@ -33,9 +33,8 @@ def export_executorch(model: MobileLLM, path: str | os.PathLike, quantize: str |
     dynamic activations (XNNPACK quantizer, pt2e flow). XNNPACK has no per-tensor dynamic mode and
     computes activation scales per token (asymmetric, with a zero point) — per token, as the
     paper's W8A8. The embedding and the tied head stay fp32. ``None``: fp32 throughout. Layer-shared
-    blocks are stored once. Lowering takes a while (20–60 s even for tiny models on 2 cores: each
-    op XNNPACK does not take — embedding, masks, RMSNorm's mean — cuts the graph into another
-    partition); cache the file.
+    blocks are stored once. Lowering is slow even for tiny models (each op XNNPACK does not take
+    — embedding, masks, RMSNorm's mean — cuts the graph into another partition); cache the file.
     """
     if quantize not in PTE_QUANTIZE:
         raise ValueError(f"quantize {quantize!r} is not one of {PTE_QUANTIZE}")

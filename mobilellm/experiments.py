@@ -242,8 +242,8 @@ def run_one(label: str, cfg: ModelConfig, recipe: Recipe, seed: int, settings: S
 
 def cached_measurement(name: str, key: dict, measure, settings: Settings | None = None,
                        results_dir: Path | None = None) -> dict:
-    """A measurement too slow for every ``make figures`` run (lowering the 125M to ExecuTorch takes
-    ~12 minutes), cached like a training run: ``{name}-{hash of key}.json`` in the results folder,
+    """A measurement too slow for every ``make figures`` run (lowering the 125M to ExecuTorch, say),
+    cached like a training run: ``{name}-{hash of key}.json`` in the results folder,
     with the provenance of the run that measured it. ``measure()`` returns a JSON-able dict; it is
     called only when the key is new or under ``FRESH=1``. Put everything that changes the result
     (config, versions, sizes) in ``key``."""

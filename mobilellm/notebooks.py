@@ -23,7 +23,7 @@ def notebooks() -> list[Path]:
 def kernel_env(settings: Settings) -> dict[str, str]:
     """The environment of a notebook kernel: this process's, plus the settings (the only way into a
     kernel), no progress bars in the committed outputs (ours or the libraries': datasets, lm-eval,
-    transformers), and OpenMP workers that sleep rather than spin (5x faster training when two
+    transformers), and OpenMP workers that sleep rather than spin (several times faster training when two
     processes share the cores; read when torch starts, so it must be set before)."""
     command = "make figures" + (" FRESH=1" if settings.fresh else "") + (f" SEEDS={settings.seeds}"
                                                                          if settings.seeds else "")
