@@ -47,7 +47,8 @@ def _add_train(sub) -> None:
     p.add_argument("--eval-every", type=int, default=100, help="validate and checkpoint every N steps")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (faster once compiled; compiling takes a while)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (faster once compiled; compiling takes a while)")
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard with FSDP2 instead of DDP")
     p.add_argument("--cache-dir", default=None, help="where prepared tokens are cached (default data/cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
