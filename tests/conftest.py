@@ -21,6 +21,20 @@ def tiny_config(**changes) -> ModelConfig:
     return ModelConfig(**base)
 
 
+def trainable_config(**changes) -> ModelConfig:
+    """``tiny_config`` with a 128-token vocabulary and 32-token windows, initialised for training."""
+    return tiny_config(vocab_size=128, max_seq_len=32, init="fan_in", **changes)
+
+
+def quick_train_config(**changes):
+    """A TrainConfig of a few CPU steps without a progress bar (12 steps of 8 sequences unless changed)."""
+    from mobilellm.train import TrainConfig
+
+    base = dict(max_steps=12, batch_size=8, lr=1e-2, warmup_steps=3, eval_every=4, eval_windows=4,
+                progress=False, device="cpu")
+    return TrainConfig(**{**base, **changes})
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -1,5 +1,6 @@
 """Checkpoints as one atomic unit, runs that refuse to clobber or to diverge quietly, and honest load errors."""
 
+import functools
 import json
 import os
 import random
@@ -15,7 +16,6 @@ import torch
 from mobilellm import MobileLLM
 from mobilellm.train import (
     FolderLock,
-    TrainConfig,
     _load_train_state,
     checkpoint_dir,
     load_checkpoint,
@@ -24,18 +24,10 @@ from mobilellm.train import (
     train,
 )
 
-from .conftest import tiny_config
+from .conftest import quick_train_config, trainable_config
 
-
-def cfg128(**changes):
-    return tiny_config(vocab_size=128, max_seq_len=32, init="fan_in", **changes)
-
-
-def tc(**changes):
-    base = dict(max_steps=4, batch_size=4, lr=1e-2, warmup_steps=1, eval_every=2, eval_windows=2,
-                progress=False, device="cpu")
-    base.update(changes)
-    return TrainConfig(**base)
+cfg128 = trainable_config
+tc = functools.partial(quick_train_config, max_steps=4, batch_size=4, warmup_steps=1, eval_every=2, eval_windows=2)
 
 
 def _assert_loadable(out: Path, steps: set[int], tokenizer_fp: str) -> int:

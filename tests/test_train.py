@@ -11,18 +11,10 @@ import torch
 from mobilellm import MobileLLM
 from mobilellm.train import TrainConfig, checkpoint_dir, load_checkpoint, lr_at, make_optimizer, train
 
-from .conftest import tiny_config
+from .conftest import quick_train_config, tiny_config, trainable_config
 
-
-def cfg128(**changes):
-    return tiny_config(vocab_size=128, max_seq_len=32, init="fan_in", **changes)
-
-
-def tc(**changes):
-    base = dict(max_steps=12, batch_size=8, lr=1e-2, warmup_steps=3, eval_every=4, eval_windows=4,
-                progress=False, device="cpu")
-    base.update(changes)
-    return TrainConfig(**base)
+cfg128 = trainable_config
+tc = quick_train_config
 
 
 def test_schedule_warms_up_then_decays_to_ten_percent():
