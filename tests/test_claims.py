@@ -1,5 +1,6 @@
 """The verdict table's rule, on hand-made numbers, and the table itself from the cache."""
 
+import json
 import math
 
 from mobilellm import claims
@@ -59,3 +60,14 @@ def test_the_table_has_a_row_per_claim():
     lines = table.splitlines()
     assert lines[0].startswith("| claim | paper | ours")
     assert sum(1 for line in lines if line.startswith("| ") and "claim |" not in line) == len(claims.claims())
+
+
+def test_the_sharing_cost_is_read_from_the_bench_report(tmp_path, monkeypatch):
+    from mobilellm import claims as C
+    from mobilellm import experiments as E
+
+    monkeypatch.setattr(E, "RESULTS_DIR", tmp_path)
+    assert "run `make bench`" in C._sharing_cost()  # no report: says how to make one, invents nothing
+    rows = [{"name": "unshared", "ms_per_token": 10.0}, {"name": "immediate", "ms_per_token": 13.0}]
+    (tmp_path / "bench.json").write_text(json.dumps({"sharing": [{"variants": rows}]}))
+    assert "per token ×1.30 on this CPU" in C._sharing_cost() and "iPhone: ×1.03" in C._sharing_cost()
