@@ -318,3 +318,91 @@ def compare_programs(paths: dict[str, str | os.PathLike], windows: torch.Tensor,
     for name in out:
         out[name]["size_ratio"] = out[name]["bytes"] / out[reference]["bytes"]
     return out
+
+
+# --- the peer: ExecuTorch's own Llama export of the same weights --------------------------------
+
+# Our quant modes in ExecuTorch's Llama export: its ``qmode`` (``8da8w`` is in its quantizer but not
+# in its config's list of modes, so it is set past the check) and its 8-bit per-row embedding.
+_LLAMA_QMODE = {"fp32": None, "int8": "8da8w", "8da4w": "8da4w"}
+
+
+def llama_checkpoint(model: MobileLLM) -> tuple[dict[str, torch.Tensor], dict]:
+    """``model``'s weights in Meta's Llama layout and ExecuTorch's ``params.json``, for its Llama export.
+
+    The blocks are stored as executed (a layer-shared model's repeats become copies: ExecuTorch's
+    Llama has no sharing), the tied head is a copy of the table, and ``use_hf_rope`` keeps our
+    rotate-half RoPE, so no q/k permutation is needed.
+    """
+    cfg = model.cfg
+    if cfg.ffn_type != "swiglu":
+        raise ValueError(f"ExecuTorch's Llama is a SwiGLU model, this one has {cfg.ffn_type!r}")
+    sd = {"tok_embeddings.weight": model.embed_tokens.weight, "norm.weight": model.norm.weight,
+          "output.weight": model.lm_head.weight}
+    names = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
+             "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
+             "feed_forward.w1": "mlp.gate_proj", "feed_forward.w3": "mlp.up_proj",
+             "feed_forward.w2": "mlp.down_proj", "attention_norm": "input_layernorm",
+             "ffn_norm": "post_attention_layernorm"}
+    for i, b in enumerate(cfg.execution_order):
+        block = model.layers[b]
+        for meta, ours in names.items():
+            sd[f"layers.{i}.{meta}.weight"] = block.get_submodule(ours).weight
+    sd = {k: v.detach().to("cpu", torch.float32).clone() for k, v in sd.items()}
+    params = {"dim": cfg.dim, "n_layers": cfg.n_executed_layers, "n_heads": cfg.n_heads,
+              "n_kv_heads": cfg.n_kv_heads, "head_dim": cfg.hd, "hidden_dim": cfg.ffn_hidden_dim,
+              "vocab_size": cfg.vocab_size, "norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
+              "use_hf_rope": True, "use_scaled_rope": False}
+    return sd, params
+
+
+def export_llama_peer(model: MobileLLM, path: str | os.PathLike, quant: str = "fp32", max_len: int | None = None,
+                      group_size: int = DEFAULT_GROUP_SIZE) -> Path:
+    """Write ``model`` through ExecuTorch's own Llama export (``export_llama``): KV cache, its SDPA op,
+    XNNPACK (extended ops, so fp32 linears are delegated too), the same quant mode and 8-bit table.
+
+    The program has the same ``forward(tokens, input_pos)`` as ours, so ``PteDecoder`` runs it.
+    """
+    import json
+    import logging
+    import tempfile
+
+    if quant not in QUANT_MODES:
+        raise ValueError(f"quant {quant!r} is not one of {', '.join(QUANT_MODES)}")
+    max_len = model.cfg.max_seq_len if max_len is None else max_len
+    if not 2 <= max_len <= model.cfg.max_seq_len:
+        raise ValueError(f"max_len ({max_len}) must be in [2, max_seq_len = {model.cfg.max_seq_len}]")
+    if quant == "8da4w":
+        check_group_size(model, group_size)
+    _need_executorch()
+    from executorch.examples.models.llama.export_llama_lib import export_llama
+    from executorch.extension.llm.export.config.llm_config import LlmConfig, ModelType
+
+    sd, params = llama_checkpoint(model)
+    out = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(sd, Path(tmp) / "checkpoint.pth")
+        (Path(tmp) / "params.json").write_text(json.dumps(params))
+        c = LlmConfig()
+        c.base.model_class = ModelType.llama3
+        c.base.checkpoint, c.base.params = str(Path(tmp) / "checkpoint.pth"), str(Path(tmp) / "params.json")
+        c.model.use_kv_cache = c.model.use_sdpa_with_kv_cache = c.model.enable_dynamic_shape = True
+        c.export.max_seq_length = c.export.max_context_length = max_len
+        c.export.output_dir, c.export.output_name = tmp, str(Path(tmp) / "peer.pte")  # a .pte name is used as is
+        c.backend.xnnpack.enabled = c.backend.xnnpack.extended_ops = True
+        if quant != "fp32":
+            c.quantization.qmode = _LLAMA_QMODE[quant]
+            c.quantization.group_size = group_size if quant == "8da4w" else 0
+            c.quantization.embedding_quantize = "8,0"
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.WARNING)  # export_llama logs every pass at INFO
+        try:
+            with torch.no_grad(), warnings.catch_warnings(), quiet_libraries(), native_stderr_silenced(), \
+                    contextlib.redirect_stdout(None):
+                warnings.simplefilter("ignore")
+                written = Path(export_llama(c))
+        finally:
+            root.setLevel(level)
+        data = written.read_bytes()
+    return write_atomic(out, lambda t: t.write_bytes(data))
