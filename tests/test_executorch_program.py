@@ -160,3 +160,56 @@ def test_cli_export_and_generate(trained, small_data, tmp_path, capsys):
     assert text.startswith("ROMEO:") and len(text.strip()) > len("ROMEO:")
     assert main(["generate", "--pte", str(out), "--prompt", "x " * 60, "--max-new-tokens", "5"]) == 2
     assert "cache window is 40" in capsys.readouterr().err
+
+
+# --- the peer: ExecuTorch's own Llama export of the same weights -------------------------------------
+
+@pytest.mark.parametrize("sharing", ["none", "repeat_all"])
+def test_llama_checkpoint_is_the_same_model_in_executorchs_llama(sharing):
+    """Our weights in Meta's layout, loaded into ExecuTorch's eager Llama: the same logits (no lowering)."""
+    from executorch.examples.models.llama.llama_transformer import construct_transformer
+    from executorch.examples.models.llama.model_args import ModelArgs
+
+    from mobilellm.executorch_program import llama_checkpoint
+
+    torch.manual_seed(2)
+    model = MobileLLM(cfg(layer_sharing=sharing)).eval()
+    sd, params = llama_checkpoint(model)
+    assert params["n_layers"] == model.cfg.n_executed_layers == (2 if sharing == "none" else 4)
+    assert params["use_hf_rope"]
+    if sharing == "repeat_all":  # A B A B: the repeats are copies of the blocks' weights
+        assert torch.equal(sd["layers.2.attention.wq.weight"], sd["layers.0.attention.wq.weight"])
+        assert not torch.equal(sd["layers.1.attention.wq.weight"], sd["layers.0.attention.wq.weight"])
+    llama = construct_transformer(ModelArgs(**params, max_seq_len=64, max_context_len=64)).eval()
+    missing, unexpected = llama.load_state_dict(sd, strict=False)
+    assert not unexpected and not [k for k in missing if "rope" not in k and "freqs" not in k], missing
+    ids = torch.randint(0, 128, (1, 20))
+    with torch.no_grad():
+        ours, theirs = model(ids)[0, -1], llama(ids)
+    theirs = theirs[0] if isinstance(theirs, tuple) else theirs
+    torch.testing.assert_close(theirs.reshape(-1, 128)[-1], ours, atol=1e-4, rtol=0)
+
+
+def test_llama_peer_argument_errors(tmp_path):
+    from mobilellm.executorch_program import export_llama_peer, llama_checkpoint
+
+    model = MobileLLM(cfg())
+    with pytest.raises(ValueError, match="quant 'int4' is not one of"):
+        export_llama_peer(model, tmp_path / "x.pte", "int4")
+    with pytest.raises(ValueError, match=r"max_len \(65\)"):
+        export_llama_peer(model, tmp_path / "x.pte", max_len=65)
+    with pytest.raises(ValueError, match="SwiGLU"):
+        llama_checkpoint(MobileLLM(cfg(ffn_type="relu")))
+
+
+@pytest.mark.slow
+def test_llama_peer_program_decodes_as_ours(tmp_path):
+    """ExecuTorch's export_llama of a layer-shared model (repeats expanded) greedily decodes as the eager model."""
+    from mobilellm.executorch_program import export_llama_peer
+
+    torch.manual_seed(3)
+    model = MobileLLM(cfg(layer_sharing="immediate")).eval()
+    dec = PteDecoder(export_llama_peer(model, tmp_path / "peer.pte", "fp32", max_len=WINDOW))
+    assert dec.meta["get_n_layers"] == 4 and dec.max_len == WINDOW
+    prompt = torch.randint(0, 128, (5,))
+    assert list(dec.generate(prompt, 20)) == greedy_eager(model, prompt, 20)
