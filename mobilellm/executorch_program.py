@@ -126,6 +126,29 @@ def check_group_size(model: MobileLLM, group_size: int) -> None:
                          f"that divides {bad or dims}: choose a multiple of 32 dividing {math.gcd(*dims.values())}")
 
 
+def pad_ffn(model: MobileLLM, multiple: int = 32) -> MobileLLM:
+    """A copy of ``model`` whose SwiGLU hidden layer is zero-padded up to a multiple of ``multiple``: the same function.
+
+    XNNPACK's int4 kernels (8da4w) want every linear's input size in multiples of 32; a trained model
+    with, say, 88 hidden units gets 8 more whose gate and up rows are zero (silu(0) * 0 = 0) and whose
+    down-projection columns are zero, so no output changes. ``dim`` and the heads cannot be padded so.
+    """
+    cfg = model.cfg
+    if cfg.ffn_type != "swiglu":
+        raise ValueError(f"pad_ffn pads a SwiGLU hidden layer, this model has {cfg.ffn_type!r}")
+    if not isinstance(multiple, int) or multiple < 1:
+        raise ValueError(f"multiple ({multiple!r}) must be a positive integer")
+    hidden = -(-cfg.ffn_hidden_dim // multiple) * multiple
+    padded = MobileLLM(cfg.replace(ffn_hidden_dim=hidden)).to(next(model.parameters()).dtype)
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, p in padded.state_dict().items():
+            p.zero_()
+            src = state[name]
+            p[tuple(slice(0, d) for d in src.shape)] = src  # gate/up: the first rows, down: the first columns
+    return padded.eval()
+
+
 def quantize_decoder_(decoder: CachedDecoder, quant: str, group_size: int = DEFAULT_GROUP_SIZE) -> CachedDecoder:
     """Quantize in place as ExecuTorch's Llama export does: every linear (head too), then the table per row."""
     if quant == "fp32":

@@ -213,3 +213,23 @@ def test_llama_peer_program_decodes_as_ours(tmp_path):
     assert dec.meta["get_n_layers"] == 4 and dec.max_len == WINDOW
     prompt = torch.randint(0, 128, (5,))
     assert list(dec.generate(prompt, 20)) == greedy_eager(model, prompt, 20)
+
+
+def test_pad_ffn_keeps_the_function_and_makes_8da4w_possible():
+    from mobilellm.executorch_program import pad_ffn
+
+    torch.manual_seed(4)
+    model = MobileLLM(cfg(dim=32, ffn_hidden_dim=88, layer_sharing="immediate")).eval()
+    with pytest.raises(ValueError, match="multiples of 32"):
+        check_group_size(model, 32)
+    padded = pad_ffn(model)
+    assert padded.cfg.ffn_hidden_dim == 96 and padded.cfg.layer_sharing == "immediate"
+    check_group_size(padded, 32)
+    assert padded.lm_head.weight is padded.embed_tokens.weight  # the tie survives
+    ids = torch.randint(0, 128, (2, 30))
+    with torch.no_grad():
+        torch.testing.assert_close(padded(ids), model(ids), atol=1e-5, rtol=0)
+    assert model.cfg.ffn_hidden_dim == 88  # the original is untouched
+    assert pad_ffn(padded).cfg.ffn_hidden_dim == 96  # already a multiple: unchanged
+    with pytest.raises(ValueError, match="SwiGLU"):
+        pad_ffn(MobileLLM(cfg(ffn_type="relu")))
