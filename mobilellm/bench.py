@@ -50,6 +50,7 @@ SUITES = ("train", "decode", "int8", "sharing", "pte")
 ALL_SUITES = ("train", "decode", "int8", "sharing")  # what "all" runs: pte lowers 12 programs
 SCHEMA_VERSION = 1
 PTE_QUANTS = ("fp32", "int8", "8da4w")  # the pte suite's program formats
+PTE_BENCH_JSON = "bench_pte_125m_2blocks.json"  # the committed pte report in data/results (notebook 11, README)
 # Above this many parameters a model is "big": smaller batches and fewer repeats.
 BIG_PARAMS = 20_000_000
 DEFAULT_CONFIGS = {"train": ("teach-micro", "mobilellm-125m"), "decode": ("teach-micro", "mobilellm-125m"),

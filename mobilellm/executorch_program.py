@@ -319,7 +319,7 @@ class PteDecoder:
 
 
 def compare_programs(paths: dict[str, str | os.PathLike], windows: torch.Tensor, reference: str = "fp32") -> dict:
-    """Per program: perplexity on ``windows`` (N, T) and next-token agreement with ``reference``.
+    """Per program: perplexity and top-1 next-token accuracy on ``windows`` (N, T), agreement with ``reference``.
 
     Each row runs through the decode path a phone runs (one token per call), not a prefill.
     """
@@ -336,7 +336,8 @@ def compare_programs(paths: dict[str, str | os.PathLike], windows: torch.Tensor,
     for name, lg in logits.items():
         nll = torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), targets.reshape(-1))
         agree = (lg.argmax(-1) == logits[reference].argmax(-1)).float().mean()
-        out[name] = {"ppl": math.exp(nll.item()), "agreement": agree.item(),
+        accuracy = (lg.argmax(-1) == targets).float().mean()  # top-1 next-token accuracy on the text
+        out[name] = {"ppl": math.exp(nll.item()), "agreement": agree.item(), "accuracy": accuracy.item(),
                      "bytes": Path(paths[name]).stat().st_size}
     for name in out:
         out[name]["size_ratio"] = out[name]["bytes"] / out[reference]["bytes"]

@@ -113,6 +113,8 @@ def test_quantized_programs_agree_with_fp32(trained, programs, small_data):
         logits = trained[0](windows)[:, :-1]
     eager_ppl = torch.nn.functional.cross_entropy(logits.reshape(-1, 128), windows[:, 1:].reshape(-1)).exp().item()
     assert r["fp32"]["ppl"] == pytest.approx(eager_ppl, rel=1e-4) and r["fp32"]["agreement"] == 1.0
+    eager_acc = (logits.argmax(-1) == windows[:, 1:]).float().mean().item()
+    assert r["fp32"]["accuracy"] == pytest.approx(eager_acc, abs=1e-6) and 0.05 < eager_acc < 1
     assert r["int8"]["agreement"] >= 0.9 and r["int8"]["ppl"] < 1.03 * r["fp32"]["ppl"], r
     assert r["8da4w"]["agreement"] >= 0.75 and r["8da4w"]["ppl"] < 1.15 * r["fp32"]["ppl"], r
     assert r["8da4w"]["bytes"] < r["int8"]["bytes"] < 0.6 * r["fp32"]["bytes"], r
