@@ -257,7 +257,8 @@ def pte_latency_table(path: Path | None = None) -> str:
                + f"; the paper's iPhone 13 figures give {pte['paper_repeat_cost']:.2f}. One block's weights: "
                + f"{fits}. {pte['config']}, {pte['weights'].split(';')[0]} weights, {pte['new_tokens']} tokens "
                + f"after a {pte['prompt_len']}-token prompt, median of {pte['repeats']} interleaved rounds; "
-               + f"{m['cpu']}, {m['cpus_available']} CPUs shared with other jobs (load {m['load_average'][0]:.1f}), "
+               + f"{m['cpu']}, {m['cpus_available']} CPUs shared with other jobs (load {m['load_average'][0]:.1f} at "
+               + f"the start, {(m.get('load_average_after') or [float('nan')])[0]:.1f} at the end), "
                + f"commit {str(m['git_commit'])[:7]}, `{report.get('command', '?')}`.")
     return "\n".join(out)
 

@@ -53,7 +53,8 @@ def test_pte_latency_table_from_a_report(tmp_path):
         return {"name": name, "quant": "int8", "ms_per_token": ms, "latency_ratio_vs_unshared": ms / 10.0,
                 "paper_ms": paper, "paper_ratio": paper and paper / 15.6}
     report = {"command": "python -m mobilellm bench --suite pte", "machine": {
-        "cpu": "AMD EPYC", "cpus_available": 2, "load_average": [3.0], "git_commit": "abcdef0123"},
+        "cpu": "AMD EPYC", "cpus_available": 2, "load_average": [3.0], "load_average_after": [5.5],
+        "git_commit": "abcdef0123"},
         "pte": [{"config": "mobilellm-125m at 2 blocks", "weights": "random (seeded); whatever", "new_tokens": 64,
                  "prompt_len": 16, "repeats": 5, "variants": [
                      row("unshared", 10.0, 15.6), row("immediate", 11.0, 16.0), row("repeat_all", 12.0),
@@ -68,4 +69,5 @@ def test_pte_latency_table_from_a_report(tmp_path):
     assert "| immediate sharing (A A B B) | 11.00 (1.10×) | 16.0 (1.03×) |" in lines
     assert "| repeat-all-over (A B A B) | 12.00 (1.20×) | — |" in lines
     assert "int8 0.10 (immediate), 0.20 (repeat-all)" in table and "give 0.03" in table and "3.0 MiB (L3)" in table
+    assert "load 3.0 at the start, 5.5 at the end" in table
     assert "no `missing.json` yet" in F.pte_latency_table(tmp_path / "missing.json")
