@@ -496,7 +496,7 @@ def cmd_book(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub) -> None:
-    from .bench import SUITES
+    from .bench import PTE_QUANTS, SUITES
     from .config import list_configs
 
     p = sub.add_parser("bench", help="speed: training, decoding, int8 and layer sharing, each beside a peer",
@@ -516,6 +516,11 @@ def _add_bench(sub) -> None:
                    help="smoke run: small shapes, teaching preset, 3 repeats, no torch.compile")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurements (15-60 s each)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--pte-blocks", type=int, default=None, metavar="N",
+                   help="pte suite: the preset's width at N stored blocks (lowering a 30-block 125M program takes "
+                        "tens of minutes; the per-layer cost of a repeated block does not depend on the depth)")
+    p.add_argument("--pte-quants", nargs="+", default=None, choices=PTE_QUANTS, metavar="Q",
+                   help=f"pte suite: the program formats, in this order (default {' '.join(PTE_QUANTS)})")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -524,9 +529,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if Path(args.json).is_dir():
         raise ValueError(f"--json {args.json} is a folder: give a file name")
+    if args.pte_blocks is not None and args.pte_blocks < 1:
+        raise ValueError(f"--pte-blocks ({args.pte_blocks}) must be a positive integer")
     settings = BenchSettings.make(quick=args.quick, repeats=args.repeats, compile=False if args.no_compile else None,
                                   progress=not args.no_progress)
+    settings = dataclasses.replace(settings, pte_blocks=args.pte_blocks,
+                                   pte_quants=tuple(args.pte_quants or settings.pte_quants))
     report = run_bench(args.suite, [args.config] if args.config else None, settings)
+    report["command"] = "python -m mobilellm " + " ".join(args.argv)
     print(format_report(report))
     print(f"wrote {write_json(report, args.json)}")
     return 0
@@ -587,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_figures(sub)
     _add_book(sub)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in reports as the command that made them
     handler = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "eval": cmd_eval,
                "configs": cmd_configs, "ablation": cmd_ablation, "figures": cmd_figures,
                "bench": cmd_bench, "book": cmd_book}[args.command]

@@ -51,6 +51,8 @@ from .timing import decode_timer, measure, median, wall
 SUITES = ("train", "decode", "int8", "sharing", "pte")
 ALL_SUITES = ("train", "decode", "int8", "sharing")  # what "all" runs: pte lowers 12 programs
 SCHEMA_VERSION = 1
+PTE_QUANTS = ("fp32", "int8", "8da4w")  # the pte suite's program formats
+PTE_BENCH_JSON = "bench_pte_125m_2blocks.json"  # the committed pte report in data/results (notebook 11, README)
 # Above this many parameters a model is "big": smaller batches and fewer repeats.
 BIG_PARAMS = 20_000_000
 DEFAULT_CONFIGS = {"train": ("teach-micro", "mobilellm-125m"), "decode": ("teach-micro", "mobilellm-125m"),
@@ -71,6 +73,8 @@ class BenchSettings:
     compile: bool = True
     executorch: bool = True  # lower to .pte (slow: seconds to minutes a model) where the export helpers exist
     progress: bool = True
+    pte_blocks: int | None = None  # the pte suite: the preset's width at this many stored blocks (None: as is)
+    pte_quants: tuple[str, ...] = PTE_QUANTS  # the pte suite's formats, lowered and timed in this order
 
     def __post_init__(self) -> None:
         if not isinstance(self.repeats, int) or self.repeats < 1:
@@ -532,9 +536,6 @@ def bench_sharing(config: str | ModelConfig, s: BenchSettings) -> dict:
 
 # --- pte: the sharing table in ExecuTorch ----------------------------------------------------
 
-PTE_QUANTS = ("fp32", "int8", "8da4w")
-
-
 def cpu_caches() -> list[dict]:
     """This CPU's caches as the kernel reports them (/sys): level, type, size in bytes, CPUs sharing it."""
     out = []
@@ -584,36 +585,75 @@ def pte_decode_timer(dec, prompt: torch.Tensor, new_tokens: int) -> Callable[[],
     return run
 
 
-def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ...] = PTE_QUANTS) -> dict:
+def _paper_pte_ms() -> dict[str, float]:
+    """The paper's iPhone 13 execute ms per token (``paper.IPHONE13_MS``), keyed as the pte variants."""
+    from .paper import IPHONE13_MS
+
+    return {"unshared": IPHONE13_MS["MobileLLM-125M"][2], "immediate": IPHONE13_MS["MobileLLM-LS-125M"][2],
+            "deeper": IPHONE13_MS["60 layers, unshared"][2]}
+
+
+def repeat_cost(ms: dict[str, float | None], key: str = "immediate") -> float | None:
+    """What a re-run layer costs as a fraction of a fresh one: (shared - unshared) / (deeper - unshared).
+
+    Shared and deeper execute the same number of layers; so 0 means a repeated block is free (all
+    in cache), 1 that it costs as much as a block read anew. Independent of depth, so a shallower
+    model of the same width measures the same thing. Paper: (16.0 - 15.6) / (29.0 - 15.6).
+    """
+    u, x, d = ms.get("unshared"), ms.get(key), ms.get("deeper")
+    if None in (u, x, d) or d <= u:
+        return None
+    return (x - u) / (d - u)
+
+
+PEER = "executorch_llama"  # ExecuTorch's own Llama export of the unshared model's weights
+
+
+def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ...] = PTE_QUANTS,
+              n_layers: int | None = None, peer: bool = True) -> dict:
     """Per-token decode latency of KV-cached .pte programs (unshared, immediate, repeat_all, 2x deeper) per quant.
 
-    Random weights; beside our eager PyTorch decode of the same models and the paper's iPhone 13 figures.
+    Random weights; beside our eager PyTorch decode of the same models, ExecuTorch's own Llama export
+    of the unshared weights (``peer``: timed in the same rounds) and the paper's iPhone 13 figures.
+    ``n_layers``: the preset's width with this many stored blocks (lowering time grows faster than
+    the depth: a 30-block 125M program takes tens of minutes on a small machine); the per-layer
+    figure ``repeat_cost`` does not depend on it.
     """
-    from .executorch_program import PteDecoder, export_program
+    from .executorch_program import PteDecoder, export_llama_peer, export_program
 
     name, cfg = resolve(config)
     if cfg.ffn_type != "swiglu":
         raise ValueError(f"the pte suite needs a SwiGLU model, {name} has {cfg.ffn_type!r}")
+    unknown = [q for q in quants if q not in PTE_QUANTS]
+    if unknown or not quants:
+        raise ValueError(f"pte formats {list(quants)}: choose one or more of {', '.join(PTE_QUANTS)}")
+    if n_layers is not None:
+        if not isinstance(n_layers, int) or n_layers < 1:
+            raise ValueError(f"n_layers ({n_layers!r}) must be a positive integer")
+        name, cfg = f"{name} at {n_layers} blocks", cfg.replace(n_layers=n_layers)
     base_cfg = cfg.replace(layer_sharing="none")
     repeats = s.repeats_for(cfg)
     plen, new, prompt = _sharing_prompt(cfg, s)
     group = pte_group_size(cfg)
+    paper_ms = _paper_pte_ms()
     models = sharing_variants(base_cfg)
     eager = measure({k: decode_timer(m, prompt, new) for k, (m, _) in models.items()}, repeats, s.warmup,
                     f"pte eager {name}", s.progress)
-    rows, skipped = [], {}
+    rows, skipped, costs = [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for quant in quants:
             if quant == "8da4w" and group is None:
                 skipped["8da4w"] = "XNNPACK's int4 kernels need linear input sizes in multiples of 32"
                 continue
-            # One format at a time: its four programs are timed interleaved, then freed (a 125M fp32 set is 3 GB).
+            # One format at a time: its programs are timed interleaved, then freed (a 125M fp32 set is 3 GB).
+            # Ours for each model; ExecuTorch's Llama export of the unshared weights (same signature).
+            jobs = [(k, export_program, m) for k, (m, _) in models.items()]
+            jobs += [(PEER, export_llama_peer, models["unshared"][0])] if peer else []
             decs, info = {}, {}
-            for key, (m, _) in models.items():
+            for key, export, m in jobs:
                 try:
                     start = time.perf_counter()
-                    path = export_program(m, Path(tmp) / f"{key}-{quant}.pte", quant, max_len=plen + new,
-                                          group_size=group)
+                    path = export(m, Path(tmp) / f"{key}-{quant}.pte", quant, max_len=plen + new, group_size=group)
                     lower_s = time.perf_counter() - start
                     decs[key] = PteDecoder(path)
                     info[key] = {"lower_s": lower_s, "bytes": path.stat().st_size}
@@ -621,31 +661,40 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
                     skipped[f"{key} {quant}"] = f"export or run failed: {one_line(e)}"
             times = measure({k: pte_decode_timer(d, prompt, new) for k, d in decs.items()}, repeats, s.warmup,
                             f"pte {quant} {name}", s.progress) if decs else {}
-            ref = median(times["unshared"]) if "unshared" in times else None
-            for key, (m, what) in models.items():
-                ms = median(times[key]) * 1e3 if key in times else None
-                eager_ms = median(eager[key]) * 1e3
+            ms = {k: median(t) * 1e3 for k, t in times.items()}
+            ref = ms.get("unshared")
+            costs[quant] = {k: repeat_cost(ms, k) for k in ("immediate", "repeat_all")}
+            for key, (m, what) in [*models.items(), *([(PEER, (models["unshared"][0], "ExecuTorch's export_llama "
+                                                      "of the unshared weights"))] if peer else [])]:
+                eager_ms = median(eager[key if key in eager else "unshared"]) * 1e3
                 rows.append({"name": key, "quant": quant, "what": what, "layer_sharing": m.cfg.layer_sharing,
                              "stored_blocks": m.cfg.n_layers, "executed_layers": m.cfg.n_executed_layers,
-                             "ms_per_token": ms, "latency_ratio_vs_unshared": ratio(ms, ref and ref * 1e3),
-                             "eager_fp32_ms_per_token": eager_ms, "speedup_vs_eager_fp32": ratio(eager_ms, ms),
-                             "paper_ms": PAPER_SHARING_MS.get(key),
-                             "paper_ratio": ratio(PAPER_SHARING_MS.get(key), PAPER_SHARING_MS["unshared"]),
+                             "ms_per_token": ms.get(key), "latency_ratio_vs_unshared": ratio(ms.get(key), ref),
+                             "eager_fp32_ms_per_token": eager_ms, "speedup_vs_eager_fp32": ratio(eager_ms, ms.get(key)),
+                             "paper_ms": paper_ms.get(key),
+                             "paper_ratio": ratio(paper_ms.get(key), paper_ms["unshared"]),
                              **info.get(key, {})})
             del decs
             gc.collect()
     fp32_bytes = {r["name"]: r.get("bytes") for r in rows if r["quant"] == "fp32"}  # empty without fp32
     for r in rows:
         r["size_ratio_vs_fp32"] = ratio(r.get("bytes"), fp32_bytes.get(r["name"]))
+    by = {(r["name"], r["quant"]): r for r in rows}
+    # >1: our program decodes faster than ExecuTorch's Llama export of the same weights (same run)
+    peer_cmp = {q: {"speed_ratio": ratio(by[PEER, q]["ms_per_token"], by["unshared", q]["ms_per_token"]),
+                    "size_ratio": ratio(by["unshared", q].get("bytes"), by[PEER, q].get("bytes"))}
+                for q in quants if (PEER, q) in by}
     caches = cpu_caches()
     blocks = {q: block_bytes(base_cfg, q, group or 0) for q in quants if q != "8da4w" or group}
     fits = {q: [f"L{c['level']}{'d' if c['type'] == 'Data' else ''}" for c in caches
                 if c["type"] != "Instruction" and b <= c["bytes"]] for q, b in blocks.items()}
     return {"config": name, "weights": "random (seeded); latency does not depend on the values",
-            "prompt_len": plen, "new_tokens": new, "cache_window": plen + new, "repeats": repeats,
-            "group_size_8da4w": group, "variants": rows, "block_bytes": blocks, "block_fits_in": fits,
-            "cpu_caches": caches, "skipped": skipped,
-            "paper": "iPhone 13, ExecuTorch fp16, 125M: 15.6 ms, LS 16.0 ms (+2.6%), 60 layers 29.0 ms (+86%)"}
+            "stored_blocks": base_cfg.n_layers, "prompt_len": plen, "new_tokens": new, "cache_window": plen + new,
+            "repeats": repeats, "group_size_8da4w": group, "variants": rows, "block_bytes": blocks,
+            "block_fits_in": fits, "cpu_caches": caches, "skipped": skipped,
+            "repeat_cost": costs, "paper_repeat_cost": repeat_cost(paper_ms), "vs_executorch_llama": peer_cmp,
+            "paper": f"iPhone 13, ExecuTorch fp16, 125M: {paper_ms['unshared']} ms, LS {paper_ms['immediate']} ms, "
+                     f"60 layers {paper_ms['deeper']} ms"}
 
 
 # --- the whole run ---------------------------------------------------------------------------
@@ -677,7 +726,7 @@ def run_bench(suites: list[str] | tuple[str, ...] = ALL_SUITES, configs: list[st
     runners = {"train": lambda c: bench_train(c, s, report["ceilings"]["matmul"]),
                "decode": lambda c: bench_decode(c, s, report["ceilings"]["memory"]),
                "int8": lambda c: bench_int8(c, s), "sharing": lambda c: bench_sharing(c, s),
-               "pte": lambda c: bench_pte(c, s)}
+               "pte": lambda c: bench_pte(c, s, s.pte_quants, n_layers=s.pte_blocks)}
     for suite in (x for x in SUITES if x in suites):
         report[suite] = []
         for c in chosen(suite):
@@ -779,6 +828,15 @@ def _notes(suite: str, r: dict) -> list[str]:
         blocks = ", ".join(f"{q} {b / 1024:.0f} KiB (fits {'/'.join(r['block_fits_in'][q]) or 'no cache'})"
                            for q, b in r["block_bytes"].items())
         out.append(f"one block: {blocks}; caches: {caches}")
+        out.append("a re-run layer's cost / a fresh layer's ((shared - unshared) / (deeper - unshared)): "
+                   + ", ".join(f"{q} immediate {_f(c['immediate'], '.2f')} repeat_all {_f(c['repeat_all'], '.2f')}"
+                               for q, c in r["repeat_cost"].items())
+                   + f"; paper {_f(r['paper_repeat_cost'], '.2f')}")
+        if r["vs_executorch_llama"]:
+            out.append("ours vs ExecuTorch's Llama export, same weights (speed >1: ours faster; size: ours / its "
+                       "bytes): " + ", ".join(f"{q} speed {_f(c['speed_ratio'], '.2f', 'x')} size "
+                                              f"{_f(c['size_ratio'], '.2f')}"
+                                              for q, c in r["vs_executorch_llama"].items()))
         out.append(f"(paper: {r['paper']}; eager ms: our PyTorch fp32 cached decode of the same model)")
     out += [f"skipped {k}: {why}" for k, why in r.get("skipped", {}).items()]
     return ["  " + line for line in out]

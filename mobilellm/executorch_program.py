@@ -127,6 +127,29 @@ def check_group_size(model: MobileLLM, group_size: int) -> None:
                          f"that divides {bad or dims}: choose a multiple of 32 dividing {math.gcd(*dims.values())}")
 
 
+def pad_ffn(model: MobileLLM, multiple: int = 32) -> MobileLLM:
+    """A copy of ``model`` whose SwiGLU hidden layer is zero-padded up to a multiple of ``multiple``: the same function.
+
+    XNNPACK's int4 kernels (8da4w) want every linear's input size in multiples of 32; a trained model
+    with, say, 88 hidden units gets 8 more whose gate and up rows are zero (silu(0) * 0 = 0) and whose
+    down-projection columns are zero, so no output changes. ``dim`` and the heads cannot be padded so.
+    """
+    cfg = model.cfg
+    if cfg.ffn_type != "swiglu":
+        raise ValueError(f"pad_ffn pads a SwiGLU hidden layer, this model has {cfg.ffn_type!r}")
+    if not isinstance(multiple, int) or multiple < 1:
+        raise ValueError(f"multiple ({multiple!r}) must be a positive integer")
+    hidden = -(-cfg.ffn_hidden_dim // multiple) * multiple
+    padded = MobileLLM(cfg.replace(ffn_hidden_dim=hidden)).to(next(model.parameters()).dtype)
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, p in padded.state_dict().items():
+            p.zero_()
+            src = state[name]
+            p[tuple(slice(0, d) for d in src.shape)] = src  # gate/up: the first rows, down: the first columns
+    return padded.eval()
+
+
 def quantize_decoder_(decoder: CachedDecoder, quant: str, group_size: int = DEFAULT_GROUP_SIZE) -> CachedDecoder:
     """Quantize in place as ExecuTorch's Llama export does: every linear (head too), then the table per row."""
     if quant == "fp32":
@@ -295,7 +318,7 @@ class PteDecoder:
 
 
 def compare_programs(paths: dict[str, str | os.PathLike], windows: torch.Tensor, reference: str = "fp32") -> dict:
-    """Per program: perplexity on ``windows`` (N, T) and next-token agreement with ``reference``.
+    """Per program: perplexity and top-1 next-token accuracy on ``windows`` (N, T), agreement with ``reference``.
 
     Each row runs through the decode path a phone runs (one token per call), not a prefill.
     """
@@ -312,8 +335,97 @@ def compare_programs(paths: dict[str, str | os.PathLike], windows: torch.Tensor,
     for name, lg in logits.items():
         nll = torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), targets.reshape(-1))
         agree = (lg.argmax(-1) == logits[reference].argmax(-1)).float().mean()
-        out[name] = {"ppl": math.exp(nll.item()), "agreement": agree.item(),
+        accuracy = (lg.argmax(-1) == targets).float().mean()  # top-1 next-token accuracy on the text
+        out[name] = {"ppl": math.exp(nll.item()), "agreement": agree.item(), "accuracy": accuracy.item(),
                      "bytes": Path(paths[name]).stat().st_size}
     for name in out:
         out[name]["size_ratio"] = out[name]["bytes"] / out[reference]["bytes"]
     return out
+
+
+# --- the peer: ExecuTorch's own Llama export of the same weights --------------------------------
+
+# Our quant modes in ExecuTorch's Llama export: its ``qmode`` (``8da8w`` is in its quantizer but not
+# in its config's list of modes, so it is set past the check) and its 8-bit per-row embedding.
+_LLAMA_QMODE = {"fp32": None, "int8": "8da8w", "8da4w": "8da4w"}
+
+
+def llama_checkpoint(model: MobileLLM) -> tuple[dict[str, torch.Tensor], dict]:
+    """``model``'s weights in Meta's Llama layout and ExecuTorch's ``params.json``, for its Llama export.
+
+    The blocks are stored as executed (a layer-shared model's repeats become copies: ExecuTorch's
+    Llama has no sharing), the tied head is a copy of the table, and ``use_hf_rope`` keeps our
+    rotate-half RoPE, so no q/k permutation is needed.
+    """
+    cfg = model.cfg
+    if cfg.ffn_type != "swiglu":
+        raise ValueError(f"ExecuTorch's Llama is a SwiGLU model, this one has {cfg.ffn_type!r}")
+    sd = {"tok_embeddings.weight": model.embed_tokens.weight, "norm.weight": model.norm.weight,
+          "output.weight": model.lm_head.weight}
+    names = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
+             "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
+             "feed_forward.w1": "mlp.gate_proj", "feed_forward.w3": "mlp.up_proj",
+             "feed_forward.w2": "mlp.down_proj", "attention_norm": "input_layernorm",
+             "ffn_norm": "post_attention_layernorm"}
+    for i, b in enumerate(cfg.execution_order):
+        block = model.layers[b]
+        for meta, ours in names.items():
+            sd[f"layers.{i}.{meta}.weight"] = block.get_submodule(ours).weight
+    sd = {k: v.detach().to("cpu", torch.float32).clone() for k, v in sd.items()}
+    params = {"dim": cfg.dim, "n_layers": cfg.n_executed_layers, "n_heads": cfg.n_heads,
+              "n_kv_heads": cfg.n_kv_heads, "head_dim": cfg.hd, "hidden_dim": cfg.ffn_hidden_dim,
+              "vocab_size": cfg.vocab_size, "norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
+              "use_hf_rope": True, "use_scaled_rope": False}
+    return sd, params
+
+
+def export_llama_peer(model: MobileLLM, path: str | os.PathLike, quant: str = "fp32", max_len: int | None = None,
+                      group_size: int = DEFAULT_GROUP_SIZE) -> Path:
+    """Write ``model`` through ExecuTorch's own Llama export (``export_llama``): KV cache, its SDPA op,
+    XNNPACK (extended ops, so fp32 linears are delegated too), the same quant mode and 8-bit table.
+
+    The program has the same ``forward(tokens, input_pos)`` as ours, so ``PteDecoder`` runs it.
+    """
+    import json
+    import logging
+    import tempfile
+
+    if quant not in QUANT_MODES:
+        raise ValueError(f"quant {quant!r} is not one of {', '.join(QUANT_MODES)}")
+    max_len = model.cfg.max_seq_len if max_len is None else max_len
+    if not 2 <= max_len <= model.cfg.max_seq_len:
+        raise ValueError(f"max_len ({max_len}) must be in [2, max_seq_len = {model.cfg.max_seq_len}]")
+    if quant == "8da4w":
+        check_group_size(model, group_size)
+    _need_executorch()
+    from executorch.examples.models.llama.export_llama_lib import export_llama
+    from executorch.extension.llm.export.config.llm_config import LlmConfig, ModelType
+
+    sd, params = llama_checkpoint(model)
+    out = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(sd, Path(tmp) / "checkpoint.pth")
+        (Path(tmp) / "params.json").write_text(json.dumps(params))
+        c = LlmConfig()
+        c.base.model_class = ModelType.llama3
+        c.base.checkpoint, c.base.params = str(Path(tmp) / "checkpoint.pth"), str(Path(tmp) / "params.json")
+        c.model.use_kv_cache = c.model.use_sdpa_with_kv_cache = c.model.enable_dynamic_shape = True
+        c.export.max_seq_length = c.export.max_context_length = max_len
+        c.export.output_dir, c.export.output_name = tmp, str(Path(tmp) / "peer.pte")  # a .pte name is used as is
+        c.backend.xnnpack.enabled = c.backend.xnnpack.extended_ops = True
+        if quant != "fp32":
+            c.quantization.qmode = _LLAMA_QMODE[quant]
+            c.quantization.group_size = group_size if quant == "8da4w" else 0
+            c.quantization.embedding_quantize = "8,0"
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.WARNING)  # export_llama logs every pass at INFO
+        try:
+            with torch.no_grad(), warnings.catch_warnings(), quiet_libraries(), native_stderr_silenced(), \
+                    contextlib.redirect_stdout(None):
+                warnings.simplefilter("ignore")
+                written = Path(export_llama(c))
+        finally:
+            root.setLevel(level)
+        data = written.read_bytes()
+    return write_atomic(out, lambda t: t.write_bytes(data))

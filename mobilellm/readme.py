@@ -52,6 +52,10 @@ CURRICULUM = {
     "10_int8_export": ("int8 by hand on one matrix; W8A8 by hand and with torchao (size, perplexity, agreement, "
                        "latency); ExecuTorch XNNPACK .pte run and compared; the 125M exported", "W8A8 < 0.5 points "
                        "lost; 125M 15.6 ms/token on iPhone 13", None),
+    "11_on_device": ("a KV-cached .pte (one cache slot per executed layer) generating text; fp32 / int8 / 8da4w "
+                     "size and quality on a trained model; the sharing latency table in ExecuTorch at the 125M's "
+                     "width, beside ExecuTorch's own Llama export", "125M 15.6 / LS 16.0 / 60 layers 29.0 "
+                     "ms/token (iPhone 13); int8 < 0.5 points", None),
 }
 
 
@@ -159,6 +163,48 @@ def training_budget() -> str:
     return text
 
 
+def pte_latency_table(path: Path | None = None) -> str:
+    """The README's on-device latency table, from the committed ``bench --suite pte`` report."""
+    from .bench import PTE_BENCH_JSON
+
+    path = path or ROOT / "data" / "results" / PTE_BENCH_JSON
+    if not path.is_file():
+        return f"(no `{path.name}` yet: run the command in the notebook 11 section)"
+    report = json.loads(path.read_text())
+    pte, m = report["pte"][0], report["machine"]
+    rows = {(v["name"], v["quant"]): v for v in pte["variants"]}
+    quants = list(dict.fromkeys(v["quant"] for v in pte["variants"]))
+    what = {"unshared": "unshared", "immediate": "immediate sharing (A A B B)",
+            "repeat_all": "repeat-all-over (A B A B)", "deeper": "2× deeper, unshared",
+            "executorch_llama": "ExecuTorch's `export_llama`, unshared weights"}
+    out = ["| decode ms/token (x unshared) | " + " | ".join(f".pte {q}" for q in quants) + " | iPhone 13 (paper) |",
+           "|---|" + "---|" * (len(quants) + 1)]
+    for key, label in what.items():
+        cells = []
+        for q in quants:
+            v = rows.get((key, q))
+            ms, r = (v or {}).get("ms_per_token"), (v or {}).get("latency_ratio_vs_unshared")
+            cells.append("—" if ms is None else f"{ms:.2f}" + (f" ({r:.2f}×)" if r and key != "unshared" else ""))
+        v0 = rows.get((key, quants[0]), {})
+        paper = "—" if v0.get("paper_ms") is None else f"{v0['paper_ms']}" + (
+            f" ({v0['paper_ratio']:.2f}×)" if key != "unshared" else "")
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {paper} |")
+    cost = pte["repeat_cost"]
+    fits = "; ".join(f"{q} {b / 2**20:.1f} MiB ({'/'.join(pte['block_fits_in'][q]) or 'no cache'})"
+                     for q, b in pte["block_bytes"].items())
+    out.append("")
+    out.append("A re-run layer's cost as a fraction of a fresh one's, (shared − unshared) / (deeper − unshared): "
+               + ", ".join(f"{q} {cost[q]['immediate']:.2f} (immediate), {cost[q]['repeat_all']:.2f} (repeat-all)"
+                           for q in quants)
+               + f"; the paper's iPhone 13 figures give {pte['paper_repeat_cost']:.2f}. One block's weights: "
+               + f"{fits}. {pte['config']}, {pte['weights'].split(';')[0]} weights, {pte['new_tokens']} tokens "
+               + f"after a {pte['prompt_len']}-token prompt, median of {pte['repeats']} interleaved rounds; "
+               + f"{m['cpu']}, {m['cpus_available']} CPUs shared with other jobs (load {m['load_average'][0]:.1f} at "
+               + f"the start, {(m.get('load_average_after') or [float('nan')])[0]:.1f} at the end), "
+               + f"commit {str(m['git_commit'])[:7]}, `{report.get('command', '?')}`.")
+    return "\n".join(out)
+
+
 def _replace_between(text: str, start: str, end: str, body: str) -> str:
     if start not in text or end not in text:
         raise ValueError(f"README.md lacks the markers {start} … {end}")
@@ -172,6 +218,8 @@ def update_readme() -> None:
     text = _replace_between(text, "<!-- ablations:start -->", "<!-- ablations:end -->", ablation_table())
     if "<!-- budget:start -->" in text:
         text = _replace_between(text, "<!-- budget:start -->", "<!-- budget:end -->", training_budget())
+    if "<!-- pte-latency:start -->" in text:
+        text = _replace_between(text, "<!-- pte-latency:start -->", "<!-- pte-latency:end -->", pte_latency_table())
     if "<!-- verdicts:start -->" in text:
         from .claims import verdict_table
 

@@ -187,7 +187,7 @@ def test_pte_suite_on_a_tiny_model():
     from mobilellm.bench import bench_pte, format_report
 
     cfg = tiny_config(vocab_size=128, dim=32, n_layers=1, ffn_hidden_dim=64, max_seq_len=64)
-    # fp32 only: four lowerings, not eight (8da4w's size and agreement are tested in test_executorch_program)
+    # fp32 only: five lowerings (four models and the peer), not fifteen (8da4w: test_executorch_program)
     r = bench_pte(cfg, BenchSettings(repeats=2, warmup=1, progress=False), quants=("fp32",))
     assert not r["skipped"], r["skipped"]
     rows = {(v["name"], v["quant"]): v for v in r["variants"]}
@@ -200,6 +200,33 @@ def test_pte_suite_on_a_tiny_model():
     unshared, block = rows["unshared", "fp32"]["bytes"], r["block_bytes"]["fp32"]
     assert rows["immediate", "fp32"]["bytes"] - unshared < block / 2
     assert rows["deeper", "fp32"]["bytes"] - unshared > block
+    # ExecuTorch's own Llama export of the unshared weights, timed in the same rounds
+    peer = rows["executorch_llama", "fp32"]
+    assert peer["executed_layers"] == 1 and _ok(peer["ms_per_token"]) and peer["bytes"] > 0
+    cmp = r["vs_executorch_llama"]["fp32"]
+    assert cmp["speed_ratio"] == pytest.approx(peer["ms_per_token"] / rows["unshared", "fp32"]["ms_per_token"])
+    assert cmp["size_ratio"] == pytest.approx(unshared / peer["bytes"])
+    assert set(r["repeat_cost"]["fp32"]) == {"immediate", "repeat_all"}
     machine = {"cpu": "x", "cpus_available": 1, "torch": "t", "torch_threads": 1, "transformers": None,
                "git_commit": None, "date": "d", "load_average": []}
-    assert "pte custom" in format_report({"machine": machine, "ceilings": {}, "pte": [r]})
+    text = format_report({"machine": machine, "ceilings": {}, "pte": [r]})
+    assert "pte custom" in text and "ExecuTorch's Llama export" in text and "re-run layer" in text
+
+
+def test_repeat_cost_and_pte_arguments():
+    from mobilellm.bench import _paper_pte_ms, bench_pte, repeat_cost
+    from mobilellm.paper import IPHONE13_MS
+
+    assert repeat_cost({"unshared": 10.0, "immediate": 10.0, "deeper": 20.0}) == 0.0  # a repeat is free
+    assert repeat_cost({"unshared": 10.0, "immediate": 20.0, "deeper": 20.0}) == 1.0  # costs a fresh layer
+    assert repeat_cost({"unshared": 10.0, "repeat_all": 15.0, "deeper": 20.0}, "repeat_all") == 0.5
+    assert repeat_cost({"unshared": 10.0, "immediate": 12.0, "deeper": 9.0}) is None  # no depth cost: undefined
+    assert repeat_cost({"unshared": 10.0, "deeper": 20.0}) is None
+    paper = _paper_pte_ms()
+    assert paper["immediate"] == IPHONE13_MS["MobileLLM-LS-125M"][2]
+    assert repeat_cost(paper) == pytest.approx((16.0 - 15.6) / (29.0 - 15.6))
+    s = BenchSettings(repeats=1, warmup=0, progress=False)
+    with pytest.raises(ValueError, match="choose one or more of fp32, int8, 8da4w"):
+        bench_pte("teach-micro", s, quants=("int4",))
+    with pytest.raises(ValueError, match="n_layers"):
+        bench_pte("mobilellm-125m", s, n_layers=0)

@@ -113,6 +113,8 @@ def test_quantized_programs_agree_with_fp32(trained, programs, small_data):
         logits = trained[0](windows)[:, :-1]
     eager_ppl = torch.nn.functional.cross_entropy(logits.reshape(-1, 128), windows[:, 1:].reshape(-1)).exp().item()
     assert r["fp32"]["ppl"] == pytest.approx(eager_ppl, rel=1e-4) and r["fp32"]["agreement"] == 1.0
+    eager_acc = (logits.argmax(-1) == windows[:, 1:]).float().mean().item()
+    assert r["fp32"]["accuracy"] == pytest.approx(eager_acc, abs=1e-6) and 0.05 < eager_acc < 1
     assert r["int8"]["agreement"] >= 0.9 and r["int8"]["ppl"] < 1.03 * r["fp32"]["ppl"], r
     assert r["8da4w"]["agreement"] >= 0.75 and r["8da4w"]["ppl"] < 1.15 * r["fp32"]["ppl"], r
     assert r["8da4w"]["bytes"] < r["int8"]["bytes"] < 0.6 * r["fp32"]["bytes"], r
@@ -160,3 +162,76 @@ def test_cli_export_and_generate(trained, small_data, tmp_path, capsys):
     assert text.startswith("ROMEO:") and len(text.strip()) > len("ROMEO:")
     assert main(["generate", "--pte", str(out), "--prompt", "x " * 60, "--max-new-tokens", "5"]) == 2
     assert "cache window is 40" in capsys.readouterr().err
+
+
+# --- the peer: ExecuTorch's own Llama export of the same weights -------------------------------------
+
+@pytest.mark.parametrize("sharing", ["none", "repeat_all"])
+def test_llama_checkpoint_is_the_same_model_in_executorchs_llama(sharing):
+    """Our weights in Meta's layout, loaded into ExecuTorch's eager Llama: the same logits (no lowering)."""
+    from executorch.examples.models.llama.llama_transformer import construct_transformer
+    from executorch.examples.models.llama.model_args import ModelArgs
+
+    from mobilellm.executorch_program import llama_checkpoint
+
+    torch.manual_seed(2)
+    model = MobileLLM(cfg(layer_sharing=sharing)).eval()
+    sd, params = llama_checkpoint(model)
+    assert params["n_layers"] == model.cfg.n_executed_layers == (2 if sharing == "none" else 4)
+    assert params["use_hf_rope"]
+    if sharing == "repeat_all":  # A B A B: the repeats are copies of the blocks' weights
+        assert torch.equal(sd["layers.2.attention.wq.weight"], sd["layers.0.attention.wq.weight"])
+        assert not torch.equal(sd["layers.1.attention.wq.weight"], sd["layers.0.attention.wq.weight"])
+    llama = construct_transformer(ModelArgs(**params, max_seq_len=64, max_context_len=64)).eval()
+    missing, unexpected = llama.load_state_dict(sd, strict=False)
+    assert not unexpected and not [k for k in missing if "rope" not in k and "freqs" not in k], missing
+    ids = torch.randint(0, 128, (1, 20))
+    with torch.no_grad():
+        ours, theirs = model(ids)[0, -1], llama(ids)
+    theirs = theirs[0] if isinstance(theirs, tuple) else theirs
+    torch.testing.assert_close(theirs.reshape(-1, 128)[-1], ours, atol=1e-4, rtol=0)
+
+
+def test_llama_peer_argument_errors(tmp_path):
+    from mobilellm.executorch_program import export_llama_peer, llama_checkpoint
+
+    model = MobileLLM(cfg())
+    with pytest.raises(ValueError, match="quant 'int4' is not one of"):
+        export_llama_peer(model, tmp_path / "x.pte", "int4")
+    with pytest.raises(ValueError, match=r"max_len \(65\)"):
+        export_llama_peer(model, tmp_path / "x.pte", max_len=65)
+    with pytest.raises(ValueError, match="SwiGLU"):
+        llama_checkpoint(MobileLLM(cfg(ffn_type="relu")))
+
+
+@pytest.mark.slow
+def test_llama_peer_program_decodes_as_ours(tmp_path):
+    """ExecuTorch's export_llama of a layer-shared model (repeats expanded) greedily decodes as the eager model."""
+    from mobilellm.executorch_program import export_llama_peer
+
+    torch.manual_seed(3)
+    model = MobileLLM(cfg(layer_sharing="immediate")).eval()
+    dec = PteDecoder(export_llama_peer(model, tmp_path / "peer.pte", "fp32", max_len=WINDOW))
+    assert dec.meta["get_n_layers"] == 4 and dec.max_len == WINDOW
+    prompt = torch.randint(0, 128, (5,))
+    assert list(dec.generate(prompt, 20)) == greedy_eager(model, prompt, 20)
+
+
+def test_pad_ffn_keeps_the_function_and_makes_8da4w_possible():
+    from mobilellm.executorch_program import pad_ffn
+
+    torch.manual_seed(4)
+    model = MobileLLM(cfg(dim=32, ffn_hidden_dim=88, layer_sharing="immediate")).eval()
+    with pytest.raises(ValueError, match="multiples of 32"):
+        check_group_size(model, 32)
+    padded = pad_ffn(model)
+    assert padded.cfg.ffn_hidden_dim == 96 and padded.cfg.layer_sharing == "immediate"
+    check_group_size(padded, 32)
+    assert padded.lm_head.weight is padded.embed_tokens.weight  # the tie survives
+    ids = torch.randint(0, 128, (2, 30))
+    with torch.no_grad():
+        torch.testing.assert_close(padded(ids), model(ids), atol=1e-5, rtol=0)
+    assert model.cfg.ffn_hidden_dim == 88  # the original is untouched
+    assert pad_ffn(padded).cfg.ffn_hidden_dim == 96  # already a multiple: unchanged
+    with pytest.raises(ValueError, match="SwiGLU"):
+        pad_ffn(MobileLLM(cfg(ffn_type="relu")))

@@ -1,6 +1,7 @@
 """The README's generated sections: built from the results cache, never typed by hand."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -46,3 +47,28 @@ def test_ablation_table_and_readme_come_from_the_cache(tmp_path, monkeypatch):
     # the training budget: the 4 cached runs of "tiny", their wall times summed; "later" is missing
     hours = sum(r.wall_time for r in records) / 3600
     assert f"retrains the 4 runs the notebooks train: their recorded wall times sum to {hours:.1f} hours" in text
+
+
+def test_pte_latency_table_from_a_report(tmp_path):
+    def row(name, ms, paper=None):
+        return {"name": name, "quant": "int8", "ms_per_token": ms, "latency_ratio_vs_unshared": ms / 10.0,
+                "paper_ms": paper, "paper_ratio": paper and paper / 15.6}
+    report = {"command": "python -m mobilellm bench --suite pte", "machine": {
+        "cpu": "AMD EPYC", "cpus_available": 2, "load_average": [3.0], "load_average_after": [5.5],
+        "git_commit": "abcdef0123"},
+        "pte": [{"config": "mobilellm-125m at 2 blocks", "weights": "random (seeded); whatever", "new_tokens": 64,
+                 "prompt_len": 16, "repeats": 5, "variants": [
+                     row("unshared", 10.0, 15.6), row("immediate", 11.0, 16.0), row("repeat_all", 12.0),
+                     row("deeper", 20.0, 29.0), row("executorch_llama", 13.0)],
+                 "repeat_cost": {"int8": {"immediate": 0.1, "repeat_all": 0.2}}, "paper_repeat_cost": 0.03,
+                 "block_bytes": {"int8": 3 * 2 ** 20}, "block_fits_in": {"int8": ["L3"]}}]}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(report))
+    table = F.pte_latency_table(path)
+    lines = table.splitlines()
+    assert lines[0] == "| decode ms/token (x unshared) | .pte int8 | iPhone 13 (paper) |"
+    assert "| immediate sharing (A A B B) | 11.00 (1.10×) | 16.0 (1.03×) |" in lines
+    assert "| repeat-all-over (A B A B) | 12.00 (1.20×) | — |" in lines
+    assert "int8 0.10 (immediate), 0.20 (repeat-all)" in table and "give 0.03" in table and "3.0 MiB (L3)" in table
+    assert "load 3.0 at the start, 5.5 at the end" in table
+    assert "no `missing.json` yet" in F.pte_latency_table(tmp_path / "missing.json")
