@@ -373,7 +373,7 @@ def llama_checkpoint(model: MobileLLM) -> tuple[dict[str, torch.Tensor], dict]:
             sd[f"layers.{i}.{meta}.weight"] = block.get_submodule(ours).weight
     sd = {k: v.detach().to("cpu", torch.float32).clone() for k, v in sd.items()}
     params = {"dim": cfg.dim, "n_layers": cfg.n_executed_layers, "n_heads": cfg.n_heads,
-              "n_kv_heads": cfg.n_kv_heads, "head_dim": cfg.hd, "hidden_dim": cfg.ffn_hidden_dim,
+              "n_kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "hidden_dim": cfg.ffn_hidden_dim,
               "vocab_size": cfg.vocab_size, "norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
               "use_hf_rope": True, "use_scaled_rope": False}
     return sd, params
