@@ -518,7 +518,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--pte-blocks", type=int, default=None, metavar="N",
                    help="pte suite: the preset's width at N stored blocks (lowering a 30-block 125M program takes "
-                        "tens of minutes; the per-layer cost of a repeated block does not depend on the depth)")
+                        "tens of minutes; a shallow stack may fit in cache where the full one does not)")
     p.add_argument("--pte-quants", nargs="+", default=None, choices=PTE_QUANTS, metavar="Q",
                    help=f"pte suite: the program formats, in this order (default {' '.join(PTE_QUANTS)})")
 

@@ -597,8 +597,9 @@ def repeat_cost(ms: dict[str, float | None], key: str = "immediate") -> float | 
     """What a re-run layer costs as a fraction of a fresh one: (shared - unshared) / (deeper - unshared).
 
     Shared and deeper execute the same number of layers; so 0 means a repeated block is free (all
-    in cache), 1 that it costs as much as a block read anew. Independent of depth, so a shallower
-    model of the same width measures the same thing. Paper: (16.0 - 15.6) / (29.0 - 15.6).
+    in cache), 1 that it costs as much as a block read anew. The embedding and head cancel out, so
+    a shallower model of the same width can be compared with the paper; what cannot is whether the
+    fresh blocks fit in cache (a shallow stack may). Paper: (16.0 - 15.6) / (29.0 - 15.6).
     """
     u, x, d = ms.get("unshared"), ms.get(key), ms.get("deeper")
     if None in (u, x, d) or d <= u:
@@ -616,8 +617,8 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
     Random weights; beside our eager PyTorch decode of the same models, ExecuTorch's own Llama export
     of the unshared weights (``peer``: timed in the same rounds) and the paper's iPhone 13 figures.
     ``n_layers``: the preset's width with this many stored blocks (lowering time grows faster than
-    the depth: a 30-block 125M program takes tens of minutes on a small machine); the per-layer
-    figure ``repeat_cost`` does not depend on it.
+    the depth: a 30-block 125M program takes tens of minutes on a small machine); ``repeat_cost``
+    takes the embedding and head out of the comparison, not the cache effect of a shallower stack.
     """
     from .executorch_program import PteDecoder, export_llama_peer, export_program
 

@@ -180,14 +180,8 @@ def _metadata(model: MobileLLM, max_len: int, group_size: int, bos_id: int | Non
             "use_kv_cache": True, "use_sdpa_with_kv_cache": True, "enable_dynamic_shape": True}
 
 
-def export_program(model: MobileLLM, path: str | os.PathLike, quant: str = "fp32", max_len: int | None = None,
-                   group_size: int = DEFAULT_GROUP_SIZE, bos_id: int | None = None) -> Path:
-    """Write ``model`` as a KV-cached ExecuTorch program (XNNPACK) with a cache window of ``max_len`` tokens.
-
-    ``quant``: one of ``QUANT_MODES``. ``group_size``: 8da4w's weights per scale (a multiple of 32
-    dividing the linears' input sizes, or 0 for one scale per output row). ``model`` is not changed.
-    Lowering a tiny model takes seconds to a minute, the 125M shape minutes: cache the file.
-    """
+def _check_export(model: MobileLLM, quant: str, max_len: int | None, group_size: int) -> int:
+    """The cache window (``max_len`` or the model's), after checking the arguments of an export."""
     if quant not in QUANT_MODES:
         raise ValueError(f"quant {quant!r} is not one of {', '.join(QUANT_MODES)}")
     max_len = model.cfg.max_seq_len if max_len is None else max_len
@@ -196,6 +190,18 @@ def export_program(model: MobileLLM, path: str | os.PathLike, quant: str = "fp32
     if quant == "8da4w":
         check_group_size(model, group_size)
     _need_executorch()
+    return max_len
+
+
+def export_program(model: MobileLLM, path: str | os.PathLike, quant: str = "fp32", max_len: int | None = None,
+                   group_size: int = DEFAULT_GROUP_SIZE, bos_id: int | None = None) -> Path:
+    """Write ``model`` as a KV-cached ExecuTorch program (XNNPACK) with a cache window of ``max_len`` tokens.
+
+    ``quant``: one of ``QUANT_MODES``. ``group_size``: 8da4w's weights per scale (a multiple of 32
+    dividing the linears' input sizes, or 0 for one scale per output row). ``model`` is not changed.
+    Lowering a tiny model takes seconds to a minute, the 125M shape minutes: cache the file.
+    """
+    max_len = _check_export(model, quant, max_len, group_size)
     _load_custom_ops()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
         XnnpackDynamicallyQuantizedPartitioner,
@@ -390,14 +396,7 @@ def export_llama_peer(model: MobileLLM, path: str | os.PathLike, quant: str = "f
     import logging
     import tempfile
 
-    if quant not in QUANT_MODES:
-        raise ValueError(f"quant {quant!r} is not one of {', '.join(QUANT_MODES)}")
-    max_len = model.cfg.max_seq_len if max_len is None else max_len
-    if not 2 <= max_len <= model.cfg.max_seq_len:
-        raise ValueError(f"max_len ({max_len}) must be in [2, max_seq_len = {model.cfg.max_seq_len}]")
-    if quant == "8da4w":
-        check_group_size(model, group_size)
-    _need_executorch()
+    max_len = _check_export(model, quant, max_len, group_size)
     from executorch.examples.models.llama.export_llama_lib import export_llama
     from executorch.extension.llm.export.config.llm_config import LlmConfig, ModelType
 

@@ -160,6 +160,11 @@ def test_cli_rejects_unknown_suite_and_config(tmp_path, capsys):
     assert "repeats (0) must be a positive integer" in capsys.readouterr().err
     assert main(["bench", "--quick", "--json", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+    assert main(["bench", "--suite", "pte", "--pte-blocks", "0", "--json", str(tmp_path / "b.json")]) == 2
+    assert "--pte-blocks (0) must be a positive integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--suite", "pte", "--pte-quants", "int4"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown suite 'speed'"):
         run_bench(["speed"])
     with pytest.raises(ValueError, match="unknown config 'gpt-5'"):
@@ -191,7 +196,7 @@ def test_pte_suite_on_a_tiny_model():
     r = bench_pte(cfg, BenchSettings(repeats=2, warmup=1, progress=False), quants=("fp32",))
     assert not r["skipped"], r["skipped"]
     rows = {(v["name"], v["quant"]): v for v in r["variants"]}
-    assert len(rows) == 4
+    assert len(rows) == 5  # four models and the peer
     assert rows["deeper", "fp32"]["executed_layers"] == 2 == rows["immediate", "fp32"]["executed_layers"]
     for v in rows.values():
         assert _ok(v["ms_per_token"]) and _ok(v["eager_fp32_ms_per_token"]) and v["bytes"] > 0

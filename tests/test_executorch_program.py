@@ -65,12 +65,17 @@ def test_group_size_must_tile_the_linears():
     with pytest.raises(ValueError, match=r"multiples of 32 .*'dim': 48.*use --quant int8"):
         check_group_size(MobileLLM(cfg(dim=48, ffn_hidden_dim=128)), 0)
 
-def test_export_argument_errors(tmp_path):
+@pytest.mark.parametrize("export", ["export_program", "export_llama_peer"])
+def test_export_argument_errors(export, tmp_path):
+    import mobilellm.executorch_program as ep
+
     model = MobileLLM(cfg())
     with pytest.raises(ValueError, match="quant 'int4' is not one of fp32, int8, 8da4w"):
-        export_program(model, tmp_path / "x.pte", "int4")
+        getattr(ep, export)(model, tmp_path / "x.pte", "int4")
     with pytest.raises(ValueError, match=r"max_len \(65\) must be in \[2, max_seq_len = 64\]"):
-        export_program(model, tmp_path / "x.pte", max_len=65)
+        getattr(ep, export)(model, tmp_path / "x.pte", max_len=65)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        getattr(ep, export)(MobileLLM(cfg(dim=48, ffn_hidden_dim=128)), tmp_path / "x.pte", "8da4w")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         PteDecoder(tmp_path / "missing.pte")
     (tmp_path / "junk.pte").write_bytes(b"not a program")
@@ -192,14 +197,9 @@ def test_llama_checkpoint_is_the_same_model_in_executorchs_llama(sharing):
     torch.testing.assert_close(theirs.reshape(-1, 128)[-1], ours, atol=1e-4, rtol=0)
 
 
-def test_llama_peer_argument_errors(tmp_path):
-    from mobilellm.executorch_program import export_llama_peer, llama_checkpoint
+def test_llama_checkpoint_needs_swiglu():
+    from mobilellm.executorch_program import llama_checkpoint
 
-    model = MobileLLM(cfg())
-    with pytest.raises(ValueError, match="quant 'int4' is not one of"):
-        export_llama_peer(model, tmp_path / "x.pte", "int4")
-    with pytest.raises(ValueError, match=r"max_len \(65\)"):
-        export_llama_peer(model, tmp_path / "x.pte", max_len=65)
     with pytest.raises(ValueError, match="SwiGLU"):
         llama_checkpoint(MobileLLM(cfg(ffn_type="relu")))
 

@@ -103,3 +103,31 @@ def test_cli_export_gguf(small_data, tmp_path, capsys):
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line == {"format": "gguf", "out": str(out), "bytes": out.stat().st_size, "type": "q8_0",
                     "llama_layers": 2, "tokenizer": True}
+
+
+def test_llama_cpp_decodes_it_as_we_do(small_data, tmp_path):
+    """Where llama-cpp-python is installed (it builds llama.cpp from source): llama.cpp itself reads the
+    files, layer sharing written out. F16 greedily decodes the (fp16-rounded) eager model's tokens; Q8_0
+    predicts the same next token on that text at most positions."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    torch.manual_seed(5)
+    model = MobileLLM(cfg(layer_sharing="immediate")).eval()
+    prompt = torch.randint(0, 128, (6,)).tolist()
+    with torch.no_grad():
+        want = fp16_rounded(model).generate(torch.tensor([prompt]), 20)[0, 6:].tolist()
+        eager_next = model(torch.tensor([prompt + want]))[0].argmax(-1)
+    for gguf_type in ("f16", "q8_0"):
+        path = write_gguf(model, tmp_path / f"{gguf_type}.gguf", small_data.tokenizer, gguf_type)
+        # one thread: llama.cpp's workers spin while they wait, which on a busy small machine costs 100x
+        llm = llama_cpp.Llama(str(path), n_ctx=64, n_threads=1, logits_all=True, verbose=False)
+        if gguf_type == "f16":
+            llm.eval(prompt)
+            got = []
+            for _ in range(20):
+                got.append(int(llm.scores[llm.n_tokens - 1].argmax()))
+                llm.eval([got[-1]])
+            assert got == want
+        else:  # teacher-forced on the same text: llama.cpp's next token at every position vs ours
+            llm.eval(prompt + want)
+            theirs = torch.from_numpy(llm.scores[:llm.n_tokens].argmax(-1))
+            assert (theirs == eager_next).float().mean() >= 0.8  # random weights: near-ties in the argmax
