@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
+from pathlib import Path
 
 from .ablations import ABLATIONS
 from .experiments import ROOT, compare, is_cached, run_ablation, summarize
