@@ -219,7 +219,7 @@ def test_pte_suite_on_a_tiny_model():
 
 
 def test_repeat_cost_and_pte_arguments():
-    from mobilellm.bench import _paper_pte_ms, bench_pte, repeat_cost
+    from mobilellm.bench import PAPER_SHARING_MS, bench_pte, repeat_cost
     from mobilellm.paper import IPHONE13_MS
 
     assert repeat_cost({"unshared": 10.0, "immediate": 10.0, "deeper": 20.0}) == 0.0  # a repeat is free
@@ -227,7 +227,7 @@ def test_repeat_cost_and_pte_arguments():
     assert repeat_cost({"unshared": 10.0, "repeat_all": 15.0, "deeper": 20.0}, "repeat_all") == 0.5
     assert repeat_cost({"unshared": 10.0, "immediate": 12.0, "deeper": 9.0}) is None  # no depth cost: undefined
     assert repeat_cost({"unshared": 10.0, "deeper": 20.0}) is None
-    paper = _paper_pte_ms()
+    paper = PAPER_SHARING_MS
     assert paper["immediate"] == IPHONE13_MS["MobileLLM-LS-125M"][2]
     assert repeat_cost(paper) == pytest.approx((16.0 - 15.6) / (29.0 - 15.6))
     s = BenchSettings(repeats=1, warmup=0, progress=False)
