@@ -25,12 +25,19 @@ lint: venv
 # Unit tests need neither nbval nor hypothesis's plugin, whose imports cost seconds per run.
 UNIT := -p no:nbval -p no:hypothesispytest
 
+# Test files (and notebooks) run on JOBS workers at once (pytest-xdist; one file's tests stay on one
+# worker, in order): much of the time is single-threaded Python (ExecuTorch lowering, kernels starting).
+# Longest first: tests/conftest.py orders the files; the notebooks go last to first (10 and 11 are longest).
+JOBS     ?= auto
+XDIST    := -n $(JOBS) --no-loadscope-reorder
+NOTEBOOKS = $(shell ls -r notebooks/[0-9][0-9]_*.ipynb)
+
 # Unit tests (the browser checks of tests/test_book.py included), then every notebook under nbval in
 # quick mode (a few steps, one seed, temp output).
 test: venv lint browser
-	$(VENV)/bin/pytest -q $(UNIT) --durations=15 tests
-	MOBILELLM_QUICK=1 MOBILELLM_HEADLESS=1 $(VENV)/bin/pytest -q --nbval-lax --nbval-current-env \
-		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly notebooks/[0-9][0-9]_*.ipynb
+	$(VENV)/bin/pytest -q $(UNIT) $(XDIST) --dist loadfile --durations=15 tests
+	MOBILELLM_QUICK=1 MOBILELLM_HEADLESS=1 $(VENV)/bin/pytest -q $(XDIST) --dist loadscope --nbval-lax \
+		--nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly $(NOTEBOOKS)
 
 # The inner loop: unit tests not marked slow (no torchrun, ExecuTorch, lm-eval run or bench), no notebooks.
 test-fast: venv

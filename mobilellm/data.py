@@ -472,7 +472,7 @@ def prepare(corpus: str | Corpus = "shakespeare", vocab_size: int = 512,
     meta_file = out / "meta.json"
     if not meta_file.is_file():
         out.mkdir(parents=True, exist_ok=True)
-        tok.save(out / "tokenizer.model")
+        write_atomic(out / "tokenizer.model", lambda t: t.write_bytes(tok.model_proto))  # parallel readers
         meta = {"corpus": c.name, "source": c.source, "corpus_fingerprint": c.fingerprint,
                 "tokenizer_fingerprint": tok.fingerprint, "vocab_size": tok.vocab_size}
         for split, docs in (("train", c.train), ("val", c.val)):

@@ -35,6 +35,21 @@ def quick_train_config(**changes):
     return TrainConfig(**{**base, **changes})
 
 
+# The files that take longest (minutes: ExecuTorch lowering, the bench, training), longest first.
+# `make test` runs files on two workers in collection order (pytest -n 2 --dist loadfile
+# --no-loadscope-reorder): starting the long ones first keeps one worker from idling at the end.
+LONGEST_FIRST = ("test_executorch_quantized.py", "test_executorch_program.py", "test_bench.py", "test_quantize.py",
+                 "test_book.py", "test_train.py", "test_checkpoint.py")
+
+
+def pytest_collection_modifyitems(items):
+    missing = [name for name in LONGEST_FIRST if not (Path(__file__).parent / name).is_file()]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py LONGEST_FIRST names missing files {missing}: update the list")
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
