@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -qq
 # Spinning OpenMP threads make training 5x slower when two processes share the 2 cores.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: venv test test-fast lint figures bench lab book browser clean
+.PHONY: venv test test-fast lint figures bench lab book browser optimum-venv clean
 
 venv: $(VENV)/.installed
 
@@ -52,6 +52,16 @@ figures: venv
 bench: venv
 	$(PY) -m mobilellm bench --json data/results/bench.json
 
+# optimum-executorch, the second peer of `bench --suite pte` (and its test, skipped without it), in an
+# environment of its own: it pins transformers 5.0.0rc1. The same torch, ExecuTorch and torchao as .venv.
+OPTIMUM_PINS = $(shell grep -E '^(torch|executorch|torchao)==' constraints.txt) optimum-executorch==1.1.0
+optimum-venv: .venv-optimum/.installed
+
+.venv-optimum/.installed: constraints.txt
+	test -x .venv-optimum/bin/python || $(PYTHON) -m venv .venv-optimum
+	.venv-optimum/bin/python -m pip --disable-pip-version-check -qq install $(OPTIMUM_PINS)
+	touch $@
+
 # jupyter_config/ turns off JupyterLab's "get notified about official Jupyter news?" prompt.
 lab: venv
 	JUPYTER_CONFIG_PATH=$(CURDIR)/jupyter_config$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH} \
@@ -70,4 +80,4 @@ browser:
 	echo "make browser: chromium/chromedriver missing and not installable here; tests/test_book.py will skip"
 
 clean:
-	rm -rf $(VENV) data/cache build .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-optimum data/cache build .pytest_cache .ruff_cache

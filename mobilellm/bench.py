@@ -23,6 +23,7 @@ quote the ratios. Everything runs on the CPU in float32, the reference path.
 from __future__ import annotations
 
 import datetime
+import functools
 import gc
 import importlib.metadata
 import importlib.util
@@ -605,19 +606,22 @@ def repeat_cost(ms: dict[str, float | None], key: str = "immediate") -> float | 
 
 
 PEER = "executorch_llama"  # ExecuTorch's own Llama export of the unshared model's weights
+OPTIMUM_PEER = "optimum_executorch"  # optimum-executorch's export of them (its own environment; when present)
 
 
 def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ...] = PTE_QUANTS,
-              n_layers: int | None = None, peer: bool = True) -> dict:
+              n_layers: int | None = None, peer: bool = True, optimum: str | os.PathLike | None = None) -> dict:
     """Per-token decode latency of KV-cached .pte programs (unshared, immediate, repeat_all, 2x deeper) per quant.
 
     Random weights; beside our eager PyTorch decode of the same models, ExecuTorch's own Llama export
-    of the unshared weights (``peer``: timed in the same rounds) and the paper's iPhone 13 figures.
+    of the unshared weights (``peer``: timed in the same rounds), optimum-executorch's export of them
+    (with ``peer``, where its environment exists: ``optimum``, or ``.venv-optimum``) and the paper's
+    iPhone 13 figures.
     ``n_layers``: the preset's width with this many stored blocks (lowering time grows faster than
     the depth: a 30-block 125M program takes tens of minutes on a small machine); ``repeat_cost``
     takes the embedding and head out of the comparison, not the cache effect of a shallower stack.
     """
-    from .executorch_program import PteDecoder, export_llama_peer, export_program
+    from .executorch_program import PteDecoder, export_llama_peer, export_optimum_peer, export_program, optimum_python
 
     name, cfg = resolve(config)
     if cfg.ffn_type != "swiglu":
@@ -638,6 +642,12 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
     eager = measure({k: decode_timer(m, prompt, new) for k, (m, _) in models.items()}, repeats, s.warmup,
                     f"pte eager {name}", s.progress)
     rows, skipped, costs = [], {}, {}
+    peers = {PEER: (export_llama_peer, "ExecuTorch's export_llama of the unshared weights")} if peer else {}
+    if peer and optimum_python(optimum):
+        peers[OPTIMUM_PEER] = (functools.partial(export_optimum_peer, python=optimum),
+                               "optimum-executorch's export of the unshared weights")
+    elif peer:
+        skipped[OPTIMUM_PEER] = "no optimum-executorch environment (make optimum-venv)"
     with tempfile.TemporaryDirectory() as tmp:
         for quant in quants:
             if quant == "8da4w" and group is None:
@@ -646,7 +656,7 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
             # One format at a time: its programs are timed interleaved, then freed (a 125M fp32 set is 3 GB).
             # Ours for each model; ExecuTorch's Llama export of the unshared weights (same signature).
             jobs = [(k, export_program, m) for k, (m, _) in models.items()]
-            jobs += [(PEER, export_llama_peer, models["unshared"][0])] if peer else []
+            jobs += [(key, export, models["unshared"][0]) for key, (export, _) in peers.items()]
             decs, info = {}, {}
             for key, export, m in jobs:
                 try:
@@ -662,8 +672,7 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
             ms = {k: median(t) * 1e3 for k, t in times.items()}
             ref = ms.get("unshared")
             costs[quant] = {k: repeat_cost(ms, k) for k in ("immediate", "repeat_all")}
-            for key, (m, what) in [*models.items(), *([(PEER, (models["unshared"][0], "ExecuTorch's export_llama "
-                                                      "of the unshared weights"))] if peer else [])]:
+            for key, (m, what) in [*models.items(), *[(k, (models["unshared"][0], w)) for k, (_, w) in peers.items()]]:
                 eager_ms = median(eager[key if key in eager else "unshared"]) * 1e3
                 rows.append({"name": key, "quant": quant, "what": what, "layer_sharing": m.cfg.layer_sharing,
                              "stored_blocks": m.cfg.n_layers, "executed_layers": m.cfg.n_executed_layers,
@@ -678,10 +687,10 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
     for r in rows:
         r["size_ratio_vs_fp32"] = ratio(r.get("bytes"), fp32_bytes.get(r["name"]))
     by = {(r["name"], r["quant"]): r for r in rows}
-    # >1: our program decodes faster than ExecuTorch's Llama export of the same weights (same run)
-    peer_cmp = {q: {"speed_ratio": ratio(by[PEER, q]["ms_per_token"], by["unshared", q]["ms_per_token"]),
-                    "size_ratio": ratio(by["unshared", q].get("bytes"), by[PEER, q].get("bytes"))}
-                for q in quants if (PEER, q) in by}
+    # >1: our program decodes faster than the peer's export of the same weights (same run)
+    peer_cmp = {f"vs_{p}": {q: {"speed_ratio": ratio(by[p, q]["ms_per_token"], by["unshared", q]["ms_per_token"]),
+                                "size_ratio": ratio(by["unshared", q].get("bytes"), by[p, q].get("bytes"))}
+                            for q in quants if (p, q) in by} for p in (PEER, OPTIMUM_PEER)}
     caches = cpu_caches()
     blocks = {q: block_bytes(base_cfg, q, group or 0) for q in quants if q != "8da4w" or group}
     fits = {q: [f"L{c['level']}{'d' if c['type'] == 'Data' else ''}" for c in caches
@@ -690,7 +699,7 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
             "stored_blocks": base_cfg.n_layers, "prompt_len": plen, "new_tokens": new, "cache_window": plen + new,
             "repeats": repeats, "group_size_8da4w": group, "variants": rows, "block_bytes": blocks,
             "block_fits_in": fits, "cpu_caches": caches, "skipped": skipped,
-            "repeat_cost": costs, "paper_repeat_cost": repeat_cost(paper_ms), "vs_executorch_llama": peer_cmp,
+            "repeat_cost": costs, "paper_repeat_cost": repeat_cost(paper_ms), **peer_cmp,
             "paper": PAPER_SHARING}
 
 
@@ -829,11 +838,12 @@ def _notes(suite: str, r: dict) -> list[str]:
                    + ", ".join(f"{q} immediate {_f(c['immediate'], '.2f')} repeat_all {_f(c['repeat_all'], '.2f')}"
                                for q, c in r["repeat_cost"].items())
                    + f"; paper {_f(r['paper_repeat_cost'], '.2f')}")
-        if r["vs_executorch_llama"]:
-            out.append("ours vs ExecuTorch's Llama export, same weights (speed >1: ours faster; size: ours / its "
-                       "bytes): " + ", ".join(f"{q} speed {_f(c['speed_ratio'], '.2f', 'x')} size "
-                                              f"{_f(c['size_ratio'], '.2f')}"
-                                              for q, c in r["vs_executorch_llama"].items()))
+        for key, peer in (("vs_executorch_llama", "ExecuTorch's Llama export"),
+                          ("vs_optimum_executorch", "optimum-executorch's export")):
+            if r.get(key):
+                out.append(f"ours vs {peer}, same weights (speed >1: ours faster; size: ours / its bytes): "
+                           + ", ".join(f"{q} speed {_f(c['speed_ratio'], '.2f', 'x')} size {_f(c['size_ratio'], '.2f')}"
+                                       for q, c in r[key].items()))
         out.append(f"(paper: {r['paper']}; eager ms: our PyTorch fp32 cached decode of the same model)")
     out += [f"skipped {k}: {why}" for k, why in r.get("skipped", {}).items()]
     return ["  " + line for line in out]

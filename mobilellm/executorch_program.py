@@ -263,6 +263,9 @@ class PteDecoder:
         self.max_len, self.vocab_size = self.meta["get_max_seq_len"], self.meta["get_vocab_size"]
         with native_stderr_silenced():
             self._forward = self._program.load_method("forward")
+        # ours and export_llama's take the chunk's first position, shape (1,); optimum-executorch's
+        # every position of the chunk, shape (T,) (its bound: the window minus one)
+        self._positions = self._forward.metadata.input_tensor_meta(1).sizes()[0] > 1
         self.pos = 0  # positions filled in the program's caches
 
     def step(self, ids: torch.Tensor | Sequence[int], pos: int | None = None) -> torch.Tensor:
@@ -284,10 +287,11 @@ class PteDecoder:
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= self.vocab_size:
             raise ValueError(f"token id {lo if lo < 0 else hi} is outside the vocabulary [0, {self.vocab_size})")
+        positions = torch.arange(pos, pos + T) if self._positions else torch.tensor([pos], dtype=torch.long)
         with native_stderr_silenced():  # XNNPACK probes the CPU (and says so on fd 2) on first execution
-            logits = self._forward.execute((ids, torch.tensor([pos], dtype=torch.long)))[0]
+            logits = self._forward.execute((ids, positions))[0]
         self.pos = pos + T
-        return logits[0].clone()
+        return logits.reshape(-1, logits.shape[-1])[-1].clone()  # the last token's (optimum's: every token's)
 
     def generate(self, prompt: Sequence[int] | torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
@@ -426,5 +430,62 @@ def export_llama_peer(model: MobileLLM, path: str | os.PathLike, quant: str = "f
                 written = Path(export_llama(c))
         finally:
             root.setLevel(level)
+        data = written.read_bytes()
+    return write_atomic(out, lambda t: t.write_bytes(data))
+
+
+# --- the second peer: optimum-executorch, from the Hugging Face format -----------------------------
+
+OPTIMUM_VENV = Path(__file__).resolve().parents[1] / ".venv-optimum"  # `make optimum-venv`
+_OPTIMUM_QUANT = {"fp32": [], "int8": ["--qlinear", "8da8w", "--qembedding", "8w"],
+                  "8da4w": ["--qlinear", "8da4w", "--qembedding", "8w"]}
+
+
+def optimum_python(python: str | os.PathLike | None = None) -> Path | None:
+    """The interpreter of the environment that has optimum-executorch (``python``, or ``.venv-optimum``'s), if any.
+
+    optimum-executorch 1.1.0 pins transformers 5.0.0rc1 (its static cache classes left later versions), so
+    it lives in an environment of its own, beside the project's, with the same torch and ExecuTorch.
+    """
+    p = Path(python) if python else OPTIMUM_VENV / "bin" / "python"
+    return p if p.is_file() else None
+
+
+def export_optimum_peer(model: MobileLLM, path: str | os.PathLike, quant: str = "fp32", max_len: int | None = None,
+                        group_size: int = DEFAULT_GROUP_SIZE, python: str | os.PathLike | None = None) -> Path:
+    """Write ``model`` through optimum-executorch (``optimum-cli export executorch --recipe xnnpack``, its
+    custom SDPA and KV cache, the same quant mode and 8-bit table), from the Hugging Face checkpoint that
+    ``export.to_transformers`` makes (layer sharing expanded). Runs in optimum-executorch's own environment.
+
+    Its ``forward(input_ids, cache_position)`` takes the chunk's positions and returns every position's
+    logits; ``PteDecoder`` runs it as ours.
+    """
+    import subprocess
+    import tempfile
+
+    from .export import to_transformers
+
+    max_len = _check_export(model, quant, max_len, group_size)
+    exe = optimum_python(python)
+    if exe is None:
+        raise FileNotFoundError(f"no optimum-executorch environment at {python or OPTIMUM_VENV}: `make optimum-venv` "
+                                "makes one (it pins transformers 5.0.0rc1, so it cannot share .venv)")
+    out = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        with quiet_libraries():
+            to_transformers(model).save_pretrained(Path(tmp) / "hf")
+        quant_args = _OPTIMUM_QUANT[quant] + (["--qlinear_group_size", str(group_size)] if quant == "8da4w" and
+                                              group_size else [])
+        cmd = [str(exe), "-c", "from optimum.commands.optimum_cli import main; main()", "export", "executorch",
+               "--model", str(Path(tmp) / "hf"), "--task", "text-generation", "--recipe", "xnnpack",
+               "--use_custom_sdpa", "--use_custom_kv_cache", "--max_seq_len", str(max_len),
+               "--output_dir", str(Path(tmp) / "pte"), *quant_args]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+        env.pop("PYTHONPATH", None)  # its own transformers, not ours
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        written = Path(tmp) / "pte" / "model.pte"
+        if done.returncode or not written.is_file():
+            tail = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["no output"]
+            raise RuntimeError(f"optimum-cli export executorch failed (exit {done.returncode}): {tail[0]}")
         data = written.read_bytes()
     return write_atomic(out, lambda t: t.write_bytes(data))

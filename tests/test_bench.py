@@ -193,10 +193,14 @@ def test_pte_suite_on_a_tiny_model():
 
     cfg = tiny_config(vocab_size=128, dim=32, n_layers=1, ffn_hidden_dim=64, max_seq_len=64)
     # fp32 only: five lowerings (four models and the peer), not fifteen (8da4w: test_executorch_program)
+    from mobilellm.executorch_program import optimum_python
+
     r = bench_pte(cfg, BenchSettings(repeats=2, warmup=1, progress=False), quants=("fp32",))
-    assert not r["skipped"], r["skipped"]
+    optimum = optimum_python() is not None  # optimum-executorch's peer, where its environment exists
+    assert r["skipped"] == ({} if optimum else {"optimum_executorch": "no optimum-executorch environment "
+                                                                      "(make optimum-venv)"}), r["skipped"]
     rows = {(v["name"], v["quant"]): v for v in r["variants"]}
-    assert len(rows) == 5  # four models and the peer
+    assert len(rows) == 5 + optimum  # four models and the peers
     assert rows["deeper", "fp32"]["executed_layers"] == 2 == rows["immediate", "fp32"]["executed_layers"]
     for v in rows.values():
         assert _ok(v["ms_per_token"]) and _ok(v["eager_fp32_ms_per_token"]) and v["bytes"] > 0
@@ -212,6 +216,10 @@ def test_pte_suite_on_a_tiny_model():
     assert cmp["speed_ratio"] == pytest.approx(peer["ms_per_token"] / rows["unshared", "fp32"]["ms_per_token"])
     assert cmp["size_ratio"] == pytest.approx(unshared / peer["bytes"])
     assert set(r["repeat_cost"]["fp32"]) == {"immediate", "repeat_all"}
+    assert bool(r["vs_optimum_executorch"]) == optimum
+    if optimum:
+        o = rows["optimum_executorch", "fp32"]
+        assert o["executed_layers"] == 1 and _ok(o["ms_per_token"]) and o["bytes"] > 0
     machine = {"cpu": "x", "cpus_available": 1, "torch": "t", "torch_threads": 1, "transformers": None,
                "git_commit": None, "date": "d", "load_average": []}
     text = format_report({"machine": machine, "ceilings": {}, "pte": [r]})

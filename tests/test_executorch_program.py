@@ -168,3 +168,22 @@ def test_pad_ffn_keeps_the_function_and_makes_8da4w_possible():
     assert pad_ffn(padded).cfg.ffn_hidden_dim == 96  # already a multiple: unchanged
     with pytest.raises(ValueError, match="SwiGLU"):
         pad_ffn(MobileLLM(cfg(ffn_type="relu")))
+
+
+@pytest.mark.slow
+def test_optimum_peer_program_decodes_as_ours(tmp_path):
+    """optimum-executorch's export of a layer-shared model (Hugging Face format, repeats expanded), in its own
+    environment (`make optimum-venv`), greedily decodes as the eager model through the same PteDecoder."""
+    from mobilellm.executorch_program import export_optimum_peer, optimum_python
+
+    if optimum_python() is None:
+        pytest.skip("no optimum-executorch environment (.venv-optimum): `make optimum-venv` makes one")
+    torch.manual_seed(3)
+    model = MobileLLM(cfg(layer_sharing="immediate")).eval()
+    dec = PteDecoder(export_optimum_peer(model, tmp_path / "optimum.pte", "fp32", max_len=WINDOW))
+    assert dec.meta["get_n_layers"] == 4 and dec.max_len == WINDOW and dec._positions
+    prompt = torch.randint(0, 128, (5,))
+    assert list(dec.generate(prompt, 20)) == greedy_eager(model, prompt, 20)
+    assert list(dec.generate(prompt, 10, chunk=2)) == greedy_eager(model, prompt, 10)  # prefill in chunks
+    with pytest.raises(FileNotFoundError, match="make optimum-venv"):
+        export_optimum_peer(model, tmp_path / "x.pte", python=tmp_path / "no-python")
