@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import math
 import os
 import warnings
@@ -472,7 +473,7 @@ def export_optimum_peer(model: MobileLLM, path: str | os.PathLike, quant: str = 
                                 "makes one (it pins transformers 5.0.0rc1, so it cannot share .venv)")
     out = Path(path)
     with tempfile.TemporaryDirectory() as tmp:
-        with quiet_libraries():
+        with quiet_libraries(), contextlib.redirect_stderr(io.StringIO()):  # its "Writing model shards" bar
             to_transformers(model).save_pretrained(Path(tmp) / "hf")
         quant_args = _OPTIMUM_QUANT[quant] + (["--qlinear_group_size", str(group_size)] if quant == "8da4w" and
                                               group_size else [])
