@@ -187,8 +187,9 @@ def _budget_axes(ax, a: str, b: str, runs: dict[int, list[RunRecord]], title: st
                         capsize=5, zorder=3)
         else:
             ax.scatter(x, p.mean, marker="s", color=OURS, s=40, zorder=3)
-        ax.annotate(seeds_label(p.n), (x, p.high if p.n > 1 else p.mean), xytext=(0, 7),
-                    textcoords="offset points", ha="center", fontsize=9, color="dimgray")
+        # the seed count along the top edge, above its budget (clear of the points, bars and legend)
+        ax.annotate(seeds_label(p.n), (x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 3),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=9, color="dimgray")
         xs_all += [x] * p.n
         ys_all += list(p.diffs)
     ax.axhline(0, color="k", lw=0.8)
@@ -206,7 +207,7 @@ def _budget_axes(ax, a: str, b: str, runs: dict[int, list[RunRecord]], title: st
     ax.xaxis.set_minor_formatter(mpl.ticker.NullFormatter())
     ax.set_xlabel("training tokens per parameter (log scale)")
     ax.set_ylabel(f"{b} − {a}\n(validation loss, nats; < 0: {b} better)", fontsize=10)
-    ax.set_title(title, fontsize=12)
+    ax.set_title(title, fontsize=12, pad=18)
 
 
 def budget_panels(panels: dict[str, tuple[str, str, dict[int, list[RunRecord]]]], title: str | None = None,
