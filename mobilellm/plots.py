@@ -71,11 +71,13 @@ def _paper_panel(ax, paper: dict[str, float], label: str = "zero-shot avg. accur
     ax.set_title(title)
 
 
-def _ours_and_paper(paper: dict | None):
-    """A figure with our panel, and a narrower one for the paper's numbers when given."""
-    ncols = 2 if paper else 1
-    return plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.2), squeeze=False,
-                        gridspec_kw={"width_ratios": [1.4, 1][:ncols]})
+def _ours_and_paper(paper: dict | None, n_variants: int = 3):
+    """A figure with our panel (wider beyond three variants, so that their labels do not collide), and
+    a narrower one for the paper's numbers when given."""
+    ours = max(6.2, 2.1 * n_variants)
+    widths = [ours, 6.2 / 1.4] if paper else [ours]
+    return plt.subplots(1, len(widths), figsize=(sum(widths) + (1.8 if paper else 0), 4.2), squeeze=False,
+                        gridspec_kw={"width_ratios": widths})
 
 
 def _finish(fig, name: str | None, title: str | None = None):
@@ -94,9 +96,9 @@ def ablation(records: list[RunRecord], title: str, paper: dict[str, float] | Non
     """Left: our validation loss per variant (every seed a dot, mean ± std as a bar).
     Right (if ``paper``): the paper's numbers for the same steps, on their own axis."""
     with style():
-        fig, axes = _ours_and_paper(paper)
-        ax = axes[0, 0]
         summary = summarize(records)
+        fig, axes = _ours_and_paper(paper, len(summary))
+        ax = axes[0, 0]
         for i, s in enumerate(summary):
             ax.errorbar(i, s["mean"], yerr=s["std"], fmt="s", color=OURS, ms=9, capsize=6, zorder=3)
             for j, loss in enumerate(s["losses"]):
@@ -151,9 +153,9 @@ def versus(records: list[RunRecord], x_of, xlabel: str, title: str, paper: dict[
            name: str | None = None, logx: bool = False):
     """Validation loss against a numeric property of each variant (e.g. its depth), seeds as dots."""
     with style():
+        summary = summarize(records)
         fig, axes = _ours_and_paper(paper)
         ax = axes[0, 0]
-        summary = summarize(records)
         xs = [x_of(next(r for r in records if r.label == s["label"])) for s in summary]
         ax.plot(xs, [s["mean"] for s in summary], "-", color=OURS, lw=1.5, zorder=2)
         for x, s in zip(xs, summary, strict=True):
