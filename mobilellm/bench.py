@@ -654,7 +654,7 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
                 skipped["8da4w"] = "XNNPACK's int4 kernels need linear input sizes in multiples of 32"
                 continue
             # One format at a time: its programs are timed interleaved, then freed (a 125M fp32 set is 3 GB).
-            # Ours for each model; ExecuTorch's Llama export of the unshared weights (same signature).
+            # Ours for each model; each peer's export of the unshared weights (PteDecoder runs them all).
             jobs = [(k, export_program, m) for k, (m, _) in models.items()]
             jobs += [(key, export, models["unshared"][0]) for key, (export, _) in peers.items()]
             decs, info = {}, {}

@@ -375,7 +375,7 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the ``.model`` file."""
-        Path(path).write_bytes(self.model_proto)
+        write_atomic(path, lambda t: t.write_bytes(self.model_proto))  # readers never see half a file
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, byte_fallback: bool | None = None) -> Tokenizer:
@@ -472,7 +472,7 @@ def prepare(corpus: str | Corpus = "shakespeare", vocab_size: int = 512,
     meta_file = out / "meta.json"
     if not meta_file.is_file():
         out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / "tokenizer.model", lambda t: t.write_bytes(tok.model_proto))  # parallel readers
+        tok.save(out / "tokenizer.model")
         meta = {"corpus": c.name, "source": c.source, "corpus_fingerprint": c.fingerprint,
                 "tokenizer_fingerprint": tok.fingerprint, "vocab_size": tok.vocab_size}
         for split, docs in (("train", c.train), ("val", c.val)):
