@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -qq
 # Spinning OpenMP threads make training 5x slower when two processes share the 2 cores.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: venv test test-fast lint figures bench lab book browser optimum-venv clean
+.PHONY: venv test test-fast lint figures bench lab book browser optimum-venv llama-cpp clean
 
 venv: $(VENV)/.installed
 
@@ -61,6 +61,12 @@ optimum-venv: .venv-optimum/.installed
 	test -x .venv-optimum/bin/python || $(PYTHON) -m venv .venv-optimum
 	.venv-optimum/bin/python -m pip --disable-pip-version-check -qq install $(OPTIMUM_PINS)
 	touch $@
+
+# llama.cpp for GGUF files: the third peer of `bench --suite pte` and the llama.cpp test of
+# tests/test_gguf_export.py (both skip without it). llama-cpp-python builds llama.cpp from source, about
+# 14 CPU-minutes here: too long for `make test`'s budget, so it is not in .venv by default.
+llama-cpp: venv
+	$(PIP) install -c constraints.txt llama-cpp-python
 
 # jupyter_config/ turns off JupyterLab's "get notified about official Jupyter news?" prompt.
 lab: venv

@@ -102,7 +102,8 @@ def _add_export(sub) -> None:
                         "XNNPACK needs the model's widths in multiples of 32 too")
     p.add_argument("--max-len", type=int, default=None,
                    help="pte: the KV cache window in tokens, prompt and output together (default: the model's max)")
-    p.add_argument("--gguf-type", default="f16", choices=("f16", "q8_0"), help="gguf: tensor type (default f16)")
+    p.add_argument("--gguf-type", default="f16", choices=("f32", "f16", "q8_0", "q4_0"),  # gguf_export.GGUF_TYPES
+                   help="gguf: tensor type of the matrices (default f16; q8_0 and q4_0 quantize in blocks of 32)")
     p.add_argument("--int8", action="store_true",
                    help="pte, fixed-window program: int8 weights and dynamic per-token int8 activations")
     p.add_argument("--seq-len", type=int, default=None,

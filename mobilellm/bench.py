@@ -607,6 +607,21 @@ def repeat_cost(ms: dict[str, float | None], key: str = "immediate") -> float | 
 
 PEER = "executorch_llama"  # ExecuTorch's own Llama export of the unshared model's weights
 OPTIMUM_PEER = "optimum_executorch"  # optimum-executorch's export of them (its own environment; when present)
+LLAMA_CPP_PEER = "llama_cpp"  # llama.cpp running them as GGUF (llama-cpp-python; when installed)
+GGUF_FOR_QUANT = {"fp32": "f32", "int8": "q8_0", "8da4w": "q4_0"}  # llama.cpp's nearest format to each of ours
+
+
+def executorch_threads() -> int:
+    """The threads ExecuTorch's XNNPACK kernels use in this process (its thread pool: one per core)."""
+    from executorch.extension.pybindings import portable_lib
+
+    return int(portable_lib._threadpool_get_thread_count())
+
+
+def _gguf_peer(model: MobileLLM, path: Path, quant: str, max_len: int, group_size: int | None) -> Path:
+    from .gguf_export import write_gguf
+
+    return write_gguf(model, path.with_suffix(".gguf"), None, GGUF_FOR_QUANT[quant])
 
 
 def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ...] = PTE_QUANTS,
@@ -615,13 +630,15 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
 
     Random weights; beside our eager PyTorch decode of the same models, ExecuTorch's own Llama export
     of the unshared weights (``peer``: timed in the same rounds), optimum-executorch's export of them
-    (with ``peer``, where its environment exists: ``optimum``, or ``.venv-optimum``) and the paper's
-    iPhone 13 figures.
+    (with ``peer``, where its environment exists: ``optimum``, or ``.venv-optimum``), llama.cpp running
+    them as GGUF F32 / Q8_0 / Q4_0 (with ``peer``, where llama-cpp-python is installed; as many threads
+    as ExecuTorch's) and the paper's iPhone 13 figures.
     ``n_layers``: the preset's width with this many stored blocks (lowering time grows faster than
     the depth: a 30-block 125M program takes tens of minutes on a small machine); ``repeat_cost``
     takes the embedding and head out of the comparison, not the cache effect of a shallower stack.
     """
     from .executorch_program import PteDecoder, export_llama_peer, export_optimum_peer, export_program, optimum_python
+    from .gguf_export import LlamaCppDecoder
 
     name, cfg = resolve(config)
     if cfg.ffn_type != "swiglu":
@@ -642,12 +659,19 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
     eager = measure({k: decode_timer(m, prompt, new) for k, (m, _) in models.items()}, repeats, s.warmup,
                     f"pte eager {name}", s.progress)
     rows, skipped, costs = [], {}, {}
-    peers = {PEER: (export_llama_peer, "ExecuTorch's export_llama of the unshared weights")} if peer else {}
+    threads = executorch_threads()
+    # each peer: (export the unshared weights to a file, what it is, load that file for decode steps)
+    peers = {PEER: (export_llama_peer, "ExecuTorch's export_llama of the unshared weights", PteDecoder)} if peer else {}
     if peer and optimum_python(optimum):
         peers[OPTIMUM_PEER] = (functools.partial(export_optimum_peer, python=optimum),
-                               "optimum-executorch's export of the unshared weights")
+                               "optimum-executorch's export of the unshared weights", PteDecoder)
     elif peer:
         skipped[OPTIMUM_PEER] = "no optimum-executorch environment (make optimum-venv)"
+    if peer and importlib.util.find_spec("llama_cpp"):
+        peers[LLAMA_CPP_PEER] = (_gguf_peer, "llama.cpp on the unshared weights as GGUF (F32 / Q8_0 / Q4_0)",
+                                 functools.partial(LlamaCppDecoder, n_ctx=plen + new, n_threads=threads))
+    elif peer:
+        skipped[LLAMA_CPP_PEER] = "no llama-cpp-python (make llama-cpp)"
     with tempfile.TemporaryDirectory() as tmp:
         for quant in quants:
             if quant == "8da4w" and group is None:
@@ -655,16 +679,18 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
                 continue
             # One format at a time: its programs are timed interleaved, then freed (a 125M fp32 set is 3 GB).
             # Ours for each model; each peer's export of the unshared weights (PteDecoder runs them all).
-            jobs = [(k, export_program, m) for k, (m, _) in models.items()]
-            jobs += [(key, export, models["unshared"][0]) for key, (export, _) in peers.items()]
+            jobs = [(k, export_program, m, PteDecoder) for k, (m, _) in models.items()]
+            jobs += [(key, export, models["unshared"][0], load) for key, (export, _, load) in peers.items()]
             decs, info = {}, {}
-            for key, export, m in jobs:
+            for key, export, m, load in jobs:
                 try:
                     start = time.perf_counter()
                     path = export(m, Path(tmp) / f"{key}-{quant}.pte", quant, max_len=plen + new, group_size=group)
                     lower_s = time.perf_counter() - start
-                    decs[key] = PteDecoder(path)
+                    decs[key] = load(path)
                     info[key] = {"lower_s": lower_s, "bytes": path.stat().st_size}
+                    if key == LLAMA_CPP_PEER:
+                        info[key] |= {"gguf_type": GGUF_FOR_QUANT[quant], "threads": threads}
                 except Exception as e:  # lowering is fragile across versions: report it, keep the rest
                     skipped[f"{key} {quant}"] = f"export or run failed: {one_line(e)}"
             times = measure({k: pte_decode_timer(d, prompt, new) for k, d in decs.items()}, repeats, s.warmup,
@@ -672,7 +698,8 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
             ms = {k: median(t) * 1e3 for k, t in times.items()}
             ref = ms.get("unshared")
             costs[quant] = {k: repeat_cost(ms, k) for k in ("immediate", "repeat_all")}
-            for key, (m, what) in [*models.items(), *[(k, (models["unshared"][0], w)) for k, (_, w) in peers.items()]]:
+            peer_rows = [(k, (models["unshared"][0], w)) for k, (_, w, _) in peers.items()]
+            for key, (m, what) in [*models.items(), *peer_rows]:
                 eager_ms = median(eager[key if key in eager else "unshared"]) * 1e3
                 rows.append({"name": key, "quant": quant, "what": what, "layer_sharing": m.cfg.layer_sharing,
                              "stored_blocks": m.cfg.n_layers, "executed_layers": m.cfg.n_executed_layers,
@@ -681,6 +708,8 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
                              "paper_ms": paper_ms.get(key),
                              "paper_ratio": ratio(paper_ms.get(key), paper_ms["unshared"]),
                              **info.get(key, {})})
+            for d in decs.values():
+                getattr(d, "close", lambda: None)()  # llama.cpp's model: freed now, not at exit
             del decs
             gc.collect()
     fp32_bytes = {r["name"]: r.get("bytes") for r in rows if r["quant"] == "fp32"}  # empty without fp32
@@ -690,14 +719,14 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
     # >1: our program decodes faster than the peer's export of the same weights (same run)
     peer_cmp = {f"vs_{p}": {q: {"speed_ratio": ratio(by[p, q]["ms_per_token"], by["unshared", q]["ms_per_token"]),
                                 "size_ratio": ratio(by["unshared", q].get("bytes"), by[p, q].get("bytes"))}
-                            for q in quants if (p, q) in by} for p in (PEER, OPTIMUM_PEER)}
+                            for q in quants if (p, q) in by} for p in (PEER, OPTIMUM_PEER, LLAMA_CPP_PEER)}
     caches = cpu_caches()
     blocks = {q: block_bytes(base_cfg, q, group or 0) for q in quants if q != "8da4w" or group}
     fits = {q: [f"L{c['level']}{'d' if c['type'] == 'Data' else ''}" for c in caches
                 if c["type"] != "Instruction" and b <= c["bytes"]] for q, b in blocks.items()}
     return {"config": name, "weights": "random (seeded); latency does not depend on the values",
             "stored_blocks": base_cfg.n_layers, "prompt_len": plen, "new_tokens": new, "cache_window": plen + new,
-            "repeats": repeats, "group_size_8da4w": group, "variants": rows, "block_bytes": blocks,
+            "repeats": repeats, "group_size_8da4w": group, "threads": threads, "variants": rows, "block_bytes": blocks,
             "block_fits_in": fits, "cpu_caches": caches, "skipped": skipped,
             "repeat_cost": costs, "paper_repeat_cost": repeat_cost(paper_ms), **peer_cmp,
             "paper": PAPER_SHARING}
@@ -839,7 +868,8 @@ def _notes(suite: str, r: dict) -> list[str]:
                                for q, c in r["repeat_cost"].items())
                    + f"; paper {_f(r['paper_repeat_cost'], '.2f')}")
         for key, peer in (("vs_executorch_llama", "ExecuTorch's Llama export"),
-                          ("vs_optimum_executorch", "optimum-executorch's export")):
+                          ("vs_optimum_executorch", "optimum-executorch's export"),
+                          ("vs_llama_cpp", "llama.cpp (GGUF F32 / Q8_0 / Q4_0)")):
             if r.get(key):
                 out.append(f"ours vs {peer}, same weights (speed >1: ours faster; size: ours / its bytes): "
                            + ", ".join(f"{q} speed {_f(c['speed_ratio'], '.2f', 'x')} size {_f(c['size_ratio'], '.2f')}"

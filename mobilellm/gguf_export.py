@@ -1,4 +1,4 @@
-"""GGUF for llama.cpp: any MobileLLM written as a Llama GGUF file (F16 or Q8_0), tokenizer included.
+"""GGUF for llama.cpp: any MobileLLM written as a Llama GGUF file (F32, F16, Q8_0 or Q4_0), tokenizer included.
 
 As for Hugging Face, a layer-shared model is written as the equivalent plain Llama: its shared
 blocks duplicated in execution order (GGUF's Llama, like llama.cpp, has no layer sharing). Tensor
@@ -23,11 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._quiet import native_stderr_silenced
 from .data import Tokenizer
 from .export import hf_state_dict
 from .model import MobileLLM
 
-GGUF_TYPES = ("f16", "q8_0")
+GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
+# Q8_0: blocks of 32 weights, int8 with one fp16 scale (34 bytes); Q4_0: 4-bit, the same blocks (18 bytes).
+_BLOCKED = ("q8_0", "q4_0")
 _NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
           "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
           "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
@@ -91,16 +94,20 @@ def _add_tokenizer(writer, tok: Tokenizer) -> None:
 
 def write_gguf(model: MobileLLM, path: str | os.PathLike, tokenizer: Tokenizer | None = None,
                gguf_type: str = "f16") -> Path:
-    """Write ``model`` (and ``tokenizer``) as a Llama GGUF file: 2-D weights F16 or Q8_0, norms F32."""
+    """Write ``model`` (and ``tokenizer``) as a Llama GGUF file: 2-D weights as ``gguf_type``, norms F32.
+
+    ``gguf_type``: one of ``GGUF_TYPES``; the quantized types quantize every matrix alike, the table too.
+    """
     if gguf_type not in GGUF_TYPES:
         raise ValueError(f"gguf_type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}")
     cfg = model.cfg
     if cfg.ffn_type != "swiglu":
         raise ValueError(f"ffn_type {cfg.ffn_type!r} has no Llama equivalent: only 'swiglu' models write as GGUF")
-    if gguf_type == "q8_0":
+    if gguf_type in _BLOCKED:
         bad = sorted({d for d in (cfg.dim, cfg.n_heads * cfg.head_dim, cfg.ffn_hidden_dim) if d % 32})
         if bad:
-            raise ValueError(f"Q8_0 quantizes rows in blocks of 32 but the model has rows of {bad}: use f16")
+            raise ValueError(f"{gguf_type.upper()} quantizes rows in blocks of 32 but the model has rows of {bad}: "
+                             "use f16")
     if tokenizer is not None and tokenizer.vocab_size != cfg.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model {cfg.vocab_size}")
     gguf = _need_gguf()
@@ -119,17 +126,22 @@ def write_gguf(model: MobileLLM, path: str | os.PathLike, tokenizer: Tokenizer |
     writer.add_rope_freq_base(cfg.rope_theta)
     writer.add_layer_norm_rms_eps(cfg.norm_eps)
     writer.add_vocab_size(cfg.vocab_size)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if gguf_type == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
+    F = gguf.LlamaFileType
+    writer.add_file_type({"f32": F.ALL_F32, "f16": F.MOSTLY_F16, "q8_0": F.MOSTLY_Q8_0,
+                          "q4_0": F.MOSTLY_Q4_0}[gguf_type])
     if tokenizer is not None:
         _add_tokenizer(writer, tokenizer)
+    else:  # token ids in, logits out: llama.cpp loads the file without a vocabulary (not a tokenizer-less one)
+        writer.add_tokenizer_model("no_vocab")
     for name, w in gguf_tensors(model).items():
-        if w.ndim == 1:
+        if w.ndim == 1 or gguf_type == "f32":
             writer.add_tensor(name, w.astype(np.float32))
         elif gguf_type == "f16":
             writer.add_tensor(name, w.astype(np.float16))
         else:
             # quantize() returns bytes shaped (rows, bytes per row); the writer derives the shape from them.
-            writer.add_tensor(name, gguf.quants.quantize(w, Q.Q8_0), raw_dtype=Q.Q8_0)
+            qtype = Q.Q8_0 if gguf_type == "q8_0" else Q.Q4_0
+            writer.add_tensor(name, gguf.quants.quantize(w, qtype), raw_dtype=qtype)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     writer.write_header_to_file()
@@ -147,3 +159,46 @@ def read_back(path: str | os.PathLike) -> torch.nn.Module:
     if not p.is_file():
         raise FileNotFoundError(f"{p} does not exist")
     return AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32).eval()
+
+
+class LlamaCppDecoder:
+    """A GGUF file run by llama.cpp (``llama-cpp-python``, built from source: ``make llama-cpp``), batch 1.
+
+    ``step(ids, pos)`` as ``executorch_program.PteDecoder``'s: feed a chunk at ``pos`` (default: after
+    the last one; less rewinds the cache), get the last token's logits; so the same timers run both.
+    ``n_threads``: llama.cpp's workers (None: its default). Its workers spin while they wait, so on a
+    machine busy with other work more threads than free cores cost far more than they give.
+    """
+
+    def __init__(self, path: str | os.PathLike, n_ctx: int, n_threads: int | None = None) -> None:
+        try:
+            import llama_cpp
+        except ImportError:
+            raise ImportError("running a GGUF file needs llama-cpp-python, which builds llama.cpp from source "
+                              "(about 15 CPU-minutes): make llama-cpp") from None
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} does not exist: write it with `python -m mobilellm export --format gguf`")
+        self.path, self.max_len = p, n_ctx
+        # logits_all: llama-cpp-python keeps logits (its ``scores``) only then; a decode step makes one row anyway
+        with native_stderr_silenced():  # llama.cpp's context notes, verbose=False or not
+            self._llm = llama_cpp.Llama(str(p), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                                        logits_all=True, verbose=False)
+        self.vocab_size = self._llm.n_vocab()
+        self.pos = 0
+
+    def step(self, ids: torch.Tensor | list[int], pos: int | None = None) -> torch.Tensor:
+        """Logits (vocab,) after feeding ``ids`` at ``pos`` (positions from ``pos`` on are overwritten)."""
+        ids = [int(i) for i in (ids.reshape(-1).tolist() if isinstance(ids, torch.Tensor) else ids)]
+        pos = self.pos if pos is None else pos
+        if not ids or not 0 <= pos <= self.pos or pos + len(ids) > self.max_len:
+            raise ValueError(f"chunk of {len(ids)} tokens at position {pos}: needs at least one token, a position "
+                             f"in [0, {self.pos}] and an end within the window of {self.max_len}")
+        self._llm.n_tokens = pos  # llama-cpp-python's eval drops the cache from n_tokens on, then appends
+        self._llm.eval(ids)
+        self.pos = pos + len(ids)
+        return torch.from_numpy(self._llm.scores[self.pos - 1].copy())
+
+    def close(self) -> None:
+        """Free llama.cpp's model and context now (not at interpreter exit, where freeing them can fail)."""
+        self._llm.close()

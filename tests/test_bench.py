@@ -1,6 +1,7 @@
 """The benchmark runs end to end and reports what it promises. No timing assertions: speed is
 measured by ``python -m mobilellm bench`` on a quiet machine, never asserted in tests."""
 
+import importlib.util
 import json
 import math
 
@@ -9,6 +10,7 @@ import torch
 
 from mobilellm import MobileLLM
 from mobilellm.__main__ import main
+from mobilellm.accounting import param_count
 from mobilellm.bench import ALL_SUITES, BenchSettings, bench_train, row_of, run_bench, twin, write_json
 from mobilellm.timing import measure
 
@@ -197,10 +199,13 @@ def test_pte_suite_on_a_tiny_model():
 
     r = bench_pte(cfg, BenchSettings(repeats=2, warmup=1, progress=False), quants=("fp32",))
     optimum = optimum_python() is not None  # optimum-executorch's peer, where its environment exists
-    assert r["skipped"] == ({} if optimum else {"optimum_executorch": "no optimum-executorch environment "
-                                                                      "(make optimum-venv)"}), r["skipped"]
+    llama_cpp = importlib.util.find_spec("llama_cpp") is not None  # llama.cpp's, where it is installed
+    absent = {"optimum_executorch": "no optimum-executorch environment (make optimum-venv)",
+              "llama_cpp": "no llama-cpp-python (make llama-cpp)"}
+    assert r["skipped"] == {k: v for k, v in absent.items() if not {"optimum_executorch": optimum,
+                                                                    "llama_cpp": llama_cpp}[k]}, r["skipped"]
     rows = {(v["name"], v["quant"]): v for v in r["variants"]}
-    assert len(rows) == 5 + optimum  # four models and the peers
+    assert len(rows) == 5 + optimum + llama_cpp  # four models and the peers
     assert rows["deeper", "fp32"]["executed_layers"] == 2 == rows["immediate", "fp32"]["executed_layers"]
     for v in rows.values():
         assert _ok(v["ms_per_token"]) and _ok(v["eager_fp32_ms_per_token"]) and v["bytes"] > 0
@@ -220,6 +225,11 @@ def test_pte_suite_on_a_tiny_model():
     if optimum:
         o = rows["optimum_executorch", "fp32"]
         assert o["executed_layers"] == 1 and _ok(o["ms_per_token"]) and o["bytes"] > 0
+    assert bool(r["vs_llama_cpp"]) == llama_cpp and r["threads"] >= 1
+    if llama_cpp:
+        g = rows["llama_cpp", "fp32"]
+        assert g["gguf_type"] == "f32" and g["threads"] == r["threads"] and _ok(g["ms_per_token"])
+        assert g["bytes"] > 4 * param_count(cfg)["total"]  # fp32 weights, and the header and names
     machine = {"cpu": "x", "cpus_available": 1, "torch": "t", "torch_threads": 1, "transformers": None,
                "git_commit": None, "date": "d", "load_average": []}
     text = format_report({"machine": machine, "ceilings": {}, "pte": [r]})

@@ -1,5 +1,5 @@
-"""GGUF export: transformers reads the file back with our logits (F16: fp16 rounding only; Q8_0:
-close), layer sharing written out, and the tokenizer's pieces intact."""
+"""GGUF export: transformers reads the file back with our logits (F32: equal; F16: fp16 rounding only;
+Q8_0 and Q4_0: close), layer sharing written out, and the tokenizer's pieces intact."""
 
 import json
 
@@ -23,11 +23,22 @@ def cfg(**changes):
                           "init": "fan_in", **changes})
 
 
-def fp16_rounded(model: MobileLLM) -> MobileLLM:
-    """The model with every matrix rounded to fp16, as an F16 file stores it (norms stay fp32)."""
+def rounded(model: MobileLLM, round_matrix) -> MobileLLM:
+    """The model with every matrix passed through ``round_matrix``, as a file stores it (norms stay fp32)."""
     twin = MobileLLM(model.cfg).eval()
-    twin.load_state_dict({k: (v.half().float() if v.dim() == 2 else v) for k, v in model.state_dict().items()})
+    twin.load_state_dict({k: (round_matrix(v) if v.dim() == 2 else v) for k, v in model.state_dict().items()})
     return twin
+
+
+def fp16_rounded(model: MobileLLM) -> MobileLLM:
+    return rounded(model, lambda w: w.half().float())
+
+
+def block_rounded(model: MobileLLM, gguf_type: str) -> MobileLLM:
+    """Each row quantized in blocks of 32 and back, with gguf's own reference code (as a reader dequantizes)."""
+    qtype = gguf.GGMLQuantizationType[gguf_type.upper()]
+    return rounded(model, lambda w: torch.from_numpy(
+        gguf.quants.dequantize(gguf.quants.quantize(w.numpy(), qtype), qtype).copy()))
 
 
 @pytest.mark.parametrize("sharing", ["none", "immediate", "reverse"])
@@ -45,19 +56,31 @@ def test_f16_reads_back_with_the_same_logits(sharing, share_embedding, small_dat
     assert (got - exact).abs().max() < 0.01 * exact.abs().max()
 
 
-def test_q8_0_is_close_and_smaller(small_data, tmp_path):
+def test_f32_reads_back_exactly(small_data, tmp_path):
+    model = MobileLLM(cfg(layer_sharing="immediate")).eval()
+    path = write_gguf(model, tmp_path / "m.gguf", small_data.tokenizer, "f32")
+    ids = torch.randint(0, 128, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(read_back(path)(ids).logits, model(ids), atol=1e-5, rtol=1e-5)
+
+
+# Bytes per 32 weights against F16's 64: Q8_0 34 (int8 + an fp16 scale), Q4_0 18 (4-bit + the scale); the
+# tokenizer and norms are the same in every file. Agreement with the unquantized model: random weights
+# (near-ties in the argmax), and Q4_0 at width 64 is coarse.
+@pytest.mark.parametrize("gguf_type, size_below, agree", [("q8_0", 0.65, 0.9), ("q4_0", 0.4, 0.5)])
+def test_quantized_types_read_back_as_quantized(gguf_type, size_below, agree, small_data, tmp_path):
+    torch.manual_seed(0)
     model = MobileLLM(cfg(layer_sharing="repeat_all")).eval()
     f16 = write_gguf(model, tmp_path / "f16.gguf", small_data.tokenizer, "f16")
-    q8 = write_gguf(model, tmp_path / "q8.gguf", small_data.tokenizer, "q8_0")
+    q = write_gguf(model, tmp_path / "q.gguf", small_data.tokenizer, gguf_type)
     ids = torch.randint(0, 128, (4, 32))
     with torch.no_grad():
-        got, ref = read_back(q8)(ids).logits, model(ids)
-    assert (got - ref).abs().max() < 0.05 * ref.abs().max()
-    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9
-    # Q8_0: 34 bytes per 32 weights against F16's 64 (the tokenizer and norms are the same in both)
-    assert q8.stat().st_size < 0.65 * f16.stat().st_size
-    kinds = {t.name: t.tensor_type for t in gguf.GGUFReader(q8).tensors}
-    assert kinds["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.Q8_0
+        got, ref, exact = read_back(q)(ids).logits, block_rounded(model, gguf_type)(ids), model(ids)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)  # the file holds exactly gguf's quantized weights
+    assert (got.argmax(-1) == exact.argmax(-1)).float().mean() >= agree
+    assert q.stat().st_size < size_below * f16.stat().st_size
+    kinds = {t.name: t.tensor_type for t in gguf.GGUFReader(q).tensors}
+    assert kinds["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType[gguf_type.upper()]
     assert kinds["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
 
 
@@ -84,10 +107,11 @@ def test_shared_blocks_are_written_out_in_execution_order():
 
 
 def test_errors(tmp_path):
-    with pytest.raises(ValueError, match="gguf_type 'q4' is not one of f16, q8_0"):
+    with pytest.raises(ValueError, match="gguf_type 'q4' is not one of f32, f16, q8_0, q4_0"):
         write_gguf(MobileLLM(cfg()), tmp_path / "m.gguf", gguf_type="q4")
-    with pytest.raises(ValueError, match=r"Q8_0 quantizes rows in blocks of 32 .* rows of \[48\]"):
-        write_gguf(MobileLLM(cfg(ffn_hidden_dim=48)), tmp_path / "m.gguf", gguf_type="q8_0")
+    for gguf_type in ("q8_0", "q4_0"):
+        with pytest.raises(ValueError, match=rf"{gguf_type.upper()} quantizes rows in blocks of 32 .* rows of \[48\]"):
+            write_gguf(MobileLLM(cfg(ffn_hidden_dim=48)), tmp_path / "m.gguf", gguf_type=gguf_type)
     with pytest.raises(ValueError, match="only 'swiglu'"):
         write_gguf(MobileLLM(cfg(ffn_type="relu")), tmp_path / "m.gguf")
 
@@ -106,28 +130,45 @@ def test_cli_export_gguf(small_data, tmp_path, capsys):
 
 
 def test_llama_cpp_decodes_it_as_we_do(small_data, tmp_path):
-    """Where llama-cpp-python is installed (it builds llama.cpp from source): llama.cpp itself reads the
-    files, layer sharing written out. F16 greedily decodes the (fp16-rounded) eager model's tokens; Q8_0
+    """Where llama-cpp-python is installed (it builds llama.cpp from source: make llama-cpp): llama.cpp
+    itself runs the files, layer sharing written out, through ``LlamaCppDecoder``. F32: our logits at every
+    chunk (its KV cache is fp16); F16 greedily decodes the (fp16-rounded) eager model's tokens; Q8_0
     predicts the same next token on that text at most positions."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    pytest.importorskip("llama_cpp")
+    from mobilellm.gguf_export import LlamaCppDecoder
+
     torch.manual_seed(5)
     model = MobileLLM(cfg(layer_sharing="immediate")).eval()
     prompt = torch.randint(0, 128, (6,)).tolist()
     with torch.no_grad():
         want = fp16_rounded(model).generate(torch.tensor([prompt]), 20)[0, 6:].tolist()
-        eager_next = model(torch.tensor([prompt + want]))[0].argmax(-1)
-    for gguf_type in ("f16", "q8_0"):
-        path = write_gguf(model, tmp_path / f"{gguf_type}.gguf", small_data.tokenizer, gguf_type)
+        exact = model(torch.tensor([prompt + want]))[0]
+    text = prompt + want
+
+    def decoder(gguf_type):
         # one thread: llama.cpp's workers spin while they wait, which on a busy small machine costs 100x
-        llm = llama_cpp.Llama(str(path), n_ctx=64, n_threads=1, logits_all=True, verbose=False)
-        if gguf_type == "f16":
-            llm.eval(prompt)
-            got = []
-            for _ in range(20):
-                got.append(int(llm.scores[llm.n_tokens - 1].argmax()))
-                llm.eval([got[-1]])
-            assert got == want
-        else:  # teacher-forced on the same text: llama.cpp's next token at every position vs ours
-            llm.eval(prompt + want)
-            theirs = torch.from_numpy(llm.scores[:llm.n_tokens].argmax(-1))
-            assert (theirs == eager_next).float().mean() >= 0.8  # random weights: near-ties in the argmax
+        return LlamaCppDecoder(write_gguf(model, tmp_path / f"{gguf_type}.gguf", small_data.tokenizer, gguf_type),
+                               n_ctx=64, n_threads=1)
+
+    dec = decoder("f32")
+    tol = 1e-2 * exact.abs().max()
+    for start, end in [(0, 6), (6, 9), (9, 10), (10, 11), (3, 11)]:  # chunks, steps, and a rewind to 3
+        assert (dec.step(text[start:end], start) - exact[end - 1]).abs().max() < tol
+    assert dec.pos == 11
+    with pytest.raises(ValueError, match="position 12"):
+        dec.step([1], 12)  # skips position 11
+    with pytest.raises(ValueError, match="at least one token"):
+        dec.step([])
+    dec.close()
+
+    dec = decoder("f16")
+    logits, got = dec.step(prompt, 0), []
+    for _ in range(20):
+        got.append(int(logits.argmax()))
+        logits = dec.step([got[-1]])
+    assert got == want
+    dec = decoder("q8_0")  # teacher-forced on the same text: llama.cpp's next token at every position vs ours
+    theirs = torch.stack([dec.step([t], i).argmax() for i, t in enumerate(text)])
+    assert (theirs == exact.argmax(-1)).float().mean() >= 0.8  # random weights: near-ties in the argmax
+    with pytest.raises(FileNotFoundError, match="export --format gguf"):
+        LlamaCppDecoder(tmp_path / "missing.gguf", n_ctx=64)
