@@ -637,7 +637,14 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
     the depth: a 30-block 125M program takes tens of minutes on a small machine); ``repeat_cost``
     takes the embedding and head out of the comparison, not the cache effect of a shallower stack.
     """
-    from .executorch_program import PteDecoder, export_llama_peer, export_optimum_peer, export_program, optimum_python
+    from .executorch_program import (
+        PteDecoder,
+        export_llama_peer,
+        export_optimum_peer,
+        export_program,
+        optimum_python,
+        program_census,
+    )
     from .gguf_export import LlamaCppDecoder
 
     name, cfg = resolve(config)
@@ -691,6 +698,10 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
                     info[key] = {"lower_s": lower_s, "bytes": path.stat().st_size}
                     if key == LLAMA_CPP_PEER:
                         info[key] |= {"gguf_type": GGUF_FOR_QUANT[quant], "threads": threads}
+                    else:  # what one call runs: XNNPACK subgraphs, and kernels of the runtime's own
+                        census = program_census(path)
+                        info[key] |= {"delegate_calls": census["delegate_calls"],
+                                      "kernel_calls": census["kernel_calls"]}
                 except Exception as e:  # lowering is fragile across versions: report it, keep the rest
                     skipped[f"{key} {quant}"] = f"export or run failed: {one_line(e)}"
             times = measure({k: pte_decode_timer(d, prompt, new) for k, d in decs.items()}, repeats, s.warmup,
@@ -874,6 +885,12 @@ def _notes(suite: str, r: dict) -> list[str]:
                 out.append(f"ours vs {peer}, same weights (speed >1: ours faster; size: ours / its bytes): "
                            + ", ".join(f"{q} speed {_f(c['speed_ratio'], '.2f', 'x')} size {_f(c['size_ratio'], '.2f')}"
                                        for q, c in r[key].items()))
+        calls = [v for v in r["variants"] if v.get("delegate_calls") is not None and v["name"] not in
+                 ("immediate", "repeat_all", "deeper")]
+        if calls:
+            out.append(f"calls per token ({calls[0]['quant']}; XNNPACK subgraphs + the runtime's own kernels): "
+                       + ", ".join(f"{v['name']} {v['delegate_calls']} + {v['kernel_calls']}" for v in calls
+                                   if v["quant"] == calls[0]["quant"]))
         out.append(f"(paper: {r['paper']}; eager ms: our PyTorch fp32 cached decode of the same model)")
     out += [f"skipped {k}: {why}" for k, why in r.get("skipped", {}).items()]
     return ["  " + line for line in out]

@@ -236,6 +236,34 @@ def export_program(model: MobileLLM, path: str | os.PathLike, quant: str = "fp32
     return write_atomic(path, lambda t: t.write_bytes(program.buffer))
 
 
+def program_census(path: str | os.PathLike, method: str = "forward") -> dict:
+    """What one call of a program's ``method`` executes, read from the file: its instructions, the calls
+    into a backend (XNNPACK's compiled subgraphs) and the kernels the runtime runs itself, by operator.
+
+    Two programs of the same weights that lower to the same delegated subgraphs differ only in these
+    kernel calls (and what they move), so this is where to look when one decodes slower than the other.
+    """
+    from executorch.exir._serialize._program import deserialize_pte_binary  # (the runtime reads no census)
+
+    program = deserialize_pte_binary(Path(path).read_bytes()).program
+    plans = {p.name: p for p in program.execution_plan}
+    if method not in plans:
+        raise ValueError(f"{path} has no method {method!r} (it has {sorted(plans)})")
+    plan = plans[method]
+    kernels: dict[str, int] = {}
+    delegate_calls = instructions = 0
+    for chain in plan.chains:
+        for ins in chain.instructions:
+            instructions += 1
+            kind = type(ins.instr_args).__name__
+            if kind == "KernelCall":
+                name = plan.operators[ins.instr_args.op_index].name
+                kernels[name] = kernels.get(name, 0) + 1
+            delegate_calls += kind == "DelegateCall"
+    return {"instructions": instructions, "delegate_calls": delegate_calls,
+            "kernel_calls": sum(kernels.values()), "kernels": dict(sorted(kernels.items()))}
+
+
 # --- running it ------------------------------------------------------------------------------
 
 

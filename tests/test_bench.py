@@ -217,6 +217,9 @@ def test_pte_suite_on_a_tiny_model():
     # ExecuTorch's own Llama export of the unshared weights, timed in the same rounds
     peer = rows["executorch_llama", "fp32"]
     assert peer["executed_layers"] == 1 and _ok(peer["ms_per_token"]) and peer["bytes"] > 0
+    # the programs' census: both delegate to XNNPACK; sharing runs more of the same calls
+    assert peer["delegate_calls"] >= 1 and rows["unshared", "fp32"]["delegate_calls"] >= 1
+    assert rows["immediate", "fp32"]["kernel_calls"] > rows["unshared", "fp32"]["kernel_calls"]
     cmp = r["vs_executorch_llama"]["fp32"]
     assert cmp["speed_ratio"] == pytest.approx(peer["ms_per_token"] / rows["unshared", "fp32"]["ms_per_token"])
     assert cmp["size_ratio"] == pytest.approx(unshared / peer["bytes"])
@@ -234,6 +237,7 @@ def test_pte_suite_on_a_tiny_model():
                "git_commit": None, "date": "d", "load_average": []}
     text = format_report({"machine": machine, "ceilings": {}, "pte": [r]})
     assert "pte custom" in text and "ExecuTorch's Llama export" in text and "re-run layer" in text
+    assert "calls per token (fp32; XNNPACK subgraphs + the runtime's own kernels): unshared " in text
 
 
 def test_repeat_cost_and_pte_arguments():

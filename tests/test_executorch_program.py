@@ -22,6 +22,7 @@ from mobilellm.executorch_program import (  # noqa: E402
     _load_custom_ops,
     check_group_size,
     export_program,
+    program_census,
 )
 
 WINDOW = 48  # the programs' cache window in these tests
@@ -91,6 +92,13 @@ def test_fp32_program_greedy_equals_eager(sharing, tmp_path):
     path = export_program(model, tmp_path / "m.pte", "fp32", max_len=WINDOW)
     dec = PteDecoder(path)
     assert dec.meta["get_n_layers"] == model.cfg.n_executed_layers and dec.meta["get_stored_blocks"] == 2
+    # one cache slot per executed layer: a K and a V update and one attention each, whatever the sharing
+    census = program_census(path)
+    n = model.cfg.n_executed_layers
+    assert census["kernels"]["llama::update_cache"] == 2 * n and census["kernels"]["llama::custom_sdpa"] == n
+    assert census["delegate_calls"] >= n and census["instructions"] >= census["kernel_calls"] + census["delegate_calls"]
+    with pytest.raises(ValueError, match="no method 'decode'"):
+        program_census(path, "decode")
     for n in (1, 5, 17):
         prompt = torch.randint(0, 128, (n,))
         want = greedy_eager(model, prompt, WINDOW - n)
@@ -144,8 +152,10 @@ def test_llama_peer_program_decodes_as_ours(tmp_path):
 
     torch.manual_seed(3)
     model = MobileLLM(cfg(layer_sharing="immediate")).eval()
-    dec = PteDecoder(export_llama_peer(model, tmp_path / "peer.pte", "fp32", max_len=WINDOW))
+    path = export_llama_peer(model, tmp_path / "peer.pte", "fp32", max_len=WINDOW)
+    dec = PteDecoder(path)
     assert dec.meta["get_n_layers"] == 4 and dec.max_len == WINDOW
+    assert program_census(path)["kernels"]["llama::custom_sdpa"] == 4  # its cache and attention ops, as ours
     prompt = torch.randint(0, 128, (5,))
     assert list(dec.generate(prompt, 20)) == greedy_eager(model, prompt, 20)
 
