@@ -430,8 +430,9 @@ def export_llama_peer(model: MobileLLM, path: str | os.PathLike, quant: str = "f
     import tempfile
 
     max_len = _check_export(model, quant, max_len, group_size)
-    from executorch.examples.models.llama.export_llama_lib import export_llama
-    from executorch.extension.llm.export.config.llm_config import LlmConfig, ModelType
+    with quiet_libraries(), native_stderr_silenced():  # its tokenizer library announces itself on fd 2
+        from executorch.examples.models.llama.export_llama_lib import export_llama
+        from executorch.extension.llm.export.config.llm_config import LlmConfig, ModelType
 
     sd, params = llama_checkpoint(model)
     out = Path(path)

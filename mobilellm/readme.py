@@ -177,7 +177,10 @@ def pte_latency_table(path: Path | None = None) -> str:
     quants = list(dict.fromkeys(v["quant"] for v in pte["variants"]))
     what = {"unshared": "unshared", "immediate": "immediate sharing (A A B B)",
             "repeat_all": "repeat-all-over (A B A B)", "deeper": "2× deeper, unshared",
-            "executorch_llama": "ExecuTorch's `export_llama`, unshared weights"}
+            "executorch_llama": "ExecuTorch's `export_llama`, unshared weights",
+            "optimum_executorch": "optimum-executorch, unshared weights",
+            "llama_cpp": "llama.cpp, unshared weights as GGUF F32 / Q8_0 / Q4_0"}
+    what = {k: label for k, label in what.items() if any((k, q) in rows for q in quants)}  # peers that ran
     out = ["| decode ms/token (x unshared) | " + " | ".join(f".pte {q}" for q in quants) + " | iPhone 13 (paper) |",
            "|---|" + "---|" * (len(quants) + 1)]
     for key, label in what.items():
@@ -200,7 +203,7 @@ def pte_latency_table(path: Path | None = None) -> str:
                + f"; the paper's iPhone 13 figures give {pte['paper_repeat_cost']:.2f}. One block's weights: "
                + f"{fits}. {pte['config']}, {pte['weights'].split(';')[0]} weights, {pte['new_tokens']} tokens "
                + f"after a {pte['prompt_len']}-token prompt, median of {pte['repeats']} interleaved rounds; "
-               + f"{m['cpu']}, {m['cpus_available']} CPUs shared with other jobs (load {m['load_average'][0]:.1f} at "
+               + f"{m['cpu']}, {m['cpus_available']} CPUs (load {m['load_average'][0]:.1f} at "
                + f"the start, {(m.get('load_average_after') or [float('nan')])[0]:.1f} at the end), "
                + f"commit {str(m['git_commit'])[:7]}, `{report.get('command', '?')}`.")
     return "\n".join(out)

@@ -193,7 +193,8 @@ def test_pte_suite_on_a_tiny_model():
     pytest.importorskip("executorch")
     from mobilellm.bench import bench_pte, format_report
 
-    cfg = tiny_config(vocab_size=128, dim=32, n_layers=1, ffn_hidden_dim=64, max_seq_len=64)
+    # 48 wide: no 8da4w group fits (XNNPACK's int4 needs multiples of 32), and fp32 must not care
+    cfg = tiny_config(vocab_size=128, dim=48, n_layers=1, ffn_hidden_dim=64, max_seq_len=64)
     # fp32 only: five lowerings (four models and the peer), not fifteen (8da4w: test_executorch_program)
     from mobilellm.executorch_program import optimum_python
 
@@ -204,8 +205,9 @@ def test_pte_suite_on_a_tiny_model():
               "llama_cpp": "no llama-cpp-python (make llama-cpp)"}
     assert r["skipped"] == {k: v for k, v in absent.items() if not {"optimum_executorch": optimum,
                                                                     "llama_cpp": llama_cpp}[k]}, r["skipped"]
+    assert r["group_size_8da4w"] is None
     rows = {(v["name"], v["quant"]): v for v in r["variants"]}
-    assert len(rows) == 5 + optimum + llama_cpp  # four models and the peers
+    assert len(rows) == 6 + optimum + llama_cpp  # four models, the peers and the control
     assert rows["deeper", "fp32"]["executed_layers"] == 2 == rows["immediate", "fp32"]["executed_layers"]
     for v in rows.values():
         assert _ok(v["ms_per_token"]) and _ok(v["eager_fp32_ms_per_token"]) and v["bytes"] > 0
@@ -223,6 +225,10 @@ def test_pte_suite_on_a_tiny_model():
     cmp = r["vs_executorch_llama"]["fp32"]
     assert cmp["speed_ratio"] == pytest.approx(peer["ms_per_token"] / rows["unshared", "fp32"]["ms_per_token"])
     assert cmp["size_ratio"] == pytest.approx(unshared / peer["bytes"])
+    assert cmp["rounds"] == 2 == len(peer["ms_rounds"]) and 0 <= cmp["ours_faster_rounds"] <= 2
+    # the control: the same file loaded twice, the same bytes
+    again = r["vs_unshared_again"]["fp32"]
+    assert again["size_ratio"] == 1.0 and _ok(again["speed_ratio"]) and again["rounds"] == 2
     assert set(r["repeat_cost"]["fp32"]) == {"immediate", "repeat_all"}
     assert bool(r["vs_optimum_executorch"]) == optimum
     if optimum:
@@ -238,6 +244,7 @@ def test_pte_suite_on_a_tiny_model():
     text = format_report({"machine": machine, "ceilings": {}, "pte": [r]})
     assert "pte custom" in text and "ExecuTorch's Llama export" in text and "re-run layer" in text
     assert "calls per token (fp32; XNNPACK subgraphs + the runtime's own kernels): unshared " in text
+    assert "the same program loaded again (the noise floor)" in text
 
 
 def test_repeat_cost_and_pte_arguments():

@@ -59,7 +59,7 @@ def test_pte_latency_table_from_a_report(tmp_path):
         "pte": [{"config": "mobilellm-125m at 2 blocks", "weights": "random (seeded); whatever", "new_tokens": 64,
                  "prompt_len": 16, "repeats": 5, "variants": [
                      row("unshared", 10.0, 15.6), row("immediate", 11.0, 16.0), row("repeat_all", 12.0),
-                     row("deeper", 20.0, 29.0), row("executorch_llama", 13.0)],
+                     row("deeper", 20.0, 29.0), row("executorch_llama", 13.0), row("llama_cpp", 9.0)],
                  "repeat_cost": {"int8": {"immediate": 0.1, "repeat_all": 0.2}}, "paper_repeat_cost": 0.03,
                  "block_bytes": {"int8": 3 * 2 ** 20}, "block_fits_in": {"int8": ["L3"]}}]}
     path = tmp_path / "r.json"
@@ -69,6 +69,8 @@ def test_pte_latency_table_from_a_report(tmp_path):
     assert lines[0] == "| decode ms/token (x unshared) | .pte int8 | iPhone 13 (paper) |"
     assert "| immediate sharing (A A B B) | 11.00 (1.10×) | 16.0 (1.03×) |" in lines
     assert "| repeat-all-over (A B A B) | 12.00 (1.20×) | — |" in lines
+    assert "| llama.cpp, unshared weights as GGUF F32 / Q8_0 / Q4_0 | 9.00 (0.90×) | — |" in lines
+    assert "optimum" not in table  # a peer that did not run has no row
     assert "int8 0.10 (immediate), 0.20 (repeat-all)" in table and "give 0.03" in table and "3.0 MiB (L3)" in table
     assert "load 3.0 at the start, 5.5 at the end" in table
     assert "no `missing.json` yet" in F.pte_latency_table(tmp_path / "missing.json")
