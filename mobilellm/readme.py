@@ -179,7 +179,8 @@ def pte_latency_table(path: Path | None = None) -> str:
             "repeat_all": "repeat-all-over (A B A B)", "deeper": "2× deeper, unshared",
             "executorch_llama": "ExecuTorch's `export_llama`, unshared weights",
             "optimum_executorch": "optimum-executorch, unshared weights",
-            "llama_cpp": "llama.cpp, unshared weights as GGUF F32 / Q8_0 / Q4_0"}
+            "llama_cpp": "llama.cpp, unshared weights as GGUF F32 / Q8_0 / Q4_0",
+            "unshared_again": "control: our unshared program loaded a second time"}
     what = {k: label for k, label in what.items() if any((k, q) in rows for q in quants)}  # peers that ran
     out = ["| decode ms/token (x unshared) | " + " | ".join(f".pte {q}" for q in quants) + " | iPhone 13 (paper) |",
            "|---|" + "---|" * (len(quants) + 1)]
