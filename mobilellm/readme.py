@@ -55,7 +55,8 @@ CURRICULUM = {
                        "lost; 125M 15.6 ms/token on iPhone 13", None),
     "11_on_device": ("a KV-cached .pte (one cache slot per executed layer) generating text; fp32 / int8 / 8da4w "
                      "size and quality on a trained model; the sharing latency table in ExecuTorch at the 125M's "
-                     "width, beside ExecuTorch's own Llama export", "125M 15.6 / LS 16.0 / 60 layers 29.0 "
+                     "width, beside ExecuTorch's, optimum-executorch's and llama.cpp's runs of the same weights "
+                     "and a same-program control", "125M 15.6 / LS 16.0 / 60 layers 29.0 "
                      "ms/token (iPhone 13); int8 < 0.5 points", None),
 }
 
