@@ -131,7 +131,7 @@ def write_gguf(model: MobileLLM, path: str | os.PathLike, tokenizer: Tokenizer |
                           "q4_0": F.MOSTLY_Q4_0}[gguf_type])
     if tokenizer is not None:
         _add_tokenizer(writer, tokenizer)
-    else:  # token ids in, logits out: llama.cpp loads the file without a vocabulary (not a tokenizer-less one)
+    else:  # llama.cpp refuses a file with no tokenizer entry; "no_vocab" lets it run on token ids
         writer.add_tokenizer_model("no_vocab")
     for name, w in gguf_tensors(model).items():
         if w.ndim == 1 or gguf_type == "f32":
@@ -175,7 +175,7 @@ class LlamaCppDecoder:
             import llama_cpp
         except ImportError:
             raise ImportError("running a GGUF file needs llama-cpp-python, which builds llama.cpp from source "
-                              "(about 15 CPU-minutes): make llama-cpp") from None
+                              "(about 14 CPU-minutes): make llama-cpp") from None
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"{p} does not exist: write it with `python -m mobilellm export --format gguf`")

@@ -1,5 +1,6 @@
 """GGUF export: transformers reads the file back with our logits (F32: equal; F16: fp16 rounding only;
-Q8_0 and Q4_0: close), layer sharing written out, and the tokenizer's pieces intact."""
+Q8_0 and Q4_0: exactly gguf's own rounding of our weights), layer sharing written out, and the tokenizer's
+pieces intact."""
 
 import json
 
@@ -114,6 +115,19 @@ def test_errors(tmp_path):
             write_gguf(MobileLLM(cfg(ffn_hidden_dim=48)), tmp_path / "m.gguf", gguf_type=gguf_type)
     with pytest.raises(ValueError, match="only 'swiglu'"):
         write_gguf(MobileLLM(cfg(ffn_type="relu")), tmp_path / "m.gguf")
+
+
+def test_cli_offers_every_gguf_type():
+    """The command line lists its --gguf-type choices itself (no numpy import to build the parser)."""
+    import argparse
+
+    from mobilellm.__main__ import _add_export
+    from mobilellm.gguf_export import GGUF_TYPES
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    _add_export(sub)
+    export = sub.choices["export"]
+    assert tuple(next(a for a in export._actions if a.dest == "gguf_type").choices) == GGUF_TYPES
 
 
 def test_cli_export_gguf(small_data, tmp_path, capsys):
