@@ -518,8 +518,9 @@ def _add_bench(sub) -> None:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurements (15-60 s each)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--pte-blocks", type=int, default=None, metavar="N",
-                   help="pte suite: the preset's width at N stored blocks (lowering a 30-block 125M program takes "
-                        "tens of minutes; a shallow stack may fit in cache where the full one does not)")
+                   help="pte suite: the preset's width at N stored blocks (lowering grows a little faster than the executed "
+                        "layers: a 125M-wide 8da4w program takes about 6 minutes at 30 layers and 19 at 60 on 2 "
+                        "cores; a shallow stack may fit in cache where the full one does not)")
     p.add_argument("--pte-quants", nargs="+", default=None, choices=PTE_QUANTS, metavar="Q",
                    help=f"pte suite: the program formats, in this order (default {' '.join(PTE_QUANTS)})")
 

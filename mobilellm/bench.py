@@ -56,6 +56,8 @@ ALL_SUITES = ("train", "decode", "int8", "sharing")  # what "all" runs: pte lowe
 SCHEMA_VERSION = 1
 PTE_QUANTS = ("fp32", "int8", "8da4w")  # the pte suite's program formats
 PTE_BENCH_JSON = "bench_pte_125m_2blocks.json"  # the committed pte report in data/results (notebook 11, README)
+# The 125M's full depth, one committed report per format (each lowering run is most of an hour here)
+PTE_FULL_BENCH_JSON = "bench_pte_125m_30blocks_{quant}.json"
 # Above this many parameters a model is "big": smaller batches and fewer repeats.
 BIG_PARAMS = 20_000_000
 DEFAULT_CONFIGS = {"train": ("teach-micro", "mobilellm-125m"), "decode": ("teach-micro", "mobilellm-125m"),
@@ -638,8 +640,9 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
     (with ``peer``, where its environment exists: ``optimum``, or ``.venv-optimum``), llama.cpp running
     them as GGUF F32 / Q8_0 / Q4_0 (with ``peer``, where llama-cpp-python is installed; as many threads
     as ExecuTorch's) and the paper's iPhone 13 figures.
-    ``n_layers``: the preset's width with this many stored blocks (lowering time grows faster than
-    the depth: a 30-block 125M program takes tens of minutes on a small machine); ``repeat_cost``
+    ``n_layers``: the preset's width with this many stored blocks (lowering grows a little faster than
+    the executed layers: on 2 cores a 30-layer 8da4w program takes about 6 minutes, a 60-layer one 19,
+    so the 30-block grid of one format is over an hour); ``repeat_cost``
     takes the embedding and head out of the comparison, not the cache effect of a shallower stack.
     """
     with quiet_libraries(), native_stderr_silenced():  # torchao says hello
@@ -762,6 +765,46 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
             "repeat_cost": costs, "paper_repeat_cost": repeat_cost(paper_ms), **peer_cmp,
             "paper": PAPER_SHARING}
 
+
+
+def merge_pte_reports(reports: list[dict]) -> dict:
+    """One pte report from several runs of the same models, each timing other formats (``--pte-quants``).
+
+    Each format's figures stay as its own run measured them (ratios are within a run, never across);
+    ``runs`` keeps every run's formats, command and machine details. Runs of different models or
+    settings, or two runs of one format, are refused.
+    """
+    if not reports:
+        raise ValueError("no pte reports to merge")
+    same = ("config", "stored_blocks", "prompt_len", "new_tokens", "cache_window", "repeats", "group_size_8da4w",
+            "threads", "weights")
+    first = reports[0]["pte"][0]
+    merged = {k: first.get(k) for k in same} | {"variants": [], "cpu_caches": first.get("cpu_caches"),
+                                               "paper_repeat_cost": first.get("paper_repeat_cost"),
+                                               "paper": first.get("paper")}
+    runs, seen = [], set()
+    for report in reports:
+        pte = report["pte"][0]
+        differ = {k: (first.get(k), pte.get(k)) for k in same if pte.get(k) != first.get(k)}
+        if differ:
+            raise ValueError(f"pte reports of different runs cannot be merged: {differ}")
+        quants = list(dict.fromkeys(v["quant"] for v in pte["variants"]))
+        if seen & set(quants):
+            raise ValueError(f"two pte reports time {sorted(seen & set(quants))}: merge one run per format")
+        seen |= set(quants)
+        runs.append({"quants": quants, "command": report.get("command"), "machine": report["machine"]})
+        merged["variants"] += pte["variants"]
+        for k, v in pte.items():
+            if isinstance(v, dict) and k not in same:  # per-format dicts: repeat_cost, block_bytes, vs_<peer>, …
+                merged.setdefault(k, {}).update(v)
+    return {"schema": reports[0].get("schema"), "machine": reports[0]["machine"], "runs": runs, "pte": [merged]}
+
+
+def pte_full_depth(folder: str | os.PathLike) -> dict | None:
+    """The committed 30-block pte runs in ``folder`` (one file per format), merged; None if there are none."""
+    paths = [Path(folder) / PTE_FULL_BENCH_JSON.format(quant=q) for q in ("8da4w", "int8", "fp32")]
+    reports = [json.loads(p.read_text()) for p in paths if p.is_file()]
+    return merge_pte_reports(reports) if reports else None
 
 # --- the whole run ---------------------------------------------------------------------------
 

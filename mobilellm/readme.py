@@ -165,15 +165,17 @@ def training_budget() -> str:
     return text
 
 
-def pte_latency_table(path: Path | None = None) -> str:
-    """The README's on-device latency table, from the committed ``bench --suite pte`` report."""
+def pte_latency_table(path: Path | None = None, report: dict | None = None) -> str:
+    """The README's on-device latency table, from a ``bench --suite pte`` report (the committed 2-block
+    one by default) or ``report``, one already read (``bench.merge_pte_reports``'s several runs)."""
     from .bench import PTE_BENCH_JSON
 
-    path = path or ROOT / "data" / "results" / PTE_BENCH_JSON
-    if not path.is_file():
-        return f"(no `{path.name}` yet: run the command in the notebook 11 section)"
-    report = json.loads(path.read_text())
-    pte, m = report["pte"][0], report["machine"]
+    if report is None:
+        path = path or ROOT / "data" / "results" / PTE_BENCH_JSON
+        if not path.is_file():
+            return f"(no `{path.name}` yet: run the command in the notebook 11 section)"
+        report = json.loads(path.read_text())
+    pte = report["pte"][0]
     rows = {(v["name"], v["quant"]): v for v in pte["variants"]}
     quants = list(dict.fromkeys(v["quant"] for v in pte["variants"]))
     what = {"unshared": "unshared", "immediate": "immediate sharing (A A B B)",
@@ -195,6 +197,7 @@ def pte_latency_table(path: Path | None = None) -> str:
         paper = "—" if v0.get("paper_ms") is None else f"{v0['paper_ms']}" + (
             f" ({v0['paper_ratio']:.2f}×)" if key != "unshared" else "")
         out.append(f"| {label} | " + " | ".join(cells) + f" | {paper} |")
+    runs = report.get("runs") or [{"quants": quants, "command": report.get("command"), "machine": report["machine"]}]
     cost = pte["repeat_cost"]
     fits = "; ".join(f"{q} {b / 2**20:.1f} MiB ({'/'.join(pte['block_fits_in'][q]) or 'no cache'})"
                      for q, b in pte["block_bytes"].items())
@@ -205,9 +208,12 @@ def pte_latency_table(path: Path | None = None) -> str:
                + f"; the paper's iPhone 13 figures give {pte['paper_repeat_cost']:.2f}. One block's weights: "
                + f"{fits}. {pte['config']}, {pte['weights'].split(';')[0]} weights, {pte['new_tokens']} tokens "
                + f"after a {pte['prompt_len']}-token prompt, median of {pte['repeats']} interleaved rounds; "
-               + f"{m['cpu']}, {m['cpus_available']} CPUs (load {m['load_average'][0]:.1f} at "
-               + f"the start, {(m.get('load_average_after') or [float('nan')])[0]:.1f} at the end), "
-               + f"commit {str(m['git_commit'])[:7]}, `{report.get('command', '?')}`.")
+               + f"{report['machine']['cpu']}, {report['machine']['cpus_available']} CPUs"
+               + ("; " if len(runs) > 1 else " ") + "; ".join(
+                   ("" if len(runs) == 1 else f"{'/'.join(r['quants'])}: ")
+                   + f"(load {r['machine']['load_average'][0]:.1f} at the start, "
+                   + f"{(r['machine'].get('load_average_after') or [float('nan')])[0]:.1f} at the end), "
+                   + f"commit {str(r['machine']['git_commit'])[:7]}, `{r.get('command') or '?'}`" for r in runs) + ".")
     return "\n".join(out)
 
 
@@ -226,6 +232,12 @@ def update_readme() -> None:
         text = _replace_between(text, "<!-- budget:start -->", "<!-- budget:end -->", training_budget())
     if "<!-- pte-latency:start -->" in text:
         text = _replace_between(text, "<!-- pte-latency:start -->", "<!-- pte-latency:end -->", pte_latency_table())
+    if "<!-- pte-latency-30:start -->" in text:
+        from .bench import pte_full_depth
+
+        full = pte_full_depth(ROOT / "data" / "results")
+        text = _replace_between(text, "<!-- pte-latency-30:start -->", "<!-- pte-latency-30:end -->",
+                                pte_latency_table(report=full) if full else "(no 30-block pte run committed yet)")
     if "<!-- verdicts:start -->" in text:
         from .claims import verdict_table
 

@@ -74,3 +74,39 @@ def test_pte_latency_table_from_a_report(tmp_path):
     assert "int8 0.10 (immediate), 0.20 (repeat-all)" in table and "give 0.03" in table and "3.0 MiB (L3)" in table
     assert "load 3.0 at the start, 5.5 at the end" in table
     assert "no `missing.json` yet" in F.pte_latency_table(tmp_path / "missing.json")
+
+
+def _pte_run(quant, ms, load, commit):
+    variants = [{"name": n, "quant": quant, "ms_per_token": m, "latency_ratio_vs_unshared": m / ms[0],
+                 "paper_ms": None, "paper_ratio": None} for n, m in zip(("unshared", "immediate", "repeat_all", "deeper"),
+                                                                         ms, strict=True)]
+    return {"command": f"bench --pte-quants {quant}", "machine": {
+        "cpu": "AMD EPYC", "cpus_available": 2, "load_average": [load], "load_average_after": [load],
+        "git_commit": commit},
+        "pte": [{"config": "mobilellm-125m at 30 blocks", "weights": "random (seeded); x", "stored_blocks": 30,
+                 "new_tokens": 64, "prompt_len": 16, "repeats": 5, "variants": variants,
+                 "repeat_cost": {quant: {"immediate": 0.5, "repeat_all": 0.6}}, "paper_repeat_cost": 0.03,
+                 "block_bytes": {quant: 2 ** 20}, "block_fits_in": {quant: ["L3"]}, "skipped": {}}]}
+
+
+def test_pte_latency_table_merges_one_run_per_format():
+    from mobilellm.bench import merge_pte_reports
+
+    merged = merge_pte_reports([_pte_run("8da4w", [10, 15, 16, 20], 1.0, "aaaaaaa1"),
+                                _pte_run("fp32", [40, 50, 55, 80], 2.0, "bbbbbbb2")])
+    assert [r["quants"] for r in merged["runs"]] == [["8da4w"], ["fp32"]]
+    assert set(merged["pte"][0]["repeat_cost"]) == {"8da4w", "fp32"} and len(merged["pte"][0]["variants"]) == 8
+    table = F.pte_latency_table(report=merged)
+    assert table.splitlines()[0] == "| decode ms/token (x unshared) | .pte 8da4w | .pte fp32 | iPhone 13 (paper) |"
+    assert "| immediate sharing (A A B B) | 15.00 (1.50×) | 50.00 (1.25×) | — |" in table
+    # each format's run is credited with its own load, commit and command
+    assert "8da4w: (load 1.0 at the start, 1.0 at the end), commit aaaaaaa, `bench --pte-quants 8da4w`" in table
+    assert "fp32: (load 2.0 at the start, 2.0 at the end), commit bbbbbbb, `bench --pte-quants fp32`" in table
+    with pytest.raises(ValueError, match="two pte reports time"):
+        merge_pte_reports([_pte_run("fp32", [1, 2, 3, 4], 1.0, "a"), _pte_run("fp32", [1, 2, 3, 4], 1.0, "b")])
+    other = _pte_run("int8", [1, 2, 3, 4], 1.0, "c")
+    other["pte"][0]["stored_blocks"] = 2
+    with pytest.raises(ValueError, match="different runs cannot be merged.*stored_blocks"):
+        merge_pte_reports([_pte_run("fp32", [1, 2, 3, 4], 1.0, "a"), other])
+    with pytest.raises(ValueError, match="no pte reports"):
+        merge_pte_reports([])
