@@ -518,11 +518,15 @@ def _add_bench(sub) -> None:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurements (15-60 s each)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--pte-blocks", type=int, default=None, metavar="N",
-                   help="pte suite: the preset's width at N stored blocks (lowering grows a little faster than the executed "
-                        "layers: a 125M-wide 8da4w program takes about 6 minutes at 30 layers and 19 at 60 on 2 "
-                        "cores; a shallow stack may fit in cache where the full one does not)")
+                   help="pte suite: the preset's width at N stored blocks (lowering grows a little faster than the "
+                        "executed layers: a 125M-wide 8da4w program takes about 6 minutes at 30 layers and 19 at 60 on "
+                        "2 cores; a shallow stack may fit in cache where the full one does not)")
     p.add_argument("--pte-quants", nargs="+", default=None, choices=PTE_QUANTS, metavar="Q",
                    help=f"pte suite: the program formats, in this order (default {' '.join(PTE_QUANTS)})")
+    p.add_argument("--pte-programs", default=None, metavar="DIR",
+                   help="pte suite: keep the lowered programs in DIR and reuse those already there (same weights, "
+                        "code and versions): an interrupted run keeps what it lowered, and formats can be lowered "
+                        "in parallel processes, then each timed alone on a quiet machine")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -536,7 +540,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = BenchSettings.make(quick=args.quick, repeats=args.repeats, compile=False if args.no_compile else None,
                                   progress=not args.no_progress)
     settings = dataclasses.replace(settings, pte_blocks=args.pte_blocks,
-                                   pte_quants=tuple(args.pte_quants or settings.pte_quants))
+                                   pte_quants=tuple(args.pte_quants or settings.pte_quants),
+                                   pte_programs=args.pte_programs)
     report = run_bench(args.suite, [args.config] if args.config else None, settings)
     report["command"] = "python -m mobilellm " + " ".join(args.argv)
     print(format_report(report))

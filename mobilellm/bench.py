@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import functools
 import gc
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -41,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ._common import one_line
+from ._files import write_atomic
 from ._quiet import native_stderr_silenced, quiet_libraries
 from .accounting import flops_per_token, kv_cache_bytes_per_token, param_count, weight_bytes
 from .config import ModelConfig, get_config
@@ -84,6 +86,7 @@ class BenchSettings:
     progress: bool = True
     pte_blocks: int | None = None  # the pte suite: the preset's width at this many stored blocks (None: as is)
     pte_quants: tuple[str, ...] = PTE_QUANTS  # the pte suite's formats, lowered and timed in this order
+    pte_programs: str | None = None  # the pte suite: keep lowered programs in this folder, reuse them from it
 
     def __post_init__(self) -> None:
         if not isinstance(self.repeats, int) or self.repeats < 1:
@@ -631,8 +634,56 @@ def _gguf_peer(model: MobileLLM, path: Path, quant: str, max_len: int, group_siz
     return write_gguf(model, path.with_suffix(".gguf"), None, GGUF_FOR_QUANT[quant])
 
 
+
+# The modules whose code decides what a lowered program holds: a change to either lowers anew.
+_EXPORT_CODE = ("executorch_program.py", "gguf_export.py")
+
+
+def program_fingerprint(model: MobileLLM, key: str, quant: str, max_len: int, group: int) -> str:
+    """16 hex digits naming one lowered program: the weights, the variant, format, window and 8da4w group,
+    the exporting code and the torch / ExecuTorch / torchao versions (a kept program is reused only if all match)."""
+    h = hashlib.blake2b(digest_size=8)
+    versions = {d: importlib.metadata.version(d) for d in ("torch", "executorch", "torchao")}
+    h.update(json.dumps([key, quant, max_len, group, model.cfg.to_dict(), versions], sort_keys=True).encode())
+    for name in _EXPORT_CODE:
+        h.update(Path(__file__).with_name(name).read_bytes())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def lowered(export: Callable[..., Path], model: MobileLLM, key: str, quant: str, max_len: int, group: int,
+            folder: Path, keep: str | os.PathLike | None = None) -> tuple[Path, float, bool]:
+    """``export`` the model's program for one variant and format: (path, seconds it took to lower, reused).
+
+    With ``keep``, programs live there and one already lowered from the same weights, code and versions is
+    reused (its first lowering time is reported): an interrupted run loses no finished lowering, and the
+    slow lowering can run apart from the timing, e.g. two formats at once, then each timed alone.
+    """
+    if keep is None:
+        start = time.perf_counter()
+        path = export(model, folder / f"{key}-{quant}.pte", quant, max_len=max_len, group_size=group)
+        return path, time.perf_counter() - start, False
+    stem = Path(keep) / f"{key}-{quant}-{program_fingerprint(model, key, quant, max_len, group)}"
+    note = stem.with_suffix(".json")
+    if note.is_file():
+        kept = json.loads(note.read_text())
+        if (stem.parent / kept["file"]).is_file():
+            return stem.parent / kept["file"], kept["lower_s"], True
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    path = export(model, stem.with_suffix(".pte"), quant, max_len=max_len, group_size=group)
+    lower_s = time.perf_counter() - start
+    # the note is written last: a program without one (an interrupted export) is lowered again
+    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    write_atomic(note, lambda tmp: tmp.write_text(json.dumps({"file": path.name, "lower_s": lower_s, "date": when})))
+    return path, lower_s, False
+
+
 def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ...] = PTE_QUANTS,
-              n_layers: int | None = None, peer: bool = True, optimum: str | os.PathLike | None = None) -> dict:
+              n_layers: int | None = None, peer: bool = True, optimum: str | os.PathLike | None = None,
+              programs: str | os.PathLike | None = None) -> dict:
     """Per-token decode latency of KV-cached .pte programs (unshared, immediate, repeat_all, 2x deeper) per quant.
 
     Random weights; beside our eager PyTorch decode of the same models, ExecuTorch's own Llama export
@@ -644,6 +695,7 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
     the executed layers: on 2 cores a 30-layer 8da4w program takes about 6 minutes, a 60-layer one 19,
     so the 30-block grid of one format is over an hour); ``repeat_cost``
     takes the embedding and head out of the comparison, not the cache effect of a shallower stack.
+    ``programs``: a folder to keep the lowered programs in and reuse them from (see ``lowered``).
     """
     with quiet_libraries(), native_stderr_silenced():  # torchao says hello
         from .executorch_program import (
@@ -700,12 +752,11 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
             decs, info = {}, {}
             for key, export, m, load in jobs:
                 try:
-                    start = time.perf_counter()
-                    path = export(m, Path(tmp) / f"{key}-{quant}.pte", quant, max_len=plen + new,
-                                  group_size=group or 0)  # (no 8da4w group: fp32 and int8 use none)
-                    lower_s = time.perf_counter() - start
+                    path, lower_s, reused = lowered(export, m, key, quant, plen + new,
+                                                    group or 0,  # (no 8da4w group: fp32 and int8 use none)
+                                                    Path(tmp), programs)
                     decs[key] = load(path)
-                    info[key] = {"lower_s": lower_s, "bytes": path.stat().st_size}
+                    info[key] = {"lower_s": lower_s, "lowered_earlier": reused, "bytes": path.stat().st_size}
                     if key == LLAMA_CPP_PEER:
                         info[key] |= {"gguf_type": GGUF_FOR_QUANT[quant], "threads": threads}
                     else:  # what one call runs: XNNPACK subgraphs, and kernels of the runtime's own
@@ -761,6 +812,7 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
     return {"config": name, "weights": "random (seeded); latency does not depend on the values",
             "stored_blocks": base_cfg.n_layers, "prompt_len": plen, "new_tokens": new, "cache_window": plen + new,
             "repeats": repeats, "group_size_8da4w": group, "threads": threads, "variants": rows, "block_bytes": blocks,
+            "programs_kept_in": None if programs is None else str(programs),
             "block_fits_in": fits, "cpu_caches": caches, "skipped": skipped,
             "repeat_cost": costs, "paper_repeat_cost": repeat_cost(paper_ms), **peer_cmp,
             "paper": PAPER_SHARING}
@@ -835,7 +887,7 @@ def run_bench(suites: list[str] | tuple[str, ...] = ALL_SUITES, configs: list[st
     runners = {"train": lambda c: bench_train(c, s, report["ceilings"]["matmul"]),
                "decode": lambda c: bench_decode(c, s, report["ceilings"]["memory"]),
                "int8": lambda c: bench_int8(c, s), "sharing": lambda c: bench_sharing(c, s),
-               "pte": lambda c: bench_pte(c, s, s.pte_quants, n_layers=s.pte_blocks)}
+               "pte": lambda c: bench_pte(c, s, s.pte_quants, n_layers=s.pte_blocks, programs=s.pte_programs)}
     for suite in (x for x in SUITES if x in suites):
         report[suite] = []
         for c in chosen(suite):

@@ -264,3 +264,41 @@ def test_repeat_cost_and_pte_arguments():
         bench_pte("teach-micro", s, quants=("int4",))
     with pytest.raises(ValueError, match="n_layers"):
         bench_pte("mobilellm-125m", s, n_layers=0)
+
+
+def test_kept_programs_are_reused_only_for_the_same_weights_and_format(tmp_path):
+    from mobilellm.bench import lowered, program_fingerprint
+
+    calls = []
+
+    def export(model, path, quant, max_len, group_size):  # stands in for the minutes-long lowering
+        calls.append((path.name, quant))
+        path.write_bytes(b"program")
+        return path
+
+    torch.manual_seed(0)
+    model = MobileLLM(tiny_config(n_layers=1))
+    keep = tmp_path / "kept"
+    path, lower_s, reused = lowered(export, model, "unshared", "int8", 32, 0, tmp_path, keep)
+    assert path.parent == keep and path.is_file() and not reused and lower_s >= 0 and len(calls) == 1
+    again = lowered(export, model, "unshared", "int8", 32, 0, tmp_path, keep)
+    assert again == (path, lower_s, True) and len(calls) == 1  # the first lowering time, reported as such
+    # another format, window or variant name, or other weights: lowered anew
+    lowered(export, model, "unshared", "fp32", 32, 0, tmp_path, keep)
+    lowered(export, model, "unshared", "int8", 48, 0, tmp_path, keep)
+    lowered(export, model, "deeper", "int8", 32, 0, tmp_path, keep)
+    before = program_fingerprint(model, "unshared", "int8", 32, 0)
+    with torch.no_grad():
+        model.norm.weight[0] += 1e-3
+    assert program_fingerprint(model, "unshared", "int8", 32, 0) != before
+    assert not lowered(export, model, "unshared", "int8", 32, 0, tmp_path, keep)[2] and len(calls) == 5
+    # an export cut off before its note was written is lowered again, not trusted
+    path.with_suffix(".json").unlink()
+    torch.manual_seed(0)
+    fresh = MobileLLM(tiny_config(n_layers=1))
+    assert program_fingerprint(fresh, "unshared", "int8", 32, 0) == before
+    path2, _, reused = lowered(export, fresh, "unshared", "int8", 32, 0, tmp_path, keep)
+    assert path2 == path and not reused and len(calls) == 6
+    # without a folder to keep them in, programs are written where asked and never reused
+    assert lowered(export, model, "unshared", "int8", 32, 0, tmp_path, None)[1:] == (pytest.approx(0, abs=1), False)
+    assert (tmp_path / "unshared-int8.pte").is_file() and len(calls) == 7

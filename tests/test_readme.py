@@ -77,9 +77,9 @@ def test_pte_latency_table_from_a_report(tmp_path):
 
 
 def _pte_run(quant, ms, load, commit):
+    names = ("unshared", "immediate", "repeat_all", "deeper")
     variants = [{"name": n, "quant": quant, "ms_per_token": m, "latency_ratio_vs_unshared": m / ms[0],
-                 "paper_ms": None, "paper_ratio": None} for n, m in zip(("unshared", "immediate", "repeat_all", "deeper"),
-                                                                         ms, strict=True)]
+                 "paper_ms": None, "paper_ratio": None} for n, m in zip(names, ms, strict=True)]
     return {"command": f"bench --pte-quants {quant}", "machine": {
         "cpu": "AMD EPYC", "cpus_available": 2, "load_average": [load], "load_average_after": [load],
         "git_commit": commit},
