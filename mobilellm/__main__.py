@@ -523,6 +523,9 @@ def _add_bench(sub) -> None:
                         "2 cores; a shallow stack may fit in cache where the full one does not)")
     p.add_argument("--pte-quants", nargs="+", default=None, choices=PTE_QUANTS, metavar="Q",
                    help=f"pte suite: the program formats, in this order (default {' '.join(PTE_QUANTS)})")
+    p.add_argument("--no-pte-peers", action="store_true",
+                   help="pte suite: our programs and the control only, not the peers' exports (ExecuTorch's Llama "
+                        "export, optimum-executorch, llama.cpp), which each lower the unshared weights again")
     p.add_argument("--pte-programs", default=None, metavar="DIR",
                    help="pte suite: keep the lowered programs in DIR and reuse those already there (same weights, "
                         "code and versions): an interrupted run keeps what it lowered, and formats can be lowered "
@@ -541,7 +544,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                   progress=not args.no_progress)
     settings = dataclasses.replace(settings, pte_blocks=args.pte_blocks,
                                    pte_quants=tuple(args.pte_quants or settings.pte_quants),
-                                   pte_programs=args.pte_programs)
+                                   pte_programs=args.pte_programs, pte_peers=not args.no_pte_peers)
     report = run_bench(args.suite, [args.config] if args.config else None, settings)
     report["command"] = "python -m mobilellm " + " ".join(args.argv)
     print(format_report(report))

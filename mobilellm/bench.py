@@ -87,6 +87,7 @@ class BenchSettings:
     pte_blocks: int | None = None  # the pte suite: the preset's width at this many stored blocks (None: as is)
     pte_quants: tuple[str, ...] = PTE_QUANTS  # the pte suite's formats, lowered and timed in this order
     pte_programs: str | None = None  # the pte suite: keep lowered programs in this folder, reuse them from it
+    pte_peers: bool = True  # the pte suite: time the peers' exports too (each lowers the unshared weights again)
 
     def __post_init__(self) -> None:
         if not isinstance(self.repeats, int) or self.repeats < 1:
@@ -735,6 +736,8 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
                                "optimum-executorch's export of the unshared weights", PteDecoder)
     elif peer:
         skipped[OPTIMUM_PEER] = "no optimum-executorch environment (make optimum-venv)"
+    if not peer:
+        skipped["peers"] = "not asked for (peer=False; the CLI's --no-pte-peers)"
     if peer and importlib.util.find_spec("llama_cpp"):
         peers[LLAMA_CPP_PEER] = (_gguf_peer, "llama.cpp on the unshared weights as GGUF (F32 / Q8_0 / Q4_0)",
                                  functools.partial(LlamaCppDecoder, n_ctx=plen + new, n_threads=threads))
@@ -765,7 +768,7 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
                                       "kernel_calls": census["kernel_calls"]}
                 except Exception as e:  # lowering is fragile across versions: report it, keep the rest
                     skipped[f"{key} {quant}"] = f"export or run failed: {one_line(e)}"
-            if peer and "unshared" in decs:
+            if "unshared" in decs:  # the control needs no lowering: it runs with or without the peers
                 decs[AGAIN], info[AGAIN] = PteDecoder(decs["unshared"].path), dict(info["unshared"])
             times = measure({k: pte_decode_timer(d, prompt, new) for k, d in decs.items()}, repeats, s.warmup,
                             f"pte {quant} {name}", s.progress) if decs else {}
@@ -887,7 +890,8 @@ def run_bench(suites: list[str] | tuple[str, ...] = ALL_SUITES, configs: list[st
     runners = {"train": lambda c: bench_train(c, s, report["ceilings"]["matmul"]),
                "decode": lambda c: bench_decode(c, s, report["ceilings"]["memory"]),
                "int8": lambda c: bench_int8(c, s), "sharing": lambda c: bench_sharing(c, s),
-               "pte": lambda c: bench_pte(c, s, s.pte_quants, n_layers=s.pte_blocks, programs=s.pte_programs)}
+               "pte": lambda c: bench_pte(c, s, s.pte_quants, n_layers=s.pte_blocks, peer=s.pte_peers,
+                                          programs=s.pte_programs)}
     for suite in (x for x in SUITES if x in suites):
         report[suite] = []
         for c in chosen(suite):

@@ -189,7 +189,7 @@ def test_block_bytes_and_caches():
 
 
 @pytest.mark.slow
-def test_pte_suite_on_a_tiny_model():
+def test_pte_suite_on_a_tiny_model(tmp_path):
     pytest.importorskip("executorch")
     from mobilellm.bench import bench_pte, format_report
 
@@ -198,7 +198,7 @@ def test_pte_suite_on_a_tiny_model():
     # fp32 only: five lowerings (four models and the peer), not fifteen (8da4w: test_executorch_program)
     from mobilellm.executorch_program import optimum_python
 
-    r = bench_pte(cfg, BenchSettings(repeats=2, warmup=1, progress=False), quants=("fp32",))
+    r = bench_pte(cfg, BenchSettings(repeats=2, warmup=1, progress=False), quants=("fp32",), programs=tmp_path)
     optimum = optimum_python() is not None  # optimum-executorch's peer, where its environment exists
     llama_cpp = importlib.util.find_spec("llama_cpp") is not None  # llama.cpp's, where it is installed
     absent = {"optimum_executorch": "no optimum-executorch environment (make optimum-venv)",
@@ -245,6 +245,14 @@ def test_pte_suite_on_a_tiny_model():
     assert "pte custom" in text and "ExecuTorch's Llama export" in text and "re-run layer" in text
     assert "calls per token (fp32; XNNPACK subgraphs + the runtime's own kernels): unshared " in text
     assert "the same program loaded again (the noise floor)" in text
+    # run again without the peers: our four programs come from the folder, lowered by the run above
+    again = bench_pte(cfg, BenchSettings(repeats=2, warmup=1, progress=False), quants=("fp32",), peer=False,
+                      programs=tmp_path)
+    kept = {v["name"]: v for v in again["variants"]}
+    assert set(kept) == {"unshared", "immediate", "repeat_all", "deeper", "unshared_again"}
+    assert all(kept[k]["lowered_earlier"] and kept[k]["lower_s"] == rows[k, "fp32"]["lower_s"] for k in kept)
+    assert "peers" in again["skipped"] and again["programs_kept_in"] == str(tmp_path)
+    assert _ok(again["vs_unshared_again"]["fp32"]["speed_ratio"]) and not again["vs_executorch_llama"]
 
 
 def test_repeat_cost_and_pte_arguments():
