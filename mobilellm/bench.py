@@ -852,6 +852,10 @@ def merge_pte_reports(reports: list[dict]) -> dict:
         for k, v in pte.items():
             if isinstance(v, dict) and k not in same:  # per-format dicts: repeat_cost, block_bytes, vs_<peer>, …
                 merged.setdefault(k, {}).update(v)
+    # sizes, unlike times, do not depend on the run: each program's bytes against the fp32 one's of any run
+    fp32_bytes = {v["name"]: v.get("bytes") for v in merged["variants"] if v["quant"] == "fp32"}
+    merged["variants"] = [v | {"size_ratio_vs_fp32": ratio(v.get("bytes"), fp32_bytes.get(v["name"]))}
+                          for v in merged["variants"]]
     return {"schema": reports[0].get("schema"), "machine": reports[0]["machine"], "runs": runs, "pte": [merged]}
 
 

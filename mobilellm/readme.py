@@ -198,6 +198,12 @@ def pte_latency_table(path: Path | None = None, report: dict | None = None) -> s
             f" ({v0['paper_ratio']:.2f}×)" if key != "unshared" else "")
         out.append(f"| {label} | " + " | ".join(cells) + f" | {paper} |")
     runs = report.get("runs") or [{"quants": quants, "command": report.get("command"), "machine": report["machine"]}]
+    def mb(q: str, v: dict) -> str:
+        r = v.get("size_ratio_vs_fp32") if q != "fp32" else None
+        return f"{q} {v['bytes'] / 1e6:.1f} MB" + (f" ({r:.2f}× fp32)" if r else "")
+
+    sizes = [mb(q, v) for q in quants if (v := rows.get(("unshared", q))) and v.get("bytes")]
+    size = f"Unshared program size: {', '.join(sizes)}. " if sizes else ""
     cost = pte["repeat_cost"]
     fits = "; ".join(f"{q} {b / 2**20:.1f} MiB ({'/'.join(pte['block_fits_in'][q]) or 'no cache'})"
                      for q, b in pte["block_bytes"].items())
@@ -206,7 +212,7 @@ def pte_latency_table(path: Path | None = None, report: dict | None = None) -> s
                + ", ".join(f"{q} {cost[q]['immediate']:.2f} (immediate), {cost[q]['repeat_all']:.2f} (repeat-all)"
                            for q in quants)
                + f"; the paper's iPhone 13 figures give {pte['paper_repeat_cost']:.2f}. One block's weights: "
-               + f"{fits}. {pte['config']}, {pte['weights'].split(';')[0]} weights, {pte['new_tokens']} tokens "
+               + f"{fits}. {size}{pte['config']}, {pte['weights'].split(';')[0]} weights, {pte['new_tokens']} tokens "
                + f"after a {pte['prompt_len']}-token prompt, median of {pte['repeats']} interleaved rounds; "
                + f"{report['machine']['cpu']}, {report['machine']['cpus_available']} CPUs"
                + ("; " if len(runs) > 1 else " ") + "; ".join(

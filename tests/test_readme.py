@@ -79,7 +79,8 @@ def test_pte_latency_table_from_a_report(tmp_path):
 def _pte_run(quant, ms, load, commit):
     names = ("unshared", "immediate", "repeat_all", "deeper")
     variants = [{"name": n, "quant": quant, "ms_per_token": m, "latency_ratio_vs_unshared": m / ms[0],
-                 "paper_ms": None, "paper_ratio": None} for n, m in zip(names, ms, strict=True)]
+                 "paper_ms": None, "paper_ratio": None, "bytes": {"8da4w": 20, "int8": 30, "fp32": 100}[quant] * 10**6}
+                for n, m in zip(names, ms, strict=True)]
     return {"command": f"bench --pte-quants {quant}", "machine": {
         "cpu": "AMD EPYC", "cpus_available": 2, "load_average": [load], "load_average_after": [load],
         "git_commit": commit},
@@ -99,6 +100,9 @@ def test_pte_latency_table_merges_one_run_per_format():
     table = F.pte_latency_table(report=merged)
     assert table.splitlines()[0] == "| decode ms/token (x unshared) | .pte 8da4w | .pte fp32 | iPhone 13 (paper) |"
     assert "| immediate sharing (A A B B) | 15.00 (1.50×) | 50.00 (1.25×) | — |" in table
+    # sizes are the same whichever run measured them: each format against the fp32 run's programs
+    assert "Unshared program size: 8da4w 20.0 MB (0.20× fp32), fp32 100.0 MB. " in table
+    assert {v["size_ratio_vs_fp32"] for v in merged["pte"][0]["variants"] if v["quant"] == "8da4w"} == {0.2}
     # each format's run is credited with its own load, commit and command
     assert "8da4w: (load 1.0 at the start, 1.0 at the end), commit aaaaaaa, `bench --pte-quants 8da4w`" in table
     assert "fp32: (load 2.0 at the start, 2.0 at the end), commit bbbbbbb, `bench --pte-quants fp32`" in table
