@@ -11,8 +11,9 @@
   stored blocks) vs a model twice as deep — the paper's iPhone table (+2.6% vs +86%);
 - ``pte``: the same table in the mobile runtime: KV-cached ExecuTorch programs (fp32, int8, 8da4w)
   of the unshared, immediate, repeat-all and twice-as-deep models, random weights, with the bytes
-  of one block in each format beside this CPU's cache sizes (not in ``all``: 12 lowerings, which
-  take about an hour at 125M; run it as ``--suite pte``).
+  of one block in each format beside this CPU's cache sizes, and the memory each program holds (not in
+  ``all``: 12 lowerings and the peers', hours at the 125M's full depth on 2 cores; run it as ``--suite
+  pte``, with ``--pte-programs`` to keep what it lowered).
 
 Every figure is the median of repeated runs after warm-up. Whatever is compared is measured in
 the same run, interleaved round by round with the order rotated, so a change in the machine's load
