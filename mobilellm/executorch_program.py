@@ -155,9 +155,10 @@ def quantize_decoder_(decoder: CachedDecoder, quant: str, group_size: int = DEFA
     """Quantize in place as ExecuTorch's Llama export does: every linear (head too), then the table per row."""
     if quant == "fp32":
         return decoder
-    from executorch.examples.models.llama.source_transformation.quantize import EmbeddingQuantHandler
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
-    from torchao.quantization.granularity import PerAxis, PerGroup
+    with quiet_libraries(), native_stderr_silenced():  # the Llama example's tokenizer library announces itself
+        from executorch.examples.models.llama.source_transformation.quantize import EmbeddingQuantHandler
+        from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+        from torchao.quantization.granularity import PerAxis, PerGroup
 
     weight_dtype, granularity = (torch.int8, PerAxis(0)) if quant == "int8" else (
         torch.int4, PerGroup(group_size) if group_size else PerAxis(0))
