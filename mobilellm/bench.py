@@ -658,7 +658,6 @@ def _gguf_peer(model: MobileLLM, path: Path, quant: str, max_len: int, group_siz
     return write_gguf(model, path.with_suffix(".gguf"), None, GGUF_FOR_QUANT[quant])
 
 
-
 # The modules whose code decides what a lowered program holds: a change to either lowers anew.
 _EXPORT_CODE = ("executorch_program.py", "gguf_export.py")
 
@@ -685,24 +684,29 @@ def lowered(export: Callable[..., Path], model: MobileLLM, key: str, quant: str,
     reused (its first lowering time is reported): an interrupted run loses no finished lowering, and the
     slow lowering can run apart from the timing, e.g. two formats at once, then each timed alone.
     """
-    if keep is None:
-        start = time.perf_counter()
-        path = export(model, folder / f"{key}-{quant}.pte", quant, max_len=max_len, group_size=group)
-        return path, time.perf_counter() - start, False
-    stem = Path(keep) / f"{key}-{quant}-{program_fingerprint(model, key, quant, max_len, group)}"
-    note = stem.with_suffix(".json")
-    if note.is_file():
-        kept = json.loads(note.read_text())
-        if (stem.parent / kept["file"]).is_file():
-            return stem.parent / kept["file"], kept["lower_s"], True
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"{key}-{quant}"
+    if keep is not None:
+        stem = Path(keep) / f"{key}-{quant}-{program_fingerprint(model, key, quant, max_len, group)}"
+        if stem.with_suffix(".json").is_file():
+            kept = json.loads(stem.with_suffix(".json").read_text())
+            if (stem.parent / kept["file"]).is_file():
+                return stem.parent / kept["file"], kept["lower_s"], True
+        stem.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     path = export(model, stem.with_suffix(".pte"), quant, max_len=max_len, group_size=group)
     lower_s = time.perf_counter() - start
-    # the note is written last: a program without one (an interrupted export) is lowered again
-    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    write_atomic(note, lambda tmp: tmp.write_text(json.dumps({"file": path.name, "lower_s": lower_s, "date": when})))
+    if keep is not None:  # the note is written last: a program without one (an interrupted export) is lowered again
+        when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        write_atomic(stem.with_suffix(".json"),
+                     lambda tmp: tmp.write_text(json.dumps({"file": path.name, "lower_s": lower_s, "date": when})))
     return path, lower_s, False
+
+
+def set_size_ratios(rows: list[dict]) -> None:
+    """Each program row's ``size_ratio_vs_fp32``: its bytes over the fp32 program's of the same model (None without)."""
+    fp32_bytes = {r["name"]: r.get("bytes") for r in rows if r["quant"] == "fp32"}
+    for r in rows:
+        r["size_ratio_vs_fp32"] = ratio(r.get("bytes"), fp32_bytes.get(r["name"]))
 
 
 def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ...] = PTE_QUANTS,
@@ -817,9 +821,7 @@ def bench_pte(config: str | ModelConfig, s: BenchSettings, quants: tuple[str, ..
                 getattr(d, "close", lambda: None)()  # llama.cpp's model: freed now, not at exit
             del decs
             gc.collect()
-    fp32_bytes = {r["name"]: r.get("bytes") for r in rows if r["quant"] == "fp32"}  # empty without fp32
-    for r in rows:
-        r["size_ratio_vs_fp32"] = ratio(r.get("bytes"), fp32_bytes.get(r["name"]))
+    set_size_ratios(rows)
     by = {(r["name"], r["quant"]): r for r in rows}
     def timed(key: str, quant: str) -> bool:  # lowered, loaded and timed (not skipped)
         return bool(by.get((key, quant), {}).get("ms_rounds"))
@@ -877,10 +879,7 @@ def merge_pte_reports(reports: list[dict]) -> dict:
         for k, v in pte.items():
             if isinstance(v, dict) and k not in same:  # per-format dicts: repeat_cost, block_bytes, vs_<peer>, …
                 merged.setdefault(k, {}).update(v)
-    # sizes, unlike times, do not depend on the run: each program's bytes against the fp32 one's of any run
-    fp32_bytes = {v["name"]: v.get("bytes") for v in merged["variants"] if v["quant"] == "fp32"}
-    merged["variants"] = [v | {"size_ratio_vs_fp32": ratio(v.get("bytes"), fp32_bytes.get(v["name"]))}
-                          for v in merged["variants"]]
+    set_size_ratios(merged["variants"])  # sizes, unlike times, do not depend on the run that measured them
     return {"schema": reports[0].get("schema"), "machine": reports[0]["machine"], "runs": runs, "pte": [merged]}
 
 
