@@ -165,7 +165,7 @@ SHARING_ORDERS = Ablation(
         ("repeat-all-over", GQA6.replace(layer_sharing="repeat_all")),
         ("reverse", GQA6.replace(layer_sharing="reverse")),
     ),
-    seeds=(0,),
+    seeds=(0, 1, 2),
 )
 
 # Budget dependence of the later choices (notebook 03's budget figure): 0.25x, 1x, 3x the tokens
@@ -209,8 +209,25 @@ ROADMAP = Ablation(
         ("+ layer sharing", SHARING.config("immediate ×2")),
     ),
 )
+
+
+def repetition(sweep: Ablation, every: int = 3) -> Ablation:
+    """``sweep`` trained on every ``every``-th training play only, on the same tokens: ``every``×
+    the passes over the data at the same budget. If a budget trend came from repeating the corpus,
+    the paired difference moves here; if it came from the budget, it stays."""
+    return dataclasses.replace(sweep, name=f"{sweep.name}-repeat{every}",
+                               recipe=dataclasses.replace(sweep.recipe, train_docs_every=every),
+                               question=f"{sweep.question}, on every {every}th play ({every}x the passes)")
+
+
+# The repetition test at ≈57 tokens per parameter (3x the tokens: ~3 passes over the corpus, ~9 over a
+# third of it), for the two budget trends that moved: depth's extremes and tying.
+DEPTH_REPEAT = repetition(budget_sweep(DEPTH, ("2×56", "8×32"), (3.0,), (0, 1, 2), "trend")[0])
+EMBEDDING_REPEAT = repetition(budget_sweep(EMBEDDING, ("untied", "tied"), (3.0,), (0, 1, 2), "trend")[0])
+
 ABLATIONS = {ab.name: ab for ab in (SWIGLU, DEPTH, EMBEDDING, GQA, SHARING, SHARING_ORDERS, ROADMAP, SHARING_SCARCE,
-                                    *DEPTH_TREND, *EMBEDDING_TREND, *SHARING_TREND)}
+                                    *DEPTH_TREND, *EMBEDDING_TREND, *SHARING_TREND, DEPTH_REPEAT,
+                                    EMBEDDING_REPEAT)}
 
 
 def get_ablation(name: str) -> Ablation:

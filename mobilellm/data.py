@@ -486,6 +486,17 @@ def prepare(corpus: str | Corpus = "shakespeare", vocab_size: int = 512,
     return TokenData(arrays["train"], arrays["val"], Tokenizer(out / "tokenizer.model"), fp, out, c.name)
 
 
+def every_kth_document(tokens: np.ndarray, eos_id: int, k: int) -> np.ndarray:
+    """The documents (each ending in ``eos_id``) at positions 0, k, 2k, … of a token stream: a
+    smaller training set of whole documents, spread over the corpus (every third play, say)."""
+    if k < 1:
+        raise ValueError(f"k ({k!r}) must be a positive integer")
+    ends = np.flatnonzero(np.asarray(tokens) == eos_id) + 1
+    starts = np.concatenate([[0], ends[:-1]])
+    keep = [np.asarray(tokens[s:e]) for s, e in list(zip(starts, ends))[::k]]
+    return np.concatenate(keep) if keep else np.asarray(tokens[:0])
+
+
 # --- batches ---------------------------------------------------------------------------------
 
 def _check_len(tokens: np.ndarray, seq_len: int, split: str) -> None:

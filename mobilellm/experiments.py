@@ -82,6 +82,22 @@ class Recipe:
     eval_windows: int = 128
     corpus: str = "shakespeare"
     vocab_size: int = 512
+    # Train on every k-th training document only (the same tokenizer and validation split): the
+    # repetition test, which spends the same tokens on more passes over less text.
+    train_docs_every: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.train_docs_every, int) or self.train_docs_every < 1:
+            raise ValueError(f"train_docs_every ({self.train_docs_every!r}) must be a positive integer "
+                             f"(1: every training document, 3: every third)")
+
+    def key(self) -> dict:
+        """The fields that make a run, for its hash. Fields added later are left out at their default,
+        so that every run cached before them keeps its key."""
+        d = dataclasses.asdict(self)
+        if d["train_docs_every"] == 1:
+            del d["train_docs_every"]
+        return d
 
     @property
     def steps(self) -> int:
@@ -158,7 +174,7 @@ class RunRecord:
 
 def run_key(cfg: ModelConfig, recipe: Recipe, data_fingerprint: str, seed: int) -> str:
     """Hash of everything that determines a run's result."""
-    blob = json.dumps({"config": cfg.to_dict(), "recipe": dataclasses.asdict(recipe), "data": data_fingerprint,
+    blob = json.dumps({"config": cfg.to_dict(), "recipe": recipe.key(), "data": data_fingerprint,
                        "seed": seed, "version": RESULTS_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -200,13 +216,24 @@ _DATA_CACHE: dict = {}
 
 
 def load_data(recipe: Recipe):
-    """Prepared tokens for a recipe (memoised per process)."""
-    from .data import prepare
+    """Prepared tokens for a recipe (memoised per process); with ``train_docs_every`` > 1, the
+    training split keeps every k-th document (the fingerprint stays the full corpus's: the recipe
+    says which part of it trained)."""
+    from .data import every_kth_document, prepare
 
-    key = (recipe.corpus, recipe.vocab_size)
+    key = (recipe.corpus, recipe.vocab_size, recipe.train_docs_every)
     if key not in _DATA_CACHE:
-        _DATA_CACHE[key] = prepare(recipe.corpus, recipe.vocab_size)
+        data = prepare(recipe.corpus, recipe.vocab_size)
+        if recipe.train_docs_every > 1:
+            data = dataclasses.replace(data, train=every_kth_document(data.train, data.tokenizer.eos_id,
+                                                                      recipe.train_docs_every))
+        _DATA_CACHE[key] = data
     return _DATA_CACHE[key]
+
+
+def passes(recipe: Recipe) -> float:
+    """How many times a run of ``recipe`` reads its training text (tokens trained / tokens there)."""
+    return recipe.tokens / len(load_data(recipe).train)
 
 
 def run_one(label: str, cfg: ModelConfig, recipe: Recipe, seed: int, settings: Settings | None = None,
