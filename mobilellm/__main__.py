@@ -63,7 +63,7 @@ def _add_generate(sub) -> None:
     src.add_argument("--checkpoint", help="folder written by `train --out`")
     src.add_argument("--pte", help="a KV-cached .pte written by `export --format pte` (needs --tokenizer)")
     p.add_argument("--tokenizer", default=None,
-                   help="SentencePiece .model for --pte (default: tokenizer.model beside the .pte)")
+                   help="SentencePiece .model for --pte (default: NAME.tokenizer.model beside NAME.pte)")
     p.add_argument("--prompt", default="", help="text to continue (default: start from BOS)")
     p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (default 100)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
@@ -95,6 +95,9 @@ def _add_export(sub) -> None:
                    help="hf: Hugging Face LlamaForCausalLM folder (default); pte: ExecuTorch program file; "
                         "gguf: GGUF file for llama.cpp")
     p.add_argument("--out", required=True, help="folder to write (hf) or file to write (pte, gguf)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what --out already holds (a .pte and its tokenizer, a .gguf, an exported folder); "
+                        "without it an existing file is refused")
     p.add_argument("--quant", default=None, choices=("fp32", "int8", "8da4w"),
                    help="pte: fp32 (default), int8 (W8A8) or 8da4w (int4 weights in groups of --group-size)")
     p.add_argument("--group-size", type=int, default=32,
@@ -113,15 +116,15 @@ def _add_export(sub) -> None:
 def _export_cached_pte(args: argparse.Namespace, out: Path) -> int:
     import torch
 
-    from .executorch_program import PteDecoder, export_program
+    from .executorch_program import PteDecoder, export_program, tokenizer_beside
     from .export import load_pretrained
 
     model, tok = load_pretrained(args.checkpoint, device="cpu")
     quant = args.quant or "fp32"
     export_program(model, out, quant, max_len=args.max_len, group_size=args.group_size,
                    bos_id=tok.bos_id if tok is not None else None)
-    if tok is not None:  # `generate --pte` finds it beside the program
-        tok.save(out.with_name("tokenizer.model"))
+    if tok is not None:  # under the program's own name, where `generate --pte` finds it
+        tok.save(tokenizer_beside(out))
     # Self-check: decode a random row token by token in the program and in the eager model.
     dec = PteDecoder(out)
     n = min(32, dec.max_len)
@@ -161,6 +164,14 @@ def _writable(path: str | os.PathLike, flag: str, folder: bool) -> Path:
     return p
 
 
+def _refuse_existing(args: argparse.Namespace, *paths: Path) -> None:
+    """An export never replaces a file without being asked (--overwrite)."""
+    there = [str(p) for p in paths if p.exists()]
+    if there and not args.overwrite:
+        raise ValueError(f"{' and '.join(there)} already exist{'s' if len(there) == 1 else ''}: pass --overwrite to "
+                         "replace, or choose another --out")
+
+
 def _export_pte(args: argparse.Namespace, out: Path) -> int:
     import importlib.util
 
@@ -174,6 +185,9 @@ def _export_pte(args: argparse.Namespace, out: Path) -> int:
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; --format pte writes one file, e.g. {out / 'model.pte'}")
     _writable(out, "--out", folder=False)
+    from .executorch_program import tokenizer_beside
+
+    _refuse_existing(args, out, tokenizer_beside(out))
     legacy = args.int8 or args.seq_len is not None
     if legacy and (args.quant is not None or args.max_len is not None):
         raise ValueError("--int8/--seq-len write the fixed-window program; --quant/--max-len the KV-cached one: "
@@ -201,6 +215,8 @@ def _export_gguf(args: argparse.Namespace, out: Path) -> int:
 
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; --format gguf writes one file, e.g. {out / 'model.gguf'}")
+    _writable(out, "--out", folder=False)
+    _refuse_existing(args, out)
     model, tok = load_pretrained(args.checkpoint, device="cpu")
     write_gguf(model, out, tok, args.gguf_type)
     print(json.dumps({"format": "gguf", "out": str(out), "bytes": out.stat().st_size, "type": args.gguf_type,
@@ -226,6 +242,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("transformers") is None:
         raise ValueError("--format hf needs transformers: pip install 'transformers>=4.48'")
     _writable(out, "--out", folder=True)
+    _refuse_existing(args, *(out / name for name in ("config.json", "model.safetensors") if out.is_dir()))
     model, tok = load_pretrained(args.checkpoint)
     save_pretrained(model, out, tok)
     cfg = model.cfg
@@ -346,9 +363,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _generate_pte(args: argparse.Namespace) -> int:
     from .data import Tokenizer
-    from .executorch_program import PteDecoder
+    from .executorch_program import PteDecoder, tokenizer_beside
 
-    tok_path = Path(args.tokenizer) if args.tokenizer else Path(args.pte).with_name("tokenizer.model")
+    tok_path = Path(args.tokenizer) if args.tokenizer else tokenizer_beside(args.pte)
+    if not args.tokenizer and not tok_path.is_file() and Path(args.pte).with_name("tokenizer.model").is_file():
+        tok_path = Path(args.pte).with_name("tokenizer.model")  # a program exported before the tokenizer had its name
     if not tok_path.is_file():
         raise FileNotFoundError(f"tokenizer {tok_path} does not exist: pass --tokenizer FILE.model")
     tok = Tokenizer(tok_path)
@@ -615,6 +634,10 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a folder gone mid-run: every writer is atomic, so nothing is half-written
+        print(f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+              + " (files written atomically are left as they were)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves and exits 130 itself)
         print("interrupted: nothing was saved", file=sys.stderr)

@@ -237,6 +237,13 @@ def export_program(model: MobileLLM, path: str | os.PathLike, quant: str = "fp32
     return write_atomic(path, lambda t: t.write_bytes(program.buffer))
 
 
+def tokenizer_beside(program: str | os.PathLike) -> Path:
+    """Where a program's tokenizer is written: ``NAME.tokenizer.model`` beside ``NAME.pte``, so that two
+    programs in one folder (or a program in a checkpoint's folder) never share or replace one."""
+    p = Path(program)
+    return p.with_name(p.stem + ".tokenizer.model")
+
+
 def program_census(path: str | os.PathLike, method: str = "forward") -> dict:
     """What one call of a program's ``method`` executes, read from the file: its instructions, the calls
     into a backend (XNNPACK's compiled subgraphs) and the kernels the runtime runs itself, by operator.

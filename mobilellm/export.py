@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
 
 from ._common import one_line
+from ._files import fsync, tmp_path
 from ._quiet import quiet_libraries
 from .config import ModelConfig
 from .data import Tokenizer
@@ -358,8 +360,20 @@ def save_pretrained(model: MobileLLM, out_dir: str | os.PathLike, tokenizer: Tok
     hf = to_transformers(model)
     hf.config.mobilellm["note"] = _note(model.cfg)
     out.mkdir(parents=True, exist_ok=True)
-    with quiet_libraries():
-        hf.save_pretrained(out)
-    if tokenizer is not None:
-        tokenizer.save(out / "tokenizer.model")
+    # Written whole into a hidden folder beside, then each file renamed into place: a full disk or a
+    # kill leaves the previous export's files, never a truncated one.
+    staging = tmp_path(out / "export")
+    try:
+        staging.mkdir()
+        with quiet_libraries():
+            hf.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save(staging / "tokenizer.model")
+        for f in staging.iterdir():
+            fsync(f)
+        for f in sorted(staging.iterdir(), key=lambda f: f.name == "config.json"):  # the config last
+            os.replace(f, out / f.name)
+        fsync(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out

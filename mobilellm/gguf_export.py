@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._files import write_atomic
 from ._quiet import native_stderr_silenced
 from .data import Tokenizer
 from .export import hf_state_dict
@@ -112,7 +113,7 @@ def write_gguf(model: MobileLLM, path: str | os.PathLike, tokenizer: Tokenizer |
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model {cfg.vocab_size}")
     gguf = _need_gguf()
     Q = gguf.GGMLQuantizationType
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(None, "llama")
     writer.add_name("MobileLLM")
     writer.add_context_length(cfg.max_seq_len)
     writer.add_embedding_length(cfg.dim)
@@ -142,13 +143,14 @@ def write_gguf(model: MobileLLM, path: str | os.PathLike, tokenizer: Tokenizer |
             # quantize() returns bytes shaped (rows, bytes per row); the writer derives the shape from them.
             qtype = Q.Q8_0 if gguf_type == "q8_0" else Q.Q4_0
             writer.add_tensor(name, gguf.quants.quantize(w, qtype), raw_dtype=qtype)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return out
+
+    def write(tmp: Path) -> None:
+        writer.write_header_to_file(path=tmp)
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+
+    return write_atomic(path, write)  # a full disk leaves the old file, not a fragment
 
 
 def read_back(path: str | os.PathLike) -> torch.nn.Module:

@@ -491,13 +491,14 @@ def train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: str | os.Path
                     raise ValueError(f"cannot train into {out} ({e.strerror or e}): --out must be a folder "
                                      "you can write to") from None
             current = checkpoint_dir(out) if out.is_dir() else None  # every rank refuses alike
-            if current is not None and not resume:
-                if not overwrite:
-                    step_now = _peek_step(current)
-                    raise ValueError(f"{out} already holds a checkpoint (step {step_now}): pass --resume to "
-                                     "continue it, another --out to start a new run, or --overwrite to replace it")
-                _remove_checkpoints(out)  # asked for: the old run's checkpoint and metrics go together
-        return _train(cfg, tc, data, out, resume, model, on_step)
+            if current is not None and not resume and not overwrite:
+                step_now = _peek_step(current)
+                raise ValueError(f"{out} already holds a checkpoint (step {step_now}): pass --resume to "
+                                 "continue it, another --out to start a new run, or --overwrite to replace it")
+        # Overwriting keeps the old run's checkpoint and metrics until the new run's first checkpoint is
+        # complete: a run that diverges or is killed before then leaves the old one loadable.
+        replacing = out is not None and current is not None and not resume
+        return _train(cfg, tc, data, out, resume, model, on_step, replacing)
 
 
 def _peek_step(d: Path) -> object:
@@ -505,16 +506,6 @@ def _peek_step(d: Path) -> object:
         return json.loads((d / "config.json").read_text()).get("step", "?")
     except (OSError, ValueError, AttributeError):
         return "?"
-
-
-def _remove_checkpoints(out: Path) -> None:
-    """What a previous run wrote into ``out`` (for ``overwrite``): its checkpoints and metrics; nothing else."""
-    (out / LATEST).unlink(missing_ok=True)
-    for f in out.iterdir():
-        if f.is_dir() and (_STEP_DIR.fullmatch(f.name) or f.name.startswith(".step-")):
-            shutil.rmtree(f)
-    for name in ("config.json", "model.safetensors", "train_state.pt", "tokenizer.model", "metrics.jsonl"):
-        (out / name).unlink(missing_ok=True)
 
 
 @dataclass
@@ -574,15 +565,29 @@ class TrainStep:
 
 class MetricsLog:
     """``metrics.jsonl`` in the run folder (rank 0 only; nothing without a folder). A resumed run
-    appends (its metrics were cut back to the checkpoint's step); a new one starts afresh."""
+    appends (its metrics were cut back to the checkpoint's step); a new one starts afresh. A run
+    replacing another writes beside the old file until its first checkpoint is saved (``promote``)."""
 
-    def __init__(self, out: Path | None, resume: bool, rank: int = 0) -> None:
-        self._fh = open(out / "metrics.jsonl", "a" if resume else "w") if out is not None and rank == 0 else None
+    def __init__(self, out: Path | None, resume: bool, rank: int = 0, replacing: bool = False) -> None:
+        self._path = self._pending = None
+        self._fh = None
+        if out is not None and rank == 0:
+            self._path = out / "metrics.jsonl"
+            self._pending = out / ".metrics.jsonl.new" if replacing else None
+            self._fh = open(self._pending or self._path, "a" if resume else "w")
 
     def write(self, record: dict) -> None:
         if self._fh is not None:
             self._fh.write(json.dumps(record, allow_nan=False) + "\n")
             self._fh.flush()
+
+    def promote(self) -> None:
+        """The new run's first checkpoint is saved: its metrics replace the old run's."""
+        if self._fh is not None and self._pending is not None:
+            self._fh.close()
+            os.replace(self._pending, self._path)
+            self._pending = None
+            self._fh = open(self._path, "a")
 
     def close(self) -> None:
         if self._fh is not None:
@@ -600,6 +605,7 @@ class Checkpointer:
     model: MobileLLM  # the unwrapped model
     step_fn: TrainStep
     rank: int = 0
+    on_saved: Callable[[], None] | None = None  # after each complete save
 
     def __call__(self, step: int, tokens: int) -> None:
         full = _full_state(self.step_fn.wrapped, self.step_fn.optimizer, self.tc)
@@ -613,6 +619,8 @@ class Checkpointer:
             optimizer.load_state_dict(full[1])
         save_checkpoint(self.out, model, optimizer, self.tc, step, tokens, self.step_fn.sampler,
                         self.data.tokenizer, self.data.fingerprint)
+        if self.on_saved is not None:
+            self.on_saved()
 
 
 def _diverged(what: str, value: float, step: int, lr: float, out: Path | None) -> ValueError:
@@ -638,7 +646,8 @@ def _resume(out: Path | None, cfg: ModelConfig, data: TokenData) -> tuple[Mobile
 
 
 def _train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: Path | None, resume: bool,
-           model: MobileLLM | None, on_step: Callable[[int, float], None] | None) -> tuple[MobileLLM, TrainResult]:
+           model: MobileLLM | None, on_step: Callable[[int, float], None] | None,
+           replacing: bool = False) -> tuple[MobileLLM, TrainResult]:
     from ._tqdm import tqdm
 
     if data.tokenizer.vocab_size != cfg.vocab_size:
@@ -673,11 +682,11 @@ def _train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: Path | None,
         optimizer.load_state_dict(state["optimizer"])
     train_step = TrainStep(torch.compile(wrapped) if tc.compile else wrapped, wrapped, optimizer, data.train,
                            sampler, tc, seq_len, device, rank, world)
-    checkpoint = Checkpointer(out, cfg, tc, data, model, train_step, rank)
+    metrics = MetricsLog(out, resume, rank, replacing)
+    checkpoint = Checkpointer(out, cfg, tc, data, model, train_step, rank, metrics.promote)
     windows = val_windows(data.val, seq_len, tc.eval_windows)
     result = TrainResult(steps=step, tokens=tokens, params=sum(p.numel() for p in model.parameters()),
                          train_loss=curves.get("train", []), val_loss=curves.get("val", []))
-    metrics = MetricsLog(out, resume, rank)
     every_ckpt = tc.checkpoint_every or tc.eval_every
 
     start, start_tokens = time.perf_counter(), tokens

@@ -227,3 +227,84 @@ def test_ctrl_c_before_the_training_loop_is_one_line(env, monkeypatch, capsys):
     assert main(_fill(T, env) + ["--out", str(env["t"] / "ctrl-c")]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["interrupted: nothing was saved"]
+
+
+# --- nothing lost: exports never replace a file unasked, and a failed write leaves the old one --------------
+
+def _fake_pte_export(monkeypatch, model_for_logits):
+    """ExecuTorch lowering takes a minute; these tests are about the files around it."""
+    import mobilellm.executorch_program as ep
+
+    def export_program(model, path, *a, **kw):
+        Path(path).write_bytes(b"PTE")
+
+    class Decoder:
+        max_len = 8
+
+        def __init__(self, path):
+            pass
+
+        def next_token_logits(self, ids):
+            with torch.no_grad():
+                return model_for_logits()(ids[None])[0].float()
+
+    monkeypatch.setattr(ep, "export_program", export_program)
+    monkeypatch.setattr(ep, "PteDecoder", Decoder)
+
+
+def test_a_pte_export_into_a_checkpoint_folder_keeps_its_tokenizer(env, monkeypatch, capsys, tmp_path):
+    """The program's tokenizer has its own name; an existing program is replaced only with --overwrite."""
+    from mobilellm.export import load_pretrained
+
+    ck = tmp_path / "ck"
+    model, _ = load_pretrained(env["ck"])
+    save_checkpoint(ck, model, None, None, 0, 0, None, load_pretrained(env["ck"])[1])
+    step = checkpoint_dir(ck)
+    mine = (step / "tokenizer.model").read_bytes()
+    (step / "tokenizer.model").write_bytes(mine + b"")  # the checkpoint's own
+    _fake_pte_export(monkeypatch, lambda: model)
+    assert main(["export", "--checkpoint", str(ck), "--format", "pte", "--out", str(step / "a.pte")]) == 0
+    assert main(["export", "--checkpoint", str(ck), "--format", "pte", "--out", str(step / "b.pte")]) == 0
+    assert (step / "tokenizer.model").read_bytes() == mine
+    assert (step / "a.tokenizer.model").read_bytes() == mine and (step / "b.tokenizer.model").is_file()
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(ck), "--format", "pte", "--out", str(step / "a.pte")]) == 2
+    assert "already exist" in capsys.readouterr().err and (step / "a.pte").read_bytes() == b"PTE"
+    assert main(["export", "--checkpoint", str(ck), "--format", "pte", "--out", str(step / "a.pte"),
+                 "--overwrite"]) == 0
+
+
+def _disk_full(*a, **kw):
+    raise OSError(28, "No space left on device")
+
+
+def test_a_gguf_write_that_fails_leaves_the_old_file_and_no_temporary(env, monkeypatch, capsys, tmp_path):
+    pytest.importorskip("gguf")
+    import gguf
+
+    out = tmp_path / "m.gguf"
+    assert main(["export", "--checkpoint", str(env["ck"]), "--format", "gguf", "--out", str(out)]) == 0
+    good = out.read_bytes()
+    # the header and metadata are on disk, then the disk fills
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", _disk_full)
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(env["ck"]), "--format", "gguf", "--out", str(out),
+                 "--overwrite"]) == 2
+    assert "No space left" in capsys.readouterr().err
+    assert out.read_bytes() == good and [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
+
+
+def test_an_hf_export_that_fails_leaves_the_old_files_and_no_temporary(env, monkeypatch, capsys, tmp_path):
+    pytest.importorskip("transformers")
+    import transformers
+
+    out = tmp_path / "hf"
+    assert main(["export", "--checkpoint", str(env["ck"]), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", _disk_full)
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(env["ck"]), "--out", str(out)]) == 2  # refused unasked
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(env["ck"]), "--out", str(out), "--overwrite"]) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["hf"]

@@ -205,6 +205,25 @@ def test_training_into_a_checkpoint_needs_resume_or_overwrite(tmp_path, small_da
     assert steps == sorted(steps) and max(steps) == 2  # one run's metrics, not two interleaved
 
 
+def test_overwrite_keeps_the_old_checkpoint_until_the_new_run_has_saved_one(tmp_path, small_data):
+    """A new run that fails before its first save (divergence, a kill) leaves the old run loadable."""
+    out = tmp_path / "run"
+    train(cfg128(), tc(max_steps=4), small_data, out=out)
+    old_metrics = (out / "metrics.jsonl").read_text()
+
+    def die(step, loss):
+        if step == 1:
+            raise KeyboardInterrupt  # stands for a SIGKILL a few seconds in: nothing after this line runs
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg128(), tc(max_steps=4, checkpoint_every=2), small_data, out=out, overwrite=True, on_step=die)
+    assert load_checkpoint(out)[1]["step"] == 4  # the old run, whole
+    assert (out / "metrics.jsonl").read_text() == old_metrics
+    train(cfg128(), tc(max_steps=2), small_data, out=out, overwrite=True)
+    assert load_checkpoint(out)[1]["step"] == 2
+    assert [p.name for p in out.iterdir() if p.name.startswith("step-")] == [checkpoint_dir(out).name]
+
+
 def test_a_second_process_on_the_folder_is_refused_naming_the_holder(tmp_path, small_data):
     out = tmp_path / "run"
     out.mkdir()
