@@ -9,8 +9,13 @@ import importlib
 __all__ = ["KVCache", "MobileLLM", "ModelConfig", "get_config", "list_configs"]
 __version__ = "0.1.0"
 
-_HOME = {"KVCache": "model", "MobileLLM": "model", "ModelConfig": "config", "get_config": "config",
-         "list_configs": "config"}
+_HOME = {
+    "KVCache": "model",
+    "MobileLLM": "model",
+    "ModelConfig": "config",
+    "get_config": "config",
+    "list_configs": "config",
+}
 
 
 def __getattr__(name: str):

@@ -23,22 +23,40 @@ def _add_train(sub) -> None:
     from .config import list_configs
     from .data import CORPORA
 
-    p = sub.add_parser("train", help="train a preset on a corpus, with checkpoints and resume",
-                       description="Train a model. Ctrl-C saves a checkpoint; --resume continues it.")
-    p.add_argument("--config", default="teach-micro", choices=list_configs(), metavar="NAME",
-                   help=f"model preset (default teach-micro): {', '.join(list_configs())}")
-    p.add_argument("--corpus", default="shakespeare",
-                   help=f"{' | '.join(CORPORA)} | PATH to a .txt/.jsonl file (default shakespeare)")
-    p.add_argument("--data-files", default=None,
-                   help="local files in the hub schema for a hub corpus (offline), e.g. a TinyStories .txt")
+    p = sub.add_parser(
+        "train",
+        help="train a preset on a corpus, with checkpoints and resume",
+        description="Train a model. Ctrl-C saves a checkpoint; --resume continues it.",
+    )
+    p.add_argument(
+        "--config",
+        default="teach-micro",
+        choices=list_configs(),
+        metavar="NAME",
+        help=f"model preset (default teach-micro): {', '.join(list_configs())}",
+    )
+    p.add_argument(
+        "--corpus",
+        default="shakespeare",
+        help=f"{' | '.join(CORPORA)} | PATH to a .txt/.jsonl file (default shakespeare)",
+    )
+    p.add_argument(
+        "--data-files",
+        default=None,
+        help="local files in the hub schema for a hub corpus (offline), e.g. a TinyStories .txt",
+    )
     p.add_argument("--max-chars", type=int, default=None, help="read at most this many characters of the corpus")
-    p.add_argument("--tokenizer", default=None,
-                   help="an existing SentencePiece .model (e.g. Llama's) instead of training one")
+    p.add_argument(
+        "--tokenizer", default=None, help="an existing SentencePiece .model (e.g. Llama's) instead of training one"
+    )
     p.add_argument("--max-steps", type=int, default=1000, help="optimizer steps (default 1000)")
     p.add_argument("--out", required=True, help="folder for checkpoints and metrics.jsonl")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a checkpoint already in --out (without it, training there is refused)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a checkpoint already in --out (without it, training there is refused)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="sequences per step, all processes (default 32)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step (default 1)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the model's max)")
@@ -47,23 +65,35 @@ def _add_train(sub) -> None:
     p.add_argument("--eval-every", type=int, default=100, help="validate and checkpoint every N steps")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model (faster once compiled; compiling takes a while)")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (faster once compiled; compiling takes a while)"
+    )
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard with FSDP2 instead of DDP")
-    p.add_argument("--cache-dir", default=None, help="where prepared tokens are cached (default data/cache)")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="where prepared tokens are cached (default: data/cache in a checkout, "
+        "else ~/.cache/mobilellm; or $MOBILELLM_CACHE)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="sample text from a checkpoint, or from a KV-cached ExecuTorch .pte",
-                       description="Continue a prompt with a trained checkpoint (KV-cached, eager PyTorch), or "
-                                   "with a program written by `export --format pte` (--pte, run by ExecuTorch's "
-                                   "runtime, tokens streamed as they come).")
+    p = sub.add_parser(
+        "generate",
+        help="sample text from a checkpoint, or from a KV-cached ExecuTorch .pte",
+        description="Continue a prompt with a trained checkpoint (KV-cached, eager PyTorch), or "
+        "with a program written by `export --format pte` (--pte, run by ExecuTorch's "
+        "runtime, tokens streamed as they come).",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="folder written by `train --out`")
     src.add_argument("--pte", help="a KV-cached .pte written by `export --format pte` (needs --tokenizer)")
-    p.add_argument("--tokenizer", default=None,
-                   help="SentencePiece .model for --pte (default: NAME.tokenizer.model beside NAME.pte)")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="SentencePiece .model for --pte (default: NAME.tokenizer.model beside NAME.pte)",
+    )
     p.add_argument("--prompt", default="", help="text to continue (default: start from BOS)")
     p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (default 100)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
@@ -77,52 +107,94 @@ EXPORT_FORMATS = ("hf", "pte", "gguf")
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="write a checkpoint in another format (Hugging Face Llama folder, "
-                                      "ExecuTorch .pte, GGUF)",
-                       description="Convert a trained or released checkpoint. --format hf writes a folder "
-                                   "that transformers loads as LlamaForCausalLM (layer-shared blocks are "
-                                   "written out as separate layers) and load_pretrained restores exactly. "
-                                   "--format pte writes an ExecuTorch program (XNNPACK) with a static KV cache "
-                                   "(one slot per executed layer; prefill a chunk, then decode token by token) "
-                                   "in fp32, int8 (W8A8) or 8da4w (int8 activations, int4 grouped weights), "
-                                   "and checks it against the eager model; --int8/--seq-len instead write the "
-                                   "older fixed-window program without a cache. --format gguf writes a GGUF "
-                                   "file (F16 or Q8_0) with the tokenizer, for llama.cpp.")
-    p.add_argument("--checkpoint", required=True,
-                   help="a folder written by `train --out`, by save_pretrained, or a released MobileLLM "
-                        "(facebook/MobileLLM-125M layout); a hub repo id downloads it, when online")
-    p.add_argument("--format", default="hf", choices=EXPORT_FORMATS,
-                   help="hf: Hugging Face LlamaForCausalLM folder (default); pte: ExecuTorch program file; "
-                        "gguf: GGUF file for llama.cpp")
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint in another format (Hugging Face Llama folder, ExecuTorch .pte, GGUF)",
+        description="Convert a trained or released checkpoint. --format hf writes a folder "
+        "that transformers loads as LlamaForCausalLM (layer-shared blocks are "
+        "written out as separate layers) and load_pretrained restores exactly. "
+        "--format pte writes an ExecuTorch program (XNNPACK) with a static KV cache "
+        "(one slot per executed layer; prefill a chunk, then decode token by token) "
+        "in fp32, int8 (W8A8) or 8da4w (int8 activations, int4 grouped weights), "
+        "and checks it against the eager model; --int8/--seq-len instead write the "
+        "older fixed-window program without a cache. --format gguf writes a GGUF "
+        "file (F16 or Q8_0) with the tokenizer, for llama.cpp.",
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a folder written by `train --out`, by save_pretrained, or a released MobileLLM "
+        "(facebook/MobileLLM-125M layout); a hub repo id downloads it, when online",
+    )
+    p.add_argument(
+        "--format",
+        default="hf",
+        choices=EXPORT_FORMATS,
+        help="hf: Hugging Face LlamaForCausalLM folder (default); pte: ExecuTorch program file; "
+        "gguf: GGUF file for llama.cpp",
+    )
     p.add_argument("--out", required=True, help="folder to write (hf) or file to write (pte, gguf)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace what --out already holds (a .pte and its tokenizer, a .gguf, an exported folder); "
-                        "without it an existing file is refused")
-    p.add_argument("--quant", default=None, choices=("fp32", "int8", "8da4w"),
-                   help="pte: fp32 (default), int8 (W8A8) or 8da4w (int4 weights in groups of --group-size)")
-    p.add_argument("--group-size", type=int, default=32,
-                   help="pte 8da4w: weights per int4 scale, a multiple of 32 (default 32); 0: one scale per row. "
-                        "XNNPACK needs the model's widths in multiples of 32 too")
-    p.add_argument("--max-len", type=int, default=None,
-                   help="pte: the KV cache window in tokens, prompt and output together (default: the model's max)")
-    p.add_argument("--gguf-type", default="f16", choices=("f32", "f16", "q8_0", "q4_0"),  # gguf_export.GGUF_TYPES
-                   help="gguf: tensor type of the matrices (default f16; q8_0 and q4_0 quantize in blocks of 32)")
-    p.add_argument("--int8", action="store_true",
-                   help="pte, fixed-window program: int8 weights and dynamic per-token int8 activations")
-    p.add_argument("--seq-len", type=int, default=None,
-                   help="pte, fixed-window program (no KV cache): its input length (default min(64, the model's max))")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what --out already holds (a .pte and its tokenizer, a .gguf, an exported folder); "
+        "without it an existing file is refused",
+    )
+    p.add_argument(
+        "--quant",
+        default=None,
+        choices=("fp32", "int8", "8da4w"),
+        help="pte: fp32 (default), int8 (W8A8) or 8da4w (int4 weights in groups of --group-size)",
+    )
+    p.add_argument(
+        "--group-size",
+        type=int,
+        default=32,
+        help="pte 8da4w: weights per int4 scale, a multiple of 32 (default 32); 0: one scale per row. "
+        "XNNPACK needs the model's widths in multiples of 32 too",
+    )
+    p.add_argument(
+        "--max-len",
+        type=int,
+        default=None,
+        help="pte: the KV cache window in tokens, prompt and output together (default: the model's max)",
+    )
+    p.add_argument(
+        "--gguf-type",
+        default="f16",
+        choices=("f32", "f16", "q8_0", "q4_0"),  # gguf_export.GGUF_TYPES
+        help="gguf: tensor type of the matrices (default f16; q8_0 and q4_0 quantize in blocks of 32)",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="pte, fixed-window program: int8 weights and dynamic per-token int8 activations",
+    )
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="pte, fixed-window program (no KV cache): its input length (default min(64, the model's max))",
+    )
 
 
 def _export_cached_pte(args: argparse.Namespace, out: Path) -> int:
     import torch
 
-    from .executorch_program import PteDecoder, export_program, tokenizer_beside
+    from .executorch_program import export_program
+    from .executorch_runtime import PteDecoder, tokenizer_beside
     from .export import load_pretrained
 
     model, tok = load_pretrained(args.checkpoint, device="cpu")
     quant = args.quant or "fp32"
-    export_program(model, out, quant, max_len=args.max_len, group_size=args.group_size,
-                   bos_id=tok.bos_id if tok is not None else None)
+    export_program(
+        model,
+        out,
+        quant,
+        max_len=args.max_len,
+        group_size=args.group_size,
+        bos_id=tok.bos_id if tok is not None else None,
+    )
     if tok is not None:  # under the program's own name, where `generate --pte` finds it
         tok.save(tokenizer_beside(out))
     # Self-check: decode a random row token by token in the program and in the eager model.
@@ -133,14 +205,35 @@ def _export_cached_pte(args: argparse.Namespace, out: Path) -> int:
     with torch.no_grad():
         ref = model.eval()(ids[None])[0].float()
     agree = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
-    print(json.dumps({"format": "pte", "out": str(out), "bytes": out.stat().st_size, "quant": quant,
-                      "group_size": args.group_size if quant == "8da4w" else None, "max_len": dec.max_len,
-                      "kv_cache_slots": model.cfg.n_executed_layers, "stored_blocks": model.cfg.n_layers,
-                      "vocab_size": model.cfg.vocab_size, "params": sum(p.numel() for p in model.parameters()),
-                      "tokenizer": tok is not None,
-                      "self_check": {"max_abs_diff": float(f"{(got - ref).abs().max().item():.4g}"),
-                                     "argmax_agreement": float(f"{agree:.4g}")}}))
+    print(
+        json.dumps(
+            {
+                "format": "pte",
+                "out": str(out),
+                "bytes": out.stat().st_size,
+                "quant": quant,
+                "group_size": args.group_size if quant == "8da4w" else None,
+                "max_len": dec.max_len,
+                "kv_cache_slots": model.cfg.n_executed_layers,
+                "stored_blocks": model.cfg.n_layers,
+                "vocab_size": model.cfg.vocab_size,
+                "params": sum(p.numel() for p in model.parameters()),
+                "tokenizer": tok is not None,
+                "self_check": {
+                    "max_abs_diff": float(f"{(got - ref).abs().max().item():.4g}"),
+                    "argmax_agreement": float(f"{agree:.4g}"),
+                },
+            }
+        )
+    )
     return 0
+
+
+def _course_cache_dir() -> Path | None:
+    """The course's token cache when running from a checkout (or ``$MOBILELLM_CACHE``), else the library's."""
+    from .course import paths
+
+    return paths.cache_dir() if paths.is_checkout() or os.environ.get("MOBILELLM_CACHE") else None
 
 
 def _writable(path: str | os.PathLike, flag: str, folder: bool) -> Path:
@@ -159,8 +252,9 @@ def _writable(path: str | os.PathLike, flag: str, folder: bool) -> Path:
         with tempfile.TemporaryFile(dir=base):
             pass
     except OSError as e:
-        raise ValueError(f"{flag} {p}: cannot write in {base} ({e.strerror or e}); choose a folder you can "
-                         "write to") from None
+        raise ValueError(
+            f"{flag} {p}: cannot write in {base} ({e.strerror or e}); choose a folder you can write to"
+        ) from None
     return p
 
 
@@ -168,8 +262,10 @@ def _refuse_existing(args: argparse.Namespace, *paths: Path) -> None:
     """An export never replaces a file without being asked (--overwrite)."""
     there = [str(p) for p in paths if p.exists()]
     if there and not args.overwrite:
-        raise ValueError(f"{' and '.join(there)} already exist{'s' if len(there) == 1 else ''}: pass --overwrite to "
-                         "replace, or choose another --out")
+        raise ValueError(
+            f"{' and '.join(there)} already exist{'s' if len(there) == 1 else ''}: pass --overwrite to "
+            "replace, or choose another --out"
+        )
 
 
 def _export_pte(args: argparse.Namespace, out: Path) -> int:
@@ -185,13 +281,14 @@ def _export_pte(args: argparse.Namespace, out: Path) -> int:
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; --format pte writes one file, e.g. {out / 'model.pte'}")
     _writable(out, "--out", folder=False)
-    from .executorch_program import tokenizer_beside
+    from .executorch_runtime import tokenizer_beside
 
     _refuse_existing(args, out, tokenizer_beside(out))
     legacy = args.int8 or args.seq_len is not None
     if legacy and (args.quant is not None or args.max_len is not None):
-        raise ValueError("--int8/--seq-len write the fixed-window program; --quant/--max-len the KV-cached one: "
-                         "use one pair")
+        raise ValueError(
+            "--int8/--seq-len write the fixed-window program; --quant/--max-len the KV-cached one: use one pair"
+        )
     if not legacy:
         return _export_cached_pte(args, out)
     if args.seq_len is not None and args.seq_len < 1:
@@ -202,10 +299,20 @@ def _export_pte(args: argparse.Namespace, out: Path) -> int:
     export_executorch(model, out, quantize=quantize, seq_len=seq_len)
     ids = torch.randint(0, model.cfg.vocab_size, (1, seq_len), generator=torch.Generator().manual_seed(0))
     check = compare_executorch(model, out, ids)
-    print(json.dumps({"format": "pte", "out": str(out), "bytes": out.stat().st_size, "quantize": quantize,
-                      "seq_len": seq_len, "vocab_size": model.cfg.vocab_size,
-                      "params": sum(p.numel() for p in model.parameters()),
-                      "self_check": {k: float(f"{v:.4g}") for k, v in check.items()}}))
+    print(
+        json.dumps(
+            {
+                "format": "pte",
+                "out": str(out),
+                "bytes": out.stat().st_size,
+                "quantize": quantize,
+                "seq_len": seq_len,
+                "vocab_size": model.cfg.vocab_size,
+                "params": sum(p.numel() for p in model.parameters()),
+                "self_check": {k: float(f"{v:.4g}") for k, v in check.items()},
+            }
+        )
+    )
     return 0
 
 
@@ -219,8 +326,18 @@ def _export_gguf(args: argparse.Namespace, out: Path) -> int:
     _refuse_existing(args, out)
     model, tok = load_pretrained(args.checkpoint, device="cpu")
     write_gguf(model, out, tok, args.gguf_type)
-    print(json.dumps({"format": "gguf", "out": str(out), "bytes": out.stat().st_size, "type": args.gguf_type,
-                      "llama_layers": model.cfg.n_executed_layers, "tokenizer": tok is not None}))
+    print(
+        json.dumps(
+            {
+                "format": "gguf",
+                "out": str(out),
+                "bytes": out.stat().st_size,
+                "type": args.gguf_type,
+                "llama_layers": model.cfg.n_executed_layers,
+                "tokenizer": tok is not None,
+            }
+        )
+    )
     return 0
 
 
@@ -246,24 +363,46 @@ def cmd_export(args: argparse.Namespace) -> int:
     model, tok = load_pretrained(args.checkpoint)
     save_pretrained(model, out, tok)
     cfg = model.cfg
-    print(json.dumps({"format": args.format, "out": str(out), "params": sum(p.numel() for p in model.parameters()),
-                      "stored_blocks": cfg.n_layers, "llama_layers": cfg.n_executed_layers,
-                      "layer_sharing": cfg.layer_sharing, "tied_embeddings": cfg.share_embedding,
-                      "tokenizer": tok is not None}))
+    print(
+        json.dumps(
+            {
+                "format": args.format,
+                "out": str(out),
+                "params": sum(p.numel() for p in model.parameters()),
+                "stored_blocks": cfg.n_layers,
+                "llama_layers": cfg.n_executed_layers,
+                "layer_sharing": cfg.layer_sharing,
+                "tied_embeddings": cfg.share_embedding,
+                "tokenizer": tok is not None,
+            }
+        )
+    )
     return 0
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="zero-shot accuracy on the paper's commonsense tasks (a Table 3 row)",
-                       description="Score a model on multiple-choice tasks the way lm-eval 0.4 does (acc, acc_norm).")
-    p.add_argument("--checkpoint", required=True,
-                   help="a folder written by `train --out` or save_pretrained, a released MobileLLM folder, or a "
-                        "hub repo id such as facebook/MobileLLM-125M (needs network)")
-    p.add_argument("--tasks", default="paper",
-                   help="comma-separated tasks, or 'paper' for the paper's eight (default): arc_easy, arc_challenge, "
-                        "boolq, piqa, siqa, hellaswag, openbookqa, winogrande (also: copa)")
-    p.add_argument("--data-dir", default=None,
-                   help="read TASK.jsonl files (hub schema) from this folder instead of the hub (offline)")
+    p = sub.add_parser(
+        "eval",
+        help="zero-shot accuracy on the paper's commonsense tasks (a Table 3 row)",
+        description="Score a model on multiple-choice tasks the way lm-eval 0.4 does (acc, acc_norm).",
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a folder written by `train --out` or save_pretrained, a released MobileLLM folder, or a "
+        "hub repo id such as facebook/MobileLLM-125M (needs network)",
+    )
+    p.add_argument(
+        "--tasks",
+        default="paper",
+        help="comma-separated tasks, or 'paper' for the paper's eight (default): arc_easy, arc_challenge, "
+        "boolq, piqa, siqa, hellaswag, openbookqa, winogrande (also: copa)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="read TASK.jsonl files (hub schema) from this folder instead of the hub (offline)",
+    )
     p.add_argument("--limit", type=int, default=None, help="score only the first N rows of each task")
     p.add_argument("--batch-size", type=int, default=32, help="requests per forward pass (default 32)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
@@ -305,14 +444,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for metric in ("acc", "acc_norm"):
         # acc_norm where lm-eval reports it, else acc (as lm-eval's tables are usually read)
         vals = [r[metric] if metric in r["metrics"] else r["acc"] for r in results]
-        print(f"{metric:10s} " + " ".join(f"{100 * v:>{width}.1f}" for v in vals)
-              + f" {100 * sum(vals) / len(vals):>{width}.1f}")
-    print(f"{'chance':10s} " + " ".join(f"{100 * r['chance']:>{width}.1f}" for r in results)
-          + f" {100 * sum(r['chance'] for r in results) / len(results):>{width}.1f}")
+        print(
+            f"{metric:10s} "
+            + " ".join(f"{100 * v:>{width}.1f}" for v in vals)
+            + f" {100 * sum(vals) / len(vals):>{width}.1f}"
+        )
+    print(
+        f"{'chance':10s} "
+        + " ".join(f"{100 * r['chance']:>{width}.1f}" for r in results)
+        + f" {100 * sum(r['chance'] for r in results) / len(results):>{width}.1f}"
+    )
     print(f"{'rows':10s} " + " ".join(f"{r['n']:>{width}d}" for r in results))
     if args.json:
-        Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "results": results}, indent=1,
-                                              default=str))
+        Path(args.json).write_text(
+            json.dumps({"checkpoint": args.checkpoint, "results": results}, indent=1, default=str)
+        )
     return 0
 
 
@@ -324,10 +470,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = get_config(args.config)
     # Everything checkable is checked before the (slow) data preparation.
-    tc = TrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                     seq_len=args.seq_len, lr=args.lr, warmup_steps=args.warmup_steps,
-                     eval_every=args.eval_every, seed=args.seed, device=args.device, compile=args.compile,
-                     fsdp=args.fsdp, progress=not args.no_progress)
+    tc = TrainConfig(
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        seq_len=args.seq_len,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        eval_every=args.eval_every,
+        seed=args.seed,
+        device=args.device,
+        compile=args.compile,
+        fsdp=args.fsdp,
+        progress=not args.no_progress,
+    )
     if tc.seq_len is not None and tc.seq_len > cfg.max_seq_len:
         raise ValueError(f"--seq-len ({tc.seq_len}) exceeds {args.config}'s max_seq_len ({cfg.max_seq_len})")
     auto_device(args.device)
@@ -335,8 +491,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError("--resume and --overwrite contradict each other: pick one")
     out = _writable(args.out, "--out", folder=True)
     if not args.resume and not args.overwrite and out.is_dir() and checkpoint_dir(out) is not None:
-        raise ValueError(f"{out} already holds a checkpoint: pass --resume to continue it, another --out to "
-                         "start a new run, or --overwrite to replace it")
+        raise ValueError(
+            f"{out} already holds a checkpoint: pass --resume to continue it, another --out to "
+            "start a new run, or --overwrite to replace it"
+        )
     if args.resume and (not out.is_dir() or checkpoint_dir(out) is None):
         raise FileNotFoundError(f"nothing to resume in {out}: train without --resume first")
     if args.tokenizer is not None and not Path(args.tokenizer).is_file():
@@ -346,24 +504,31 @@ def cmd_train(args: argparse.Namespace) -> int:
         corpus_kwargs["data_files"] = args.data_files
     if args.max_chars is not None:
         corpus_kwargs["max_chars"] = args.max_chars
-    data = prepare(args.corpus, cfg.vocab_size, args.cache_dir, args.tokenizer, **corpus_kwargs)
+    data = prepare(args.corpus, cfg.vocab_size, args.cache_dir or _course_cache_dir(), args.tokenizer, **corpus_kwargs)
     print(f"data: {json.dumps(data.summary())}", file=sys.stderr)
     _, result = train(cfg, tc, data, out=args.out, resume=args.resume, overwrite=args.overwrite)
 
     def finite(x: float, digits: int) -> float | None:  # the summary stays strict JSON
         return round(x, digits) if math.isfinite(x) else None
 
-    summary = {"config": args.config, "params": result.params, "steps": result.steps,
-               "tokens": result.tokens, "final_val_loss": finite(result.final_val_loss, 4),
-               "tokens_per_s": finite(result.tokens_per_s, None), "wall_time_s": round(result.wall_time, 1),
-               "interrupted": result.interrupted, "out": str(Path(args.out))}
+    summary = {
+        "config": args.config,
+        "params": result.params,
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "final_val_loss": finite(result.final_val_loss, 4),
+        "tokens_per_s": finite(result.tokens_per_s, None),
+        "wall_time_s": round(result.wall_time, 1),
+        "interrupted": result.interrupted,
+        "out": str(Path(args.out)),
+    }
     print(json.dumps(summary))
     return 130 if result.interrupted else 0
 
 
 def _generate_pte(args: argparse.Namespace) -> int:
     from .data import Tokenizer
-    from .executorch_program import PteDecoder, tokenizer_beside
+    from .executorch_runtime import PteDecoder, tokenizer_beside
 
     tok_path = Path(args.tokenizer) if args.tokenizer else tokenizer_beside(args.pte)
     if not args.tokenizer and not tok_path.is_file() and Path(args.pte).with_name("tokenizer.model").is_file():
@@ -373,21 +538,26 @@ def _generate_pte(args: argparse.Namespace) -> int:
     tok = Tokenizer(tok_path)
     dec = PteDecoder(args.pte)
     if tok.vocab_size != dec.vocab_size:
-        raise ValueError(f"the tokenizer has {tok.vocab_size} tokens, the program {dec.vocab_size}: "
-                         "pass the tokenizer the model was trained with")
+        raise ValueError(
+            f"the tokenizer has {tok.vocab_size} tokens, the program {dec.vocab_size}: "
+            "pass the tokenizer the model was trained with"
+        )
     ids = [tok.eos_id] + tok.encode(args.prompt)  # training packs documents after EOS
     room = dec.max_len - len(ids)
     if room <= 0:
-        raise ValueError(f"the prompt is {len(ids)} tokens, the program's cache window is {dec.max_len}: "
-                         "shorten the prompt or export with a larger --max-len")
+        raise ValueError(
+            f"the prompt is {len(ids)} tokens, the program's cache window is {dec.max_len}: "
+            "shorten the prompt or export with a larger --max-len"
+        )
     print(args.prompt, end="", flush=True)
     new: list[int] = []
     shown = ""
-    for t in dec.generate(ids, min(args.max_new_tokens, room), args.temperature, args.top_k, args.top_p,
-                          eos_id=tok.eos_id, seed=args.seed):
+    for t in dec.generate(
+        ids, min(args.max_new_tokens, room), args.temperature, args.top_k, args.top_p, eos_id=tok.eos_id, seed=args.seed
+    ):
         new.append(t)
         text = tok.decode(new)  # decode the whole tail: SentencePiece spaces depend on neighbours
-        print(text[len(shown):], end="", flush=True)
+        print(text[len(shown) :], end="", flush=True)
         shown = text
     print()
     return 0
@@ -423,10 +593,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     room = model.cfg.max_seq_len - prompt.shape[1]
     if room <= 0:
         raise ValueError(f"the prompt is {prompt.shape[1]} tokens, the model's limit is {model.cfg.max_seq_len}")
-    out = model.eval().generate(prompt, min(args.max_new_tokens, room), temperature=args.temperature,
-                                top_k=args.top_k, top_p=args.top_p, eos_id=tok.eos_id,
-                                generator=torch.Generator(device).manual_seed(args.seed))
-    print(args.prompt + tok.decode(out[0, len(ids):].tolist()))
+    out = model.eval().generate(
+        prompt,
+        min(args.max_new_tokens, room),
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        eos_id=tok.eos_id,
+        generator=torch.Generator(device).manual_seed(args.seed),
+    )
+    print(args.prompt + tok.decode(out[0, len(ids) :].tolist()))
     return 0
 
 
@@ -437,8 +613,10 @@ def cmd_configs(args: argparse.Namespace) -> int:
 
     for name in list_configs():
         c = get_config(name)
-        print(f"{name:20s} {c.n_layers:3d} x {c.dim:5d}  heads {c.n_heads:2d}/{c.n_kv_heads}  "
-              f"ffn {c.ffn_hidden_dim:5d}  sharing {c.layer_sharing:9s} params {param_count(c)['total']:>13,}")
+        print(
+            f"{name:20s} {c.n_layers:3d} x {c.dim:5d}  heads {c.n_heads:2d}/{c.n_kv_heads}  "
+            f"ffn {c.ffn_hidden_dim:5d}  sharing {c.layer_sharing:9s} params {param_count(c)['total']:>13,}"
+        )
     return 0
 
 
@@ -455,9 +633,9 @@ def _seed_list(text: str) -> tuple[int, ...]:
 
 def cmd_ablation(args: argparse.Namespace) -> int:
     """Run (or read from the results cache) one ablation and print its summary."""
-    from .ablations import get_ablation, scaled
-    from .experiments import compare, run_ablation, summarize
-    from .settings import Settings
+    from .course.ablations import get_ablation, scaled
+    from .course.experiments import compare, run_ablation, summarize
+    from .course.settings import Settings
 
     ab = get_ablation(args.name)
     command = f"python -m mobilellm ablation {args.name}"
@@ -478,8 +656,10 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     records = run_ablation(ab, settings)
     print(f"{ab.name}: {ab.question}")
     for s in summarize(records):
-        print(f"  {s['label']:28s} {s['params']:>9,} params  val loss {s['mean']:.4f} ± {s['std']:.4f} "
-              f"(seeds {', '.join(f'{x:.4f}' for x in s['losses'])})")
+        print(
+            f"  {s['label']:28s} {s['params']:>9,} params  val loss {s['mean']:.4f} ± {s['std']:.4f} "
+            f"(seeds {', '.join(f'{x:.4f}' for x in s['losses'])})"
+        )
     base = ab.variants[0][0]
     for label, _ in ab.variants[1:]:
         print(f"  {label} − {base}: {compare(records, base, label).text()} nats")
@@ -488,13 +668,16 @@ def cmd_ablation(args: argparse.Namespace) -> int:
 
 def cmd_figures(args: argparse.Namespace) -> int:
     """Run the notebooks in order (full mode), then regenerate the README's notebook map."""
-    from .notebooks import record_times, run_notebooks
-    from .readme import update_readme
-    from .settings import Settings
+    from .course.notebooks import record_times, run_notebooks
+    from .course.readme import update_readme
+    from .course.settings import Settings
 
     settings = Settings.from_env()
-    settings = settings.replace(fresh=settings.fresh or args.fresh, quick=settings.quick or args.quick,
-                                seeds=settings.seeds if args.seeds is None else args.seeds)
+    settings = settings.replace(
+        fresh=settings.fresh or args.fresh,
+        quick=settings.quick or args.quick,
+        seeds=settings.seeds if args.seeds is None else args.seeds,
+    )
     if not args.readme_only:
         start = time.perf_counter()
         times = run_notebooks(args.only, settings)
@@ -507,7 +690,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 def cmd_book(args: argparse.Namespace) -> int:
     """Build the static website of the course from the committed notebooks (nothing is re-executed)."""
-    from .book import build
+    from .course.book import build
 
     start = time.perf_counter()
     pages = build(Path(args.out), source_url=args.source_url)
@@ -516,54 +699,99 @@ def cmd_book(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub) -> None:
-    from .bench import PTE_QUANTS, SUITES
     from .config import list_configs
+    from .course.bench import PTE_QUANTS, SUITES
 
-    p = sub.add_parser("bench", help="speed: training, decoding, int8 and layer sharing, each beside a peer",
-                       description="Benchmark on the CPU in fp32. Every figure is a median of repeated runs after "
-                                   "warm-up; every comparison (Hugging Face Llama with the same weights, int8, "
-                                   "sharing) is measured in the same run and reported as a ratio. Prints tables "
-                                   "and writes a JSON report with the machine's details.")
-    p.add_argument("--suite", nargs="+", default=["all"], choices=[*SUITES, "all"], metavar="SUITE",
-                   help=f"{' | '.join(SUITES)} | all (default all; several may be given)")
-    p.add_argument("--config", default=None, choices=list_configs(), metavar="NAME",
-                   help="run every chosen suite on this preset only (default: teach-micro and mobilellm-125m "
-                        "for train/decode, mobilellm-125m for int8/sharing; teach-micro with --quick)")
+    p = sub.add_parser(
+        "bench",
+        help="speed: training, decoding, int8 and layer sharing, each beside a peer",
+        description="Benchmark on the CPU in fp32. Every figure is a median of repeated runs after "
+        "warm-up; every comparison (Hugging Face Llama with the same weights, int8, "
+        "sharing) is measured in the same run and reported as a ratio. Prints tables "
+        "and writes a JSON report with the machine's details.",
+    )
+    p.add_argument(
+        "--suite",
+        nargs="+",
+        default=["all"],
+        choices=[*SUITES, "all"],
+        metavar="SUITE",
+        help=f"{' | '.join(SUITES)} | all (default all; several may be given)",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        choices=list_configs(),
+        metavar="NAME",
+        help="run every chosen suite on this preset only (default: teach-micro and mobilellm-125m "
+        "for train/decode, mobilellm-125m for int8/sharing; teach-micro with --quick)",
+    )
     p.add_argument("--json", default="bench.json", help="where to write the report (default bench.json)")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="timed runs per figure, after warm-up (default 10, 3 with --quick; at most 5 at full size)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: small shapes, teaching preset, 3 repeats, no torch.compile")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed runs per figure, after warm-up (default 10, 3 with --quick; at most 5 at full size)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: small shapes, teaching preset, 3 repeats, no torch.compile"
+    )
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurements (15-60 s each)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--pte-blocks", type=int, default=None, metavar="N",
-                   help="pte suite: the preset's width at N stored blocks (lowering grows a little faster than the "
-                        "executed layers: a 125M-wide 8da4w program takes about 6 minutes at 30 layers and 19 at 60 on "
-                        "2 cores; a shallow stack may fit in cache where the full one does not)")
-    p.add_argument("--pte-quants", nargs="+", default=None, choices=PTE_QUANTS, metavar="Q",
-                   help=f"pte suite: the program formats, in this order (default {' '.join(PTE_QUANTS)})")
-    p.add_argument("--no-pte-peers", action="store_true",
-                   help="pte suite: our programs and the control only, not the peers' exports (ExecuTorch's Llama "
-                        "export, optimum-executorch, llama.cpp), which each lower the unshared weights again")
-    p.add_argument("--pte-programs", default=None, metavar="DIR",
-                   help="pte suite: keep the lowered programs in DIR and reuse those already there (same weights, "
-                        "code and versions): an interrupted run keeps what it lowered, and formats can be lowered "
-                        "in parallel processes, then each timed alone on a quiet machine")
+    p.add_argument(
+        "--pte-blocks",
+        type=int,
+        default=None,
+        metavar="N",
+        help="pte suite: the preset's width at N stored blocks (lowering grows a little faster than the "
+        "executed layers: a 125M-wide 8da4w program takes about 6 minutes at 30 layers and 19 at 60 on "
+        "2 cores; a shallow stack may fit in cache where the full one does not)",
+    )
+    p.add_argument(
+        "--pte-quants",
+        nargs="+",
+        default=None,
+        choices=PTE_QUANTS,
+        metavar="Q",
+        help=f"pte suite: the program formats, in this order (default {' '.join(PTE_QUANTS)})",
+    )
+    p.add_argument(
+        "--no-pte-peers",
+        action="store_true",
+        help="pte suite: our programs and the control only, not the peers' exports (ExecuTorch's Llama "
+        "export, optimum-executorch, llama.cpp), which each lower the unshared weights again",
+    )
+    p.add_argument(
+        "--pte-programs",
+        default=None,
+        metavar="DIR",
+        help="pte suite: keep the lowered programs in DIR and reuse those already there (same weights, "
+        "code and versions): an interrupted run keeps what it lowered, and formats can be lowered "
+        "in parallel processes, then each timed alone on a quiet machine",
+    )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run the benchmark suites, print the tables, write the JSON report."""
-    from .bench import BenchSettings, format_report, run_bench, write_json
+    from .course.bench import BenchSettings, format_report, run_bench, write_json
 
     if Path(args.json).is_dir():
         raise ValueError(f"--json {args.json} is a folder: give a file name")
     if args.pte_blocks is not None and args.pte_blocks < 1:
         raise ValueError(f"--pte-blocks ({args.pte_blocks}) must be a positive integer")
-    settings = BenchSettings.make(quick=args.quick, repeats=args.repeats, compile=False if args.no_compile else None,
-                                  progress=not args.no_progress)
-    settings = dataclasses.replace(settings, pte_blocks=args.pte_blocks,
-                                   pte_quants=tuple(args.pte_quants or settings.pte_quants),
-                                   pte_programs=args.pte_programs, pte_peers=not args.no_pte_peers)
+    settings = BenchSettings.make(
+        quick=args.quick,
+        repeats=args.repeats,
+        compile=False if args.no_compile else None,
+        progress=not args.no_progress,
+    )
+    settings = dataclasses.replace(
+        settings,
+        pte_blocks=args.pte_blocks,
+        pte_quants=tuple(args.pte_quants or settings.pte_quants),
+        pte_programs=args.pte_programs,
+        pte_peers=not args.no_pte_peers,
+    )
     report = run_bench(args.suite, [args.config] if args.config else None, settings)
     report["command"] = "python -m mobilellm " + " ".join(args.argv)
     print(format_report(report))
@@ -575,17 +803,26 @@ def _add_configs(sub) -> None:
     sub.add_parser("configs", help="list the model presets")
 
 
-
 def _add_ablation(sub) -> None:
-    from .ablations import ABLATIONS
+    from .course.ablations import ABLATIONS
 
     p = sub.add_parser("ablation", help="run one of the curriculum's ablations (cached in data/results)")
     p.add_argument("name", choices=list(ABLATIONS), help="which ablation")
     p.add_argument("--fresh", action="store_true", help="retrain even what data/results already has")
-    p.add_argument("--seeds", type=_seed_list, default=None, metavar="S[,S…]",
-                   help="run these seeds instead of the ablation's own (e.g. 0 first, the rest later)")
-    p.add_argument("--scale", type=int, default=1, metavar="W",
-                   help="every variant W times wider, tokens grown to match (for a GPU; default 1)")
+    p.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default=None,
+        metavar="S[,S…]",
+        help="run these seeds instead of the ablation's own (e.g. 0 first, the rest later)",
+    )
+    p.add_argument(
+        "--scale",
+        type=int,
+        default=1,
+        metavar="W",
+        help="every variant W times wider, tokens grown to match (for a GPU; default 1)",
+    )
     p.add_argument("--corpus", default=None, help="train on this corpus instead (e.g. tinystories, a local file)")
     p.add_argument("--device", default=None, help="cpu (the course's default), cuda, mps or auto")
     p.add_argument("--quick", action="store_true", help="a few steps per run, one seed, output to a temp folder")
@@ -596,20 +833,32 @@ def _add_figures(sub) -> None:
     p.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run (e.g. 02 03)")
     p.add_argument("--readme-only", action="store_true", help="only regenerate the README's notebook map")
     p.add_argument("--fresh", action="store_true", help="retrain and re-measure even what data/results has")
-    p.add_argument("--seeds", type=int, default=None, metavar="N",
-                   help="only the first N seeds of each ablation (a faster from-scratch run)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only the first N seeds of each ablation (a faster from-scratch run)",
+    )
     p.add_argument("--quick", action="store_true", help="a few steps per run, one seed, output to a temp folder")
 
 
 def _add_book(sub) -> None:
-    p = sub.add_parser("book", help="build the course as a static website from the committed notebooks",
-                       description="Write one HTML page per notebook (its committed outputs; nothing is "
-                                   "re-executed), a landing and a reference page from README.md, into --out.")
-    p.add_argument("--out", default="build/book",
-                   help="folder to write; an earlier book there is replaced (default build/book)")
-    p.add_argument("--source-url", default=None,
-                   help="link source files at this URL + their path (e.g. https://github.com/OWNER/REPO/blob/main); "
-                        "default: relative links into this checkout")
+    p = sub.add_parser(
+        "book",
+        help="build the course as a static website from the committed notebooks",
+        description="Write one HTML page per notebook (its committed outputs; nothing is "
+        "re-executed), a landing and a reference page from README.md, into --out.",
+    )
+    p.add_argument(
+        "--out", default="build/book", help="folder to write; an earlier book there is replaced (default build/book)"
+    )
+    p.add_argument(
+        "--source-url",
+        default=None,
+        help="link source files at this URL + their path (e.g. https://github.com/OWNER/REPO/blob/main); "
+        "default: relative links into this checkout",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -627,17 +876,29 @@ def main(argv: list[str] | None = None) -> int:
     _add_book(sub)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in reports as the command that made them
-    handler = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "eval": cmd_eval,
-               "configs": cmd_configs, "ablation": cmd_ablation, "figures": cmd_figures,
-               "bench": cmd_bench, "book": cmd_book}[args.command]
+    handler = {
+        "train": cmd_train,
+        "generate": cmd_generate,
+        "export": cmd_export,
+        "eval": cmd_eval,
+        "configs": cmd_configs,
+        "ablation": cmd_ablation,
+        "figures": cmd_figures,
+        "bench": cmd_bench,
+        "book": cmd_book,
+    }[args.command]
     try:
         return handler(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, a folder gone mid-run: every writer is atomic, so nothing is half-written
-        print(f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-              + " (files written atomically are left as they were)", file=sys.stderr)
+        print(
+            f"error: {e.strerror or e}"
+            + (f": {e.filename}" if e.filename else "")
+            + " (files written atomically are left as they were)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves and exits 130 itself)
         print("interrupted: nothing was saved", file=sys.stderr)

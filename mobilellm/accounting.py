@@ -11,8 +11,7 @@ import torch
 
 from .config import ModelConfig
 
-DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2,
-               "int8": 1, "int4": 0.5}
+DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "int8": 1, "int4": 0.5}
 
 
 def _bytes(dtype: str | torch.dtype) -> float:
@@ -70,8 +69,14 @@ def kv_cache_bytes_per_token(cfg: ModelConfig, dtype: str | torch.dtype = "fp32"
     return 2 * cfg.n_executed_layers * cfg.n_kv_heads * cfg.head_dim * _bytes(dtype)
 
 
-def training_days(cfg: ModelConfig, tokens: float, n_gpus: int = 32, peak_tflops: float = 312.0,
-                  utilization: float = 0.4, seq_len: int | None = None) -> float:
+def training_days(
+    cfg: ModelConfig,
+    tokens: float,
+    n_gpus: int = 32,
+    peak_tflops: float = 312.0,
+    utilization: float = 0.4,
+    seq_len: int | None = None,
+) -> float:
     """Wall-clock days to train on ``tokens`` with ``n_gpus`` at ``utilization`` of peak.
 
     Defaults: A100 bf16 dense peak 312 TFLOP/s.

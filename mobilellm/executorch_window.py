@@ -25,8 +25,9 @@ from .model import MobileLLM
 PTE_QUANTIZE = (None, "int8")
 
 
-def export_executorch(model: MobileLLM, path: str | os.PathLike, quantize: str | None = "int8",
-                      seq_len: int = 64) -> Path:
+def export_executorch(
+    model: MobileLLM, path: str | os.PathLike, quantize: str | None = "int8", seq_len: int = 64
+) -> Path:
     """Write ``model``'s forward as an ExecuTorch program (XNNPACK) taking ids of shape (1, ``seq_len``).
 
     ``quantize="int8"``: the blocks' linear layers get int8 symmetric per-channel weights and int8
@@ -116,12 +117,15 @@ def run_executorch(path: str | os.PathLike, input_ids: torch.Tensor) -> torch.Te
     fixed = tuple(meta.input_tensor_meta(0).sizes())
     vocab = tuple(meta.output_tensor_meta(0).sizes())[-1]
     if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32):
-        raise ValueError(f"input_ids must be a (batch, seq_len) integer tensor, got {input_ids.dtype} "
-                         f"{tuple(input_ids.shape)}")
+        raise ValueError(
+            f"input_ids must be a (batch, seq_len) integer tensor, got {input_ids.dtype} {tuple(input_ids.shape)}"
+        )
     B, T = input_ids.shape
     if not 1 <= T <= fixed[1]:
-        raise ValueError(f"{Path(path).name} takes up to {fixed[1]} tokens per row, got {T}: "
-                         f"shorten the input or export with seq_len={T}")
+        raise ValueError(
+            f"{Path(path).name} takes up to {fixed[1]} tokens per row, got {T}: "
+            f"shorten the input or export with seq_len={T}"
+        )
     # The .pte has no range check of its own; an id past the table would read out of bounds.
     if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
         raise ValueError(f"token ids must be in [0, {vocab}), got [{int(input_ids.min())}, {int(input_ids.max())}]")
@@ -142,6 +146,9 @@ def compare_executorch(model: MobileLLM, path: str | os.PathLike, input_ids: tor
         ref = model(input_ids.to(model.embed_tokens.weight.device)).float().cpu()
     got = run_executorch(path, input_ids)
     diff = (got - ref).abs()
-    return {"max_abs_diff": diff.max().item(), "mean_abs_diff": diff.mean().item(),
-            "max_abs_logit": ref.abs().max().item(),
-            "argmax_agreement": (got.argmax(-1) == ref.argmax(-1)).float().mean().item()}
+    return {
+        "max_abs_diff": diff.max().item(),
+        "mean_abs_diff": diff.mean().item(),
+        "max_abs_logit": ref.abs().max().item(),
+        "argmax_agreement": (got.argmax(-1) == ref.argmax(-1)).float().mean().item(),
+    }

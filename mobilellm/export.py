@@ -36,20 +36,35 @@ def _hf_config(cfg: ModelConfig):
     from transformers import LlamaConfig
 
     if cfg.ffn_type != "swiglu":
-        raise ValueError(f"ffn_type {cfg.ffn_type!r} has no Llama equivalent: only 'swiglu' "
-                         "models convert to LlamaForCausalLM")
+        raise ValueError(
+            f"ffn_type {cfg.ffn_type!r} has no Llama equivalent: only 'swiglu' models convert to LlamaForCausalLM"
+        )
     hf = LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.ffn_hidden_dim,
-        num_hidden_layers=cfg.n_executed_layers, num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, max_position_embeddings=cfg.max_seq_len,
-        rms_norm_eps=cfg.norm_eps, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-        tie_word_embeddings=cfg.share_embedding, attention_bias=False, mlp_bias=False,
-        hidden_act="silu", initializer_range=cfg.init_std,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.dim,
+        intermediate_size=cfg.ffn_hidden_dim,
+        num_hidden_layers=cfg.n_executed_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.max_seq_len,
+        rms_norm_eps=cfg.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        tie_word_embeddings=cfg.share_embedding,
+        attention_bias=False,
+        mlp_bias=False,
+        hidden_act="silu",
+        initializer_range=cfg.init_std,
     )
     # Remembered so that from_transformers can fold the duplicated layers back (and give back
     # head_dim exactly as set: the released presets spell out 64 although it is dim // n_heads).
-    hf.mobilellm = {"n_layers": cfg.n_layers, "layer_sharing": cfg.layer_sharing,
-                    "layer_repeats": cfg.layer_repeats, "init": cfg.init, "head_dim": cfg.to_dict()["head_dim"]}
+    hf.mobilellm = {
+        "n_layers": cfg.n_layers,
+        "layer_sharing": cfg.layer_sharing,
+        "layer_repeats": cfg.layer_repeats,
+        "init": cfg.init,
+        "head_dim": cfg.to_dict()["head_dim"],
+    }
     return hf
 
 
@@ -70,8 +85,9 @@ def to_transformers(model: MobileLLM):
         with quiet_libraries():
             from transformers import LlamaForCausalLM
     except ImportError:
-        raise ImportError("converting to Hugging Face format needs transformers: "
-                          "pip install 'transformers>=4.48'") from None
+        raise ImportError(
+            "converting to Hugging Face format needs transformers: pip install 'transformers>=4.48'"
+        ) from None
 
     with quiet_libraries():
         hf = LlamaForCausalLM(_hf_config(model.cfg))
@@ -135,15 +151,28 @@ def config_from_hf(hf_cfg) -> ModelConfig:
             if head_dim == need("hidden_size") // n_heads:
                 head_dim = None  # the default: derived, as a config built by hand would have it
     cfg = ModelConfig(
-        vocab_size=need("vocab_size"), dim=need("hidden_size"), n_layers=n_layers, n_heads=n_heads,
-        n_kv_heads=c.get("num_key_value_heads") or n_heads, ffn_hidden_dim=need("intermediate_size"),
-        ffn_type="swiglu", max_seq_len=need("max_position_embeddings"), norm_eps=need("rms_norm_eps"),
-        rope_theta=theta, share_embedding=share, layer_sharing=sharing, layer_repeats=repeats,
-        head_dim=head_dim, init=extra.get("init", "normal"), init_std=c.get("initializer_range", 0.02),
+        vocab_size=need("vocab_size"),
+        dim=need("hidden_size"),
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=c.get("num_key_value_heads") or n_heads,
+        ffn_hidden_dim=need("intermediate_size"),
+        ffn_type="swiglu",
+        max_seq_len=need("max_position_embeddings"),
+        norm_eps=need("rms_norm_eps"),
+        rope_theta=theta,
+        share_embedding=share,
+        layer_sharing=sharing,
+        layer_repeats=repeats,
+        head_dim=head_dim,
+        init=extra.get("init", "normal"),
+        init_std=c.get("initializer_range", 0.02),
     )
     if not released and cfg.n_executed_layers != n_hidden:
-        raise ValueError(f"config records layer sharing {cfg.layer_sharing!r} over {n_layers} blocks "
-                         f"({cfg.n_executed_layers} executed) but the model has {n_hidden} layers")
+        raise ValueError(
+            f"config records layer sharing {cfg.layer_sharing!r} over {n_layers} blocks "
+            f"({cfg.n_executed_layers} executed) but the model has {n_hidden} layers"
+        )
     return cfg
 
 
@@ -199,24 +228,30 @@ def from_transformers(hf_model) -> MobileLLM:
 
 # --- folders: load_pretrained / save_pretrained ----------------------------------------------
 
+
 def _download(repo_id: str) -> Path:
     """The hub snapshot of ``repo_id`` (config, tokenizer, weights), from the local cache if there."""
     common = ["config.json", "tokenizer.model"]
     try:
         from huggingface_hub import snapshot_download
 
-        d = Path(snapshot_download(repo_id, allow_patterns=common + ["model*.safetensors",
-                                                                    "model.safetensors.index.json"]))
+        d = Path(
+            snapshot_download(repo_id, allow_patterns=common + ["model*.safetensors", "model.safetensors.index.json"])
+        )
         if not any(d.glob("model*.safetensors")):
             # The released MobileLLMs ship pickled weights only; fetch those rather than both kinds.
-            d = Path(snapshot_download(repo_id, allow_patterns=common + ["pytorch_model*.bin",
-                                                                        "pytorch_model.bin.index.json"]))
+            d = Path(
+                snapshot_download(
+                    repo_id, allow_patterns=common + ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+                )
+            )
     except Exception as e:  # offline, DNS, HTTP, gated or missing repo: one answer for the user
         raise FileNotFoundError(
             f"{repo_id!r} is not a local folder, and downloading it from the Hugging Face hub failed "
             f"({one_line(e)}): the hub is unreachable from here (or HF_HUB_OFFLINE=1 is set, "
             f"or the repo is gated or does not exist). Download it where there is network "
-            f"(`hf download {repo_id}`) and pass the local folder instead") from None
+            f"(`hf download {repo_id}`) and pass the local folder instead"
+        ) from None
     return d
 
 
@@ -228,13 +263,16 @@ def _resolve(path_or_repo_id: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"{p} is a file; pass the folder that holds config.json and the weights")
     if isinstance(path_or_repo_id, str) and _REPO_ID.fullmatch(path_or_repo_id):
         return _download(path_or_repo_id)
-    raise FileNotFoundError(f"{p} does not exist: pass a checkpoint folder or a hub repo id such as "
-                            "facebook/MobileLLM-125M")
+    raise FileNotFoundError(
+        f"{p} does not exist: pass a checkpoint folder or a hub repo id such as facebook/MobileLLM-125M"
+    )
 
 
 def _weight_files(d: Path) -> list[Path]:
-    for single, index in (("model.safetensors", "model.safetensors.index.json"),
-                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+    for single, index in (
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
         if (d / single).is_file():
             return [d / single]
         if (d / index).is_file():
@@ -243,8 +281,9 @@ def _weight_files(d: Path) -> list[Path]:
             except (json.JSONDecodeError, KeyError, AttributeError) as e:
                 raise ValueError(f"{d / index} is not a weight index ({type(e).__name__}: {e})") from None
             return [d / s for s in sorted(set(shards))]
-    raise FileNotFoundError(f"{d} has no weights: expected model.safetensors or pytorch_model.bin "
-                            "(or a sharded *.index.json)")
+    raise FileNotFoundError(
+        f"{d} has no weights: expected model.safetensors or pytorch_model.bin (or a sharded *.index.json)"
+    )
 
 
 def _read_weights(d: Path) -> dict[str, torch.Tensor]:
@@ -256,11 +295,11 @@ def _read_weights(d: Path) -> dict[str, torch.Tensor]:
             raise FileNotFoundError(f"weight shard {f} listed in the index is missing")
         try:
             # weights_only: a .bin is a pickle, and pickles from the internet can run code.
-            part = load_file(f) if f.suffix == ".safetensors" else torch.load(f, map_location="cpu",
-                                                                               weights_only=True)
+            part = load_file(f) if f.suffix == ".safetensors" else torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:  # both loaders raise several types for garbled or hostile files
-            raise ValueError(f"weights file {f} is corrupt, truncated or not a plain state dict "
-                             f"({one_line(e)})") from None
+            raise ValueError(
+                f"weights file {f} is corrupt, truncated or not a plain state dict ({one_line(e)})"
+            ) from None
         if not isinstance(part, dict) or not all(isinstance(t, torch.Tensor) for t in part.values()):
             raise ValueError(f"weights file {f} is not a state dict of tensors")
         state.update(part)
@@ -292,18 +331,23 @@ def _check_size(cfg: ModelConfig, state: dict[str, torch.Tensor], d: Path) -> No
     """config.json against the weights before building the model: a wrong or hostile config allocates nothing."""
     emb = state.get("model.embed_tokens.weight")
     if emb is not None and tuple(emb.shape) != (cfg.vocab_size, cfg.dim):
-        raise ValueError(f"{d}: config.json says vocab_size {cfg.vocab_size} x hidden_size {cfg.dim} but the "
-                         f"weights' embedding is {list(emb.shape)}: config.json does not belong to these weights")
+        raise ValueError(
+            f"{d}: config.json says vocab_size {cfg.vocab_size} x hidden_size {cfg.dim} but the "
+            f"weights' embedding is {list(emb.shape)}: config.json does not belong to these weights"
+        )
     with torch.device("meta"):
         need = sum(p.numel() for p in MobileLLM(cfg).parameters())
     have = sum(t.numel() for t in state.values())
     if need > 2 * have:  # near misses get load_hf_state_dict's itemised report; this guards the allocation
-        raise ValueError(f"{d}: config.json describes {need:,} parameters but the weights hold {have:,}: "
-                         "config.json does not belong to these weights")
+        raise ValueError(
+            f"{d}: config.json describes {need:,} parameters but the weights hold {have:,}: "
+            "config.json does not belong to these weights"
+        )
 
 
-def load_pretrained(path_or_repo_id: str | os.PathLike,
-                    device: str | torch.device = "cpu") -> tuple[MobileLLM, Tokenizer | None]:
+def load_pretrained(
+    path_or_repo_id: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[MobileLLM, Tokenizer | None]:
     """A MobileLLM (eval mode) and its tokenizer (None if the folder has none) from a folder or hub id.
 
     Reads Meta's released layout (``facebook/MobileLLM-125M`` …), ``save_pretrained`` folders
@@ -333,16 +377,23 @@ def load_pretrained(path_or_repo_id: str | os.PathLike,
 
 
 def _note(cfg: ModelConfig) -> str:
-    text = "Written by mobilellm.export.save_pretrained. A MobileLLM is a Llama: transformers loads this " \
-           "folder as LlamaForCausalLM with the same logits."
+    text = (
+        "Written by mobilellm.export.save_pretrained. A MobileLLM is a Llama: transformers loads this "
+        "folder as LlamaForCausalLM with the same logits."
+    )
     if cfg.layer_sharing != "none":
-        text += (f" The model shares layers ({cfg.layer_sharing}): its {cfg.n_layers} stored blocks run as "
-                 f"{cfg.n_executed_layers} layers per forward pass. Llama has no layer sharing, so they are saved "
-                 f"as {cfg.n_executed_layers} separate layers (copies; layer i holds block "
-                 f"{list(cfg.execution_order)}[i]); mobilellm.export.load_pretrained folds them back "
-                 f"into {cfg.n_layers} shared blocks.")
-    text += (" Input and output embeddings are tied." if cfg.share_embedding
-             else " Input and output embeddings are separate (untied).")
+        text += (
+            f" The model shares layers ({cfg.layer_sharing}): its {cfg.n_layers} stored blocks run as "
+            f"{cfg.n_executed_layers} layers per forward pass. Llama has no layer sharing, so they are saved "
+            f"as {cfg.n_executed_layers} separate layers (copies; layer i holds block "
+            f"{list(cfg.execution_order)}[i]); mobilellm.export.load_pretrained folds them back "
+            f"into {cfg.n_layers} shared blocks."
+        )
+    text += (
+        " Input and output embeddings are tied."
+        if cfg.share_embedding
+        else " Input and output embeddings are separate (untied)."
+    )
     return text
 
 
@@ -353,10 +404,12 @@ def save_pretrained(model: MobileLLM, out_dir: str | os.PathLike, tokenizer: Tok
     ``load_pretrained(out_dir)`` gives back this model, layer sharing included.
     """
     out = Path(out_dir)
-    if (out / "train_state.pt").exists() or (out / "latest").exists() or (
-            (out / "config.json").is_file() and isinstance(_read_config(out).get("model"), dict)):
-        raise ValueError(f"{out} holds a training checkpoint, which this would overwrite: "
-                         "write to another folder")
+    if (
+        (out / "train_state.pt").exists()
+        or (out / "latest").exists()
+        or ((out / "config.json").is_file() and isinstance(_read_config(out).get("model"), dict))
+    ):
+        raise ValueError(f"{out} holds a training checkpoint, which this would overwrite: write to another folder")
     hf = to_transformers(model)
     hf.config.mobilellm["note"] = _note(model.cfg)
     out.mkdir(parents=True, exist_ok=True)

@@ -32,9 +32,17 @@ from .model import MobileLLM
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
 # Q8_0: blocks of 32 weights, int8 with one fp16 scale (34 bytes); Q4_0: 4-bit, the same blocks (18 bytes).
 _BLOCKED = ("q8_0", "q4_0")
-_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-          "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-          "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+_NAMES = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
 
 
 def _need_gguf():
@@ -85,16 +93,21 @@ def _add_tokenizer(writer, tok: Tokenizer) -> None:
     writer.add_token_scores([p.score for p in proto.pieces])
     writer.add_token_types([int(p.type) for p in proto.pieces])
     sp = tok.sp
-    for setter, value in ((writer.add_bos_token_id, sp.bos_id()), (writer.add_eos_token_id, sp.eos_id()),
-                          (writer.add_unk_token_id, sp.unk_id()), (writer.add_pad_token_id, sp.pad_id())):
+    for setter, value in (
+        (writer.add_bos_token_id, sp.bos_id()),
+        (writer.add_eos_token_id, sp.eos_id()),
+        (writer.add_unk_token_id, sp.unk_id()),
+        (writer.add_pad_token_id, sp.pad_id()),
+    ):
         if value >= 0:
             setter(value)
     writer.add_add_bos_token(False)  # our documents start after EOS; callers add what they need
     writer.add_add_space_prefix(proto.normalizer_spec.add_dummy_prefix)
 
 
-def write_gguf(model: MobileLLM, path: str | os.PathLike, tokenizer: Tokenizer | None = None,
-               gguf_type: str = "f16") -> Path:
+def write_gguf(
+    model: MobileLLM, path: str | os.PathLike, tokenizer: Tokenizer | None = None, gguf_type: str = "f16"
+) -> Path:
     """Write ``model`` (and ``tokenizer``) as a Llama GGUF file: 2-D weights as ``gguf_type``, norms F32.
 
     ``gguf_type``: one of ``GGUF_TYPES``; the quantized types quantize every matrix alike, the table too.
@@ -107,8 +120,9 @@ def write_gguf(model: MobileLLM, path: str | os.PathLike, tokenizer: Tokenizer |
     if gguf_type in _BLOCKED:
         bad = sorted({d for d in (cfg.dim, cfg.n_heads * cfg.head_dim, cfg.ffn_hidden_dim) if d % 32})
         if bad:
-            raise ValueError(f"{gguf_type.upper()} quantizes rows in blocks of 32 but the model has rows of {bad}: "
-                             "use f16")
+            raise ValueError(
+                f"{gguf_type.upper()} quantizes rows in blocks of 32 but the model has rows of {bad}: use f16"
+            )
     if tokenizer is not None and tokenizer.vocab_size != cfg.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model {cfg.vocab_size}")
     gguf = _need_gguf()
@@ -128,8 +142,9 @@ def write_gguf(model: MobileLLM, path: str | os.PathLike, tokenizer: Tokenizer |
     writer.add_layer_norm_rms_eps(cfg.norm_eps)
     writer.add_vocab_size(cfg.vocab_size)
     F = gguf.LlamaFileType
-    writer.add_file_type({"f32": F.ALL_F32, "f16": F.MOSTLY_F16, "q8_0": F.MOSTLY_Q8_0,
-                          "q4_0": F.MOSTLY_Q4_0}[gguf_type])
+    writer.add_file_type(
+        {"f32": F.ALL_F32, "f16": F.MOSTLY_F16, "q8_0": F.MOSTLY_Q8_0, "q4_0": F.MOSTLY_Q4_0}[gguf_type]
+    )
     if tokenizer is not None:
         _add_tokenizer(writer, tokenizer)
     else:  # llama.cpp refuses a file with no tokenizer entry; "no_vocab" lets it run on token ids
@@ -166,7 +181,7 @@ def read_back(path: str | os.PathLike) -> torch.nn.Module:
 class LlamaCppDecoder:
     """A GGUF file run by llama.cpp (``llama-cpp-python``, built from source: ``make llama-cpp``), batch 1.
 
-    ``step(ids, pos)`` as ``executorch_program.PteDecoder``'s: feed a chunk at ``pos`` (default: after
+    ``step(ids, pos)`` as ``executorch_runtime.PteDecoder``'s: feed a chunk at ``pos`` (default: after
     the last one; less rewinds the cache), get the last token's logits; so the same timers run both.
     ``n_threads``: llama.cpp's workers (None: its default). Its workers spin while they wait, so on a
     machine busy with other work more threads than free cores cost far more than they give.
@@ -176,16 +191,19 @@ class LlamaCppDecoder:
         try:
             import llama_cpp
         except ImportError:
-            raise ImportError("running a GGUF file needs llama-cpp-python, which builds llama.cpp from source "
-                              "(about 14 CPU-minutes): make llama-cpp") from None
+            raise ImportError(
+                "running a GGUF file needs llama-cpp-python, which builds llama.cpp from source "
+                "(about 14 CPU-minutes): make llama-cpp"
+            ) from None
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"{p} does not exist: write it with `python -m mobilellm export --format gguf`")
         self.path, self.max_len = p, n_ctx
         # logits_all: llama-cpp-python keeps logits (its ``scores``) only then; a decode step makes one row anyway
         with native_stderr_silenced():  # llama.cpp's context notes, verbose=False or not
-            self._llm = llama_cpp.Llama(str(p), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                                        logits_all=True, verbose=False)
+            self._llm = llama_cpp.Llama(
+                str(p), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, logits_all=True, verbose=False
+            )
         self.vocab_size = self._llm.n_vocab()
         self.pos = 0
 
@@ -194,8 +212,10 @@ class LlamaCppDecoder:
         ids = [int(i) for i in (ids.reshape(-1).tolist() if isinstance(ids, torch.Tensor) else ids)]
         pos = self.pos if pos is None else pos
         if not ids or not 0 <= pos <= self.pos or pos + len(ids) > self.max_len:
-            raise ValueError(f"chunk of {len(ids)} tokens at position {pos}: needs at least one token, a position "
-                             f"in [0, {self.pos}] and an end within the window of {self.max_len}")
+            raise ValueError(
+                f"chunk of {len(ids)} tokens at position {pos}: needs at least one token, a position "
+                f"in [0, {self.pos}] and an end within the window of {self.max_len}"
+            )
         self._llm.n_tokens = pos  # llama-cpp-python's eval drops the cache from n_tokens on, then appends
         self._llm.eval(ids)
         self.pos = pos + len(ids)

@@ -30,16 +30,25 @@ log = logging.getLogger(__name__)
 class MobileLLMEval(LM):
     """A MobileLLM and its tokenizer behind lm-eval's ``LM`` interface (loglikelihood, rolling, generate)."""
 
-    def __init__(self, model: MobileLLM | None = None, tokenizer: Tokenizer | str | os.PathLike | None = None,
-                 pretrained: str | os.PathLike | None = None, batch_size: int | str | None = 32,
-                 device: str | None = None, max_gen_toks: int = 256, **_ignored) -> None:
+    def __init__(
+        self,
+        model: MobileLLM | None = None,
+        tokenizer: Tokenizer | str | os.PathLike | None = None,
+        pretrained: str | os.PathLike | None = None,
+        batch_size: int | str | None = 32,
+        device: str | None = None,
+        max_gen_toks: int = 256,
+        **_ignored,
+    ) -> None:
         super().__init__()
         if isinstance(tokenizer, (str, os.PathLike)):  # a .model path, as --model_args give it
             tokenizer = Tokenizer(tokenizer)
         if model is None:
             if pretrained is None:
-                raise ValueError("give a model and tokenizer, or pretrained=DIR_OR_HUB_ID (a trainer checkpoint, "
-                                 "a save_pretrained folder, or a released MobileLLM)")
+                raise ValueError(
+                    "give a model and tokenizer, or pretrained=DIR_OR_HUB_ID (a trainer checkpoint, "
+                    "a save_pretrained folder, or a released MobileLLM)"
+                )
             from .export import load_pretrained
 
             model, found = load_pretrained(pretrained, device=device or "auto")
@@ -71,8 +80,9 @@ class MobileLLMEval(LM):
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """(context, continuation) -> (log-prob of the continuation, whether greedy decoding gives it)."""
         pairs = [encode_pair(self.tokenizer, *req.args[:2]) for req in requests]
-        return score_requests(self.model, pairs, batch_size=self.batch_size, progress=not disable_tqdm,
-                              desc="loglikelihood")
+        return score_requests(
+            self.model, pairs, batch_size=self.batch_size, progress=not disable_tqdm, desc="loglikelihood"
+        )
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Log-prob of each whole string after an EOS prefix, in disjoint windows of the model's length."""
@@ -82,8 +92,9 @@ class MobileLLMEval(LM):
             for w in get_rolling_token_windows(ids, self.eot_token_id, self.max_length, 1):
                 windows.append(make_disjoint_window(w))
                 owner.append(k)
-        scores = score_requests(self.model, windows, batch_size=self.batch_size, progress=not disable_tqdm,
-                                desc="loglikelihood_rolling")
+        scores = score_requests(
+            self.model, windows, batch_size=self.batch_size, progress=not disable_tqdm, desc="loglikelihood_rolling"
+        )
         totals = [0.0] * len(requests)
         for k, (ll, _) in zip(owner, scores, strict=True):
             totals[k] += ll
@@ -109,7 +120,7 @@ class MobileLLMEval(LM):
         eos, L = self.eot_token_id, self.max_length
         max_new = max(0, min(max_new, L - 1))
         # Left-truncate so prompt + new tokens fit the window (lm-eval's HF model does the same).
-        prompt = (list(self.tokenizer.encode(context)) or [eos])[-(L - max_new):]
+        prompt = (list(self.tokenizer.encode(context)) or [eos])[-(L - max_new) :]
         device = next(self.model.parameters()).device
         new: list[int] = []
         with eval_mode(self.model):
@@ -117,9 +128,9 @@ class MobileLLMEval(LM):
             while len(new) < max_new:
                 ids = torch.tensor([prompt + new], dtype=torch.long, device=device)
                 step = min(chunk, max_new - len(new))
-                got = self.model.generate(ids, step, eos_id=eos)[0, ids.shape[1]:].tolist()
+                got = self.model.generate(ids, step, eos_id=eos)[0, ids.shape[1] :].tolist()
                 if eos in got:
-                    new += got[:got.index(eos)]
+                    new += got[: got.index(eos)]
                     break
                 new += got
                 if until and any(u in self.tokenizer.decode(new) for u in until):

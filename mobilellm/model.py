@@ -31,11 +31,11 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
-def rope_tables(head_dim: int, max_len: int, theta: float,
-                device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(
+    head_dim: int, max_len: int, theta: float, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables of rotary embeddings, shape (max_len, head_dim), Llama's layout."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
-                               / head_dim)
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
     angles = torch.outer(torch.arange(max_len, dtype=torch.float32, device=device), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)  # the two halves of a head rotate together
     return angles.cos(), angles.sin()
@@ -60,8 +60,14 @@ class KVCache:
     by block and silently overwrites the first pass with the second.)
     """
 
-    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        batch_size: int,
+        max_len: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         shape = (batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in cfg.execution_order]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in cfg.execution_order]
@@ -71,8 +77,8 @@ class KVCache:
     def update(self, slot: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store new keys/values at the current position; return everything cached so far."""
         end = self.pos + k.shape[2]
-        self.k[slot][:, :, self.pos:end] = k
-        self.v[slot][:, :, self.pos:end] = v
+        self.k[slot][:, :, self.pos : end] = k
+        self.v[slot][:, :, self.pos : end] = v
         return self.k[slot][:, :, :end], self.v[slot][:, :, :end]
 
 
@@ -87,8 +93,9 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None, slot: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None, slot: int = 0
+    ) -> torch.Tensor:
         """x: (B, T, dim) -> (B, T, dim); with a cache, x holds the positions after cache.pos."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
@@ -143,8 +150,9 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None, slot: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None, slot: int = 0
+    ) -> torch.Tensor:
         """(B, T, dim) -> (B, T, dim)."""
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, slot)
         return x + self.mlp(self.post_attention_layernorm(x))
@@ -180,7 +188,7 @@ class MobileLLM(nn.Module):
             elif cfg.init == "normal":
                 p.normal_(0.0, cfg.init_std)
             elif name == "embed_tokens.weight" or name == "lm_head.weight":
-                p.normal_(0.0, cfg.dim ** -0.5)
+                p.normal_(0.0, cfg.dim**-0.5)
             else:
                 std = p.shape[1] ** -0.5  # fan-in of an nn.Linear weight (out, in)
                 if name.endswith(("o_proj.weight", "down_proj.weight")):
@@ -200,8 +208,10 @@ class MobileLLM(nn.Module):
             raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
         T = input_ids.shape[1]
         if start + T > limit:
-            raise ValueError(f"sequence of {start + T} tokens is longer than the limit {limit} "
-                             f"(max_seq_len {self.cfg.max_seq_len}): shorten the input")
+            raise ValueError(
+                f"sequence of {start + T} tokens is longer than the limit {limit} "
+                f"(max_seq_len {self.cfg.max_seq_len}): shorten the input"
+            )
         if input_ids.numel() and not torch.compiler.is_compiling():
             lo, hi = int(input_ids.min()), int(input_ids.max())
             if lo < 0 or hi >= self.cfg.vocab_size:
@@ -213,7 +223,7 @@ class MobileLLM(nn.Module):
         start = cache.pos if cache is not None else 0
         self._check_input(input_ids, start, cache.max_len if cache is not None else self.cfg.max_seq_len)
         T = input_ids.shape[1]
-        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
         x = self.embed_tokens(input_ids)
         for slot, block in enumerate(self.cfg.execution_order):
             x = self.layers[block](x, cos, sin, cache, slot)
@@ -222,9 +232,16 @@ class MobileLLM(nn.Module):
         return self.lm_head(self.norm(x))
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-                 top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Prompt (B, T) -> prompt and continuation (B, T + n); KV-cached; temperature 0 is greedy.
 
         After a row emits ``eos_id`` it is padded with ``eos_id``; decoding stops early once every
@@ -236,8 +253,10 @@ class MobileLLM(nn.Module):
         if T == 0:
             raise ValueError("the prompt is empty: give at least one token (e.g. the BOS id)")
         if T + max_new_tokens > self.cfg.max_seq_len:
-            raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len "
-                             f"({self.cfg.max_seq_len}): shorten the prompt or ask for fewer tokens")
+            raise ValueError(
+                f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len "
+                f"({self.cfg.max_seq_len}): shorten the prompt or ask for fewer tokens"
+            )
         cache = self.new_cache(B, T + max_new_tokens)
         out = [input_ids]
         done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
@@ -266,8 +285,13 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
         raise ValueError(f"top_p ({top_p}) must be in (0, 1]")
 
 
-def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Pick one token per row from (B, vocab) logits: argmax at temperature 0, else sample."""
     if temperature == 0:
         return logits.argmax(dim=-1)

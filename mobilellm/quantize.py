@@ -46,6 +46,7 @@ QMAX = 127  # symmetric int8: [-127, 127]
 
 # --- the pieces, by hand ---------------------------------------------------------------------
 
+
 def _quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     t = t.detach().float()
     # An all-zero row has max 0; any positive scale quantizes it to zeros exactly.
@@ -80,8 +81,13 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class QuantLinear(nn.Module):
     """A bias-optional Linear with int8 per-channel weights; W8A8 (int8 per-token activations) or weight-only."""
 
-    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
-                 quantize_activations: bool = True) -> None:
+    def __init__(
+        self,
+        qweight: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        quantize_activations: bool = True,
+    ) -> None:
         super().__init__()
         if qweight.dtype != torch.int8 or qweight.dim() != 2:
             raise ValueError(f"qweight must be a 2-D int8 tensor, got {qweight.dtype} {tuple(qweight.shape)}")
@@ -191,6 +197,7 @@ def torchao_quantize(model: nn.Module, mode: str = "w8a8") -> nn.Module:
 
 # --- measurements ----------------------------------------------------------------------------
 
+
 def state_dict_bytes(model: nn.Module) -> int:
     """Bytes of ``torch.save(model.state_dict())`` (shared tensors are written once)."""
     # torch.save rather than safetensors: torchao's int8 tensor subclasses only pickle.
@@ -201,15 +208,25 @@ def state_dict_bytes(model: nn.Module) -> int:
 
 def _prompts(tokens: np.ndarray, n: int, length: int) -> torch.Tensor:
     starts = np.linspace(0, len(tokens) - length - 1, n).astype(int)
-    return torch.from_numpy(np.stack([np.asarray(tokens[s:s + length], dtype=np.int64) for s in starts]))
+    return torch.from_numpy(np.stack([np.asarray(tokens[s : s + length], dtype=np.int64) for s in starts]))
 
 
-def quant_report(fp32_model: nn.Module, quantized_models: dict[str, nn.Module],
-                 val_tokens: np.ndarray | torch.Tensor, tokenizer: Tokenizer | None = None, *,
-                 seq_len: int | None = None, eval_tokens: int | None = 32_768, n_prompts: int = 4,
-                 prompt_len: int = 16, new_tokens: int = 32, latency_prompt_len: int = 64,
-                 decode_tokens: int = 16, repeats: int = 5,
-                 mc_accuracy: Callable[[nn.Module], float] | None = None) -> list[dict]:
+def quant_report(
+    fp32_model: nn.Module,
+    quantized_models: dict[str, nn.Module],
+    val_tokens: np.ndarray | torch.Tensor,
+    tokenizer: Tokenizer | None = None,
+    *,
+    seq_len: int | None = None,
+    eval_tokens: int | None = 32_768,
+    n_prompts: int = 4,
+    prompt_len: int = 16,
+    new_tokens: int = 32,
+    latency_prompt_len: int = 64,
+    decode_tokens: int = 16,
+    repeats: int = 5,
+    mc_accuracy: Callable[[nn.Module], float] | None = None,
+) -> list[dict]:
     """One row per model (fp32 first): bytes, val perplexity, greedy agreement with fp32, CPU latency.
 
     ``bytes``: ``torch.save`` of the state dict. Perplexity: ``evaluate.perplexity`` over the first
@@ -254,7 +271,7 @@ def quant_report(fp32_model: nn.Module, quantized_models: dict[str, nn.Module],
             if reference is None:
                 reference = cont
                 path = torch.cat([prompts, reference], dim=1)[:, :-1]  # fp32's greedy text
-            forced = model(path)[:, prompt_len - 1:].argmax(-1)
+            forced = model(path)[:, prompt_len - 1 :].argmax(-1)
             if forced_ref is None:
                 forced_ref = forced
         size = state_dict_bytes(model)
@@ -262,12 +279,19 @@ def quant_report(fp32_model: nn.Module, quantized_models: dict[str, nn.Module],
         ppl = perplexity(model, toks, seq_len)
         runs = [cached_decode(model, lat_prompt, decode_tokens) for _ in range(repeats + 1)][1:]  # 1st: warm-up
         prefill_ms, decode_ms = (median([r[i] for r in runs]) * 1e3 for i in (0, 1))
-        row = {"name": name, "bytes": size, "size_vs_fp32": size / base_bytes,
-               "val_nll": ppl["nll"], "val_ppl": ppl["perplexity"],
-               "greedy_agreement": (cont == reference).float().mean().item(),
-               "token_agreement": (forced == forced_ref).float().mean().item(),
-               "prefill_ms": prefill_ms, "prefill_tokens": prefill_len, "decode_ms_per_token": decode_ms,
-               "threads": torch.get_num_threads()}
+        row = {
+            "name": name,
+            "bytes": size,
+            "size_vs_fp32": size / base_bytes,
+            "val_nll": ppl["nll"],
+            "val_ppl": ppl["perplexity"],
+            "greedy_agreement": (cont == reference).float().mean().item(),
+            "token_agreement": (forced == forced_ref).float().mean().item(),
+            "prefill_ms": prefill_ms,
+            "prefill_tokens": prefill_len,
+            "decode_ms_per_token": decode_ms,
+            "threads": torch.get_num_threads(),
+        }
         if mc_accuracy is not None:
             row["mc_accuracy"] = float(mc_accuracy(model))
         if tokenizer is not None:

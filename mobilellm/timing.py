@@ -11,10 +11,12 @@ import torch
 
 def wall(fn: Callable[[], object]) -> Callable[[], float]:
     """A timer for ``fn``: calling it runs ``fn`` once and returns the seconds it took."""
+
     def timed() -> float:
         start = time.perf_counter()
         fn()
         return time.perf_counter() - start
+
     return timed
 
 
@@ -24,8 +26,9 @@ def _bar(total: int, desc: str, progress: bool):
     return tqdm(total=total, desc=desc, leave=False, disable=not progress)
 
 
-def measure(timers: dict[str, Callable[[], float]], repeats: int, warmup: int = 1, desc: str = "",
-            progress: bool = False) -> dict[str, list[float]]:
+def measure(
+    timers: dict[str, Callable[[], float]], repeats: int, warmup: int = 1, desc: str = "", progress: bool = False
+) -> dict[str, list[float]]:
     """Seconds per run of each timer, ``repeats`` rounds after ``warmup`` rounds.
 
     The timers take turns within each round and the order rotates from round to round, so a

@@ -61,8 +61,7 @@ class TrainConfig:
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} ({v!r}) must be a positive integer")
         if self.batch_size % self.grad_accum:
-            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum "
-                             f"({self.grad_accum})")
+            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
         if self.seq_len is not None and (not isinstance(self.seq_len, int) or self.seq_len < 1):
             raise ValueError(f"seq_len ({self.seq_len!r}) must be a positive integer (or None for the model's max)")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -115,8 +114,10 @@ def auto_device(device: str = "auto") -> torch.device:
         except (RuntimeError, TypeError):
             raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or mps") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: this machine has no CUDA GPU that torch {torch.__version__} "
-                             "can use; use --device cpu (or auto)")
+            raise ValueError(
+                f"device {device!r}: this machine has no CUDA GPU that torch {torch.__version__} "
+                "can use; use --device cpu (or auto)"
+            )
         if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
         if dev.type == "mps" and not torch.backends.mps.is_available():
@@ -151,13 +152,14 @@ def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.AdamW
 
 
 @torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 32,
-                  device: torch.device | str = "cpu") -> float:
+def evaluate_loss(
+    model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 32, device: torch.device | str = "cpu"
+) -> float:
     """Mean next-token cross-entropy (nats) over validation windows (N, T + 1)."""
     total, count = 0.0, 0
     with eval_mode(model):
         for i in range(0, len(windows), batch_size):
-            w = windows[i:i + batch_size].to(device)
+            w = windows[i : i + batch_size].to(device)
             logits = model(w[:, :-1])
             total += F.cross_entropy(logits.float().flatten(0, 1), w[:, 1:].flatten(), reduction="sum").item()
             count += w[:, 1:].numel()
@@ -189,17 +191,27 @@ def checkpoint_dir(directory: str | os.PathLike) -> Path | None:
     if pointer.is_file():
         name = pointer.read_text().strip()
         if not _STEP_DIR.fullmatch(name):
-            raise ValueError(f"{pointer} should name a step-NNNNNN folder but holds {name[:40]!r}: "
-                             "it was edited by hand; point it at one of the step-* folders")
+            raise ValueError(
+                f"{pointer} should name a step-NNNNNN folder but holds {name[:40]!r}: "
+                "it was edited by hand; point it at one of the step-* folders"
+            )
         return d / name
     if (d / "config.json").is_file() and (d / "model.safetensors").is_file():
         return d  # a flat checkpoint (written before checkpoints were folders)
     return None
 
 
-def save_checkpoint(out: str | os.PathLike, model: MobileLLM, optimizer: torch.optim.Optimizer | None,
-                    tc: TrainConfig | None, step: int, tokens: int, sampler: torch.Generator | None,
-                    tokenizer: Tokenizer | None = None, data_fingerprint: str | None = None) -> Path:
+def save_checkpoint(
+    out: str | os.PathLike,
+    model: MobileLLM,
+    optimizer: torch.optim.Optimizer | None,
+    tc: TrainConfig | None,
+    step: int,
+    tokens: int,
+    sampler: torch.Generator | None,
+    tokenizer: Tokenizer | None = None,
+    data_fingerprint: str | None = None,
+) -> Path:
     """Write a complete checkpoint folder, then switch ``OUT/latest`` to it in one rename; returns the folder.
 
     Refuses weights that are not finite: a diverged model never replaces a good checkpoint.
@@ -209,8 +221,10 @@ def save_checkpoint(out: str | os.PathLike, model: MobileLLM, optimizer: torch.o
     out = Path(out)
     for name, p in model.state_dict().items():
         if p.is_floating_point() and not bool(torch.isfinite(p).all()):
-            raise ValueError(f"not saving step {step}: weight {name} holds NaN or inf (training diverged); "
-                             f"the previous checkpoint in {out} is kept")
+            raise ValueError(
+                f"not saving step {step}: weight {name} holds NaN or inf (training diverged); "
+                f"the previous checkpoint in {out} is kept"
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
         previous = checkpoint_dir(out)
@@ -225,9 +239,13 @@ def save_checkpoint(out: str | os.PathLike, model: MobileLLM, optimizer: torch.o
     save_model(model, str(tmp / "model.safetensors"), metadata={"step": str(step)})
     os.chmod(tmp / "model.safetensors", _file_mode())  # safetensors writes 0600; readable like the rest
     if optimizer is not None:
-        state = {"step": step, "tokens": tokens, "optimizer": optimizer.state_dict(),
-                 "sampler": sampler.get_state() if sampler is not None else None,
-                 "torch_rng": torch.get_rng_state()}
+        state = {
+            "step": step,
+            "tokens": tokens,
+            "optimizer": optimizer.state_dict(),
+            "sampler": sampler.get_state() if sampler is not None else None,
+            "torch_rng": torch.get_rng_state(),
+        }
         torch.save(state, tmp / "train_state.pt")
     if tokenizer is not None:  # always the tokenizer this model was trained with
         tokenizer.save(tmp / "tokenizer.model")
@@ -242,8 +260,11 @@ def save_checkpoint(out: str | os.PathLike, model: MobileLLM, optimizer: torch.o
     write_atomic(out / LATEST, lambda p: p.write_text(final.name + "\n"))
     fsync(out)
     for old in out.iterdir():  # the previous checkpoint, and leftovers of killed saves
-        if old != final and old.is_dir() and (
-                _STEP_DIR.fullmatch(old.name) or re.fullmatch(r"\.step-\d+\.tmp-.*", old.name)):
+        if (
+            old != final
+            and old.is_dir()
+            and (_STEP_DIR.fullmatch(old.name) or re.fullmatch(r"\.step-\d+\.tmp-.*", old.name))
+        ):
             shutil.rmtree(old, ignore_errors=True)
     if previous == out:  # a flat checkpoint from before: its files are superseded
         for name in ("config.json", "model.safetensors", "train_state.pt", "tokenizer.model"):
@@ -252,8 +273,10 @@ def save_checkpoint(out: str | os.PathLike, model: MobileLLM, optimizer: torch.o
 
 
 def _corrupt(path: Path, err: Exception) -> ValueError:
-    return ValueError(f"checkpoint file {path} is corrupt or truncated ({type(err).__name__}: {err}); "
-                      "point to another checkpoint, or train into a new --out")
+    return ValueError(
+        f"checkpoint file {path} is corrupt or truncated ({type(err).__name__}: {err}); "
+        "point to another checkpoint, or train into a new --out"
+    )
 
 
 def _unreadable(path: Path, err: OSError) -> ValueError:
@@ -262,8 +285,10 @@ def _unreadable(path: Path, err: OSError) -> ValueError:
         mode = f"mode {stat.filemode(st.st_mode)}, owner uid {st.st_uid}"
     except OSError:
         mode = "mode unknown"
-    return ValueError(f"cannot read {path}: permission denied ({mode}); ask its owner to run "
-                      f"`chmod a+r {path}`, or copy the checkpoint to a folder of your own")
+    return ValueError(
+        f"cannot read {path}: permission denied ({mode}); ask its owner to run "
+        f"`chmod a+r {path}`, or copy the checkpoint to a folder of your own"
+    )
 
 
 def _safetensors_header(path: Path) -> dict:
@@ -295,11 +320,18 @@ def _check_shapes(cfg: ModelConfig, header: dict, d: Path) -> None:
     missing = sorted(names[0] for names in aliases.values() if not any(n in saved for n in names))
     unexpected = sorted(set(saved) - set(expected))
     if wrong or missing or unexpected:
-        what = (f"{wrong[0][0]} is {list(wrong[0][2])} in the weights but {list(wrong[0][1])} by config.json"
-                if wrong else f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}")
-        raise ValueError(f"{d}: config.json does not describe model.safetensors ({what}; {len(wrong)} shape "
-                         f"mismatches, {len(missing)} missing, {len(unexpected)} unexpected tensors): the two files "
-                         "come from different models; restore the config.json written with these weights")
+        what = (
+            f"{wrong[0][0]} is {list(wrong[0][2])} in the weights but {list(wrong[0][1])} by config.json"
+            if wrong
+            else f"missing {missing[:3]}"
+            if missing
+            else f"unexpected {unexpected[:3]}"
+        )
+        raise ValueError(
+            f"{d}: config.json does not describe model.safetensors ({what}; {len(wrong)} shape "
+            f"mismatches, {len(missing)} missing, {len(unexpected)} unexpected tensors): the two files "
+            "come from different models; restore the config.json written with these weights"
+        )
 
 
 def load_checkpoint(directory: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[MobileLLM, dict]:
@@ -311,15 +343,24 @@ def load_checkpoint(directory: str | os.PathLike, device: torch.device | str = "
         raise FileNotFoundError(f"{top} is not a checkpoint folder (it does not exist or is a file)")
     d = checkpoint_dir(top)
     if d is None:
-        if (top / "config.json").is_file() and not (top / "model.safetensors").is_file() and any(
-                top.glob("pytorch_model*.bin")):
-            raise FileNotFoundError(f"{top} is a Hugging Face folder with pickled weights, not a training "
-                                    "checkpoint: load it with mobilellm.export.load_pretrained")
-        raise FileNotFoundError(f"{top} is not a checkpoint: it needs config.json and model.safetensors "
-                                "(written by `python -m mobilellm train --out DIR`)")
+        if (
+            (top / "config.json").is_file()
+            and not (top / "model.safetensors").is_file()
+            and any(top.glob("pytorch_model*.bin"))
+        ):
+            raise FileNotFoundError(
+                f"{top} is a Hugging Face folder with pickled weights, not a training "
+                "checkpoint: load it with mobilellm.export.load_pretrained"
+            )
+        raise FileNotFoundError(
+            f"{top} is not a checkpoint: it needs config.json and model.safetensors "
+            "(written by `python -m mobilellm train --out DIR`)"
+        )
     if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{d} (named by {top / LATEST}) is missing config.json or model.safetensors: "
-                                "it was changed by hand; point latest at a complete step-* folder")
+        raise FileNotFoundError(
+            f"{d} (named by {top / LATEST}) is missing config.json or model.safetensors: "
+            "it was changed by hand; point latest at a complete step-* folder"
+        )
     device = auto_device(device) if isinstance(device, str) else device
     try:
         meta = json.loads((d / "config.json").read_text())
@@ -328,8 +369,10 @@ def load_checkpoint(directory: str | os.PathLike, device: torch.device | str = "
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise _corrupt(d / "config.json", e) from None
     if isinstance(meta, dict) and "model" not in meta and ("model_type" in meta or "architectures" in meta):
-        raise ValueError(f"{d} is a Hugging Face model folder (e.g. from `export --format hf`), not a training "
-                         "checkpoint: load it with mobilellm.export.load_pretrained, or pass the training --out folder")
+        raise ValueError(
+            f"{d} is a Hugging Face model folder (e.g. from `export --format hf`), not a training "
+            "checkpoint: load it with mobilellm.export.load_pretrained, or pass the training --out folder"
+        )
     try:
         cfg = ModelConfig.from_dict(meta["model"])
     except (KeyError, TypeError) as e:
@@ -350,16 +393,17 @@ def load_checkpoint(directory: str | os.PathLike, device: torch.device | str = "
     except Exception as e:  # safetensors raises several types for truncated/garbled files
         raise _corrupt(d / "model.safetensors", e) from None
     if saved_step is not None and int(saved_step) != meta.get("step"):
-        raise ValueError(f"{d}: model.safetensors is from step {saved_step} but config.json from step "
-                         f"{meta.get('step')} (the files were mixed by hand); use an earlier checkpoint")
+        raise ValueError(
+            f"{d}: model.safetensors is from step {saved_step} but config.json from step "
+            f"{meta.get('step')} (the files were mixed by hand); use an earlier checkpoint"
+        )
     return model.to(device), meta
 
 
 def _load_train_state(d: Path, step: int) -> dict:
     path = d / "train_state.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the checkpoint has weights but no optimizer state "
-                                "to resume from")
+        raise FileNotFoundError(f"{path} is missing: the checkpoint has weights but no optimizer state to resume from")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError as e:
@@ -392,8 +436,10 @@ class FolderLock:
             fh.seek(0)
             holder = fh.read().strip() or "unknown"
             fh.close()
-            raise ValueError(f"{self.path.parent} is in use by another training process (pid {holder}): wait for "
-                             "it to finish, stop it, or train into another --out") from None
+            raise ValueError(
+                f"{self.path.parent} is in use by another training process (pid {holder}): wait for "
+                "it to finish, stop it, or train into another --out"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}\n")
@@ -408,6 +454,7 @@ class FolderLock:
 
 
 # --- distributed -----------------------------------------------------------------------------
+
 
 def _dist_setup(device: torch.device) -> tuple[int, int]:
     """(rank, world size); starts the process group when launched by torchrun."""
@@ -446,6 +493,7 @@ def _full_state(model: torch.nn.Module, optimizer, tc: TrainConfig):
 
 # --- the loop --------------------------------------------------------------------------------
 
+
 class _StopFlag:
     """Turns SIGINT into a request to stop after the current step (main thread only)."""
 
@@ -469,10 +517,16 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
-def train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: str | os.PathLike | None = None,
-          resume: bool = False, model: MobileLLM | None = None,
-          on_step: Callable[[int, float], None] | None = None,
-          overwrite: bool = False) -> tuple[MobileLLM, TrainResult]:
+def train(
+    cfg: ModelConfig,
+    tc: TrainConfig,
+    data: TokenData,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    model: MobileLLM | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    overwrite: bool = False,
+) -> tuple[MobileLLM, TrainResult]:
     """Train ``cfg`` on ``data``; with ``out``, write checkpoints and metrics there (and resume).
 
     A folder that already holds a checkpoint needs ``resume`` (continue it) or ``overwrite``
@@ -488,13 +542,16 @@ def train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: str | os.Path
                     out.mkdir(parents=True, exist_ok=True)
                     stack.enter_context(FolderLock(out))
                 except OSError as e:  # a file, a folder under a file, read-only, ...
-                    raise ValueError(f"cannot train into {out} ({e.strerror or e}): --out must be a folder "
-                                     "you can write to") from None
+                    raise ValueError(
+                        f"cannot train into {out} ({e.strerror or e}): --out must be a folder you can write to"
+                    ) from None
             current = checkpoint_dir(out) if out.is_dir() else None  # every rank refuses alike
             if current is not None and not resume and not overwrite:
                 step_now = _peek_step(current)
-                raise ValueError(f"{out} already holds a checkpoint (step {step_now}): pass --resume to "
-                                 "continue it, another --out to start a new run, or --overwrite to replace it")
+                raise ValueError(
+                    f"{out} already holds a checkpoint (step {step_now}): pass --resume to "
+                    "continue it, another --out to start a new run, or --overwrite to replace it"
+                )
         # Overwriting keeps the old run's checkpoint and metrics until the new run's first checkpoint is
         # complete: a run that diverges or is killed before then leaves the old one loadable.
         replacing = out is not None and current is not None and not resume
@@ -533,8 +590,7 @@ class TrainStep:
         return self.tc.batch_size // self.tc.grad_accum
 
     def autocast(self):
-        return (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
-                else contextlib.nullcontext())
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
 
     def __call__(self, lr: float) -> float:
         tc, micro, rank, world = self.tc, self.micro, self.rank, self.world
@@ -545,7 +601,7 @@ class TrainStep:
             x, y = get_batch(self.tokens, micro, self.seq_len, self.sampler)
             lo, hi = rank * micro // world, (rank + 1) * micro // world
             x, y = x[lo:hi].to(self.device), y[lo:hi].to(self.device)
-            sync = (i == tc.grad_accum - 1 or world == 1 or tc.fsdp)
+            sync = i == tc.grad_accum - 1 or world == 1 or tc.fsdp
             ctx = contextlib.nullcontext() if sync else self.wrapped.no_sync()
             with ctx, self.autocast():
                 logits = self.fwd(x)
@@ -617,8 +673,17 @@ class Checkpointer:
             model.load_state_dict(full[0])
             optimizer = make_optimizer(model, self.tc)
             optimizer.load_state_dict(full[1])
-        save_checkpoint(self.out, model, optimizer, self.tc, step, tokens, self.step_fn.sampler,
-                        self.data.tokenizer, self.data.fingerprint)
+        save_checkpoint(
+            self.out,
+            model,
+            optimizer,
+            self.tc,
+            step,
+            tokens,
+            self.step_fn.sampler,
+            self.data.tokenizer,
+            self.data.fingerprint,
+        )
         if self.on_saved is not None:
             self.on_saved()
 
@@ -626,8 +691,10 @@ class Checkpointer:
 def _diverged(what: str, value: float, step: int, lr: float, out: Path | None) -> ValueError:
     ck = checkpoint_dir(out) if out is not None else None
     kept = f"; the checkpoint in {out} (step {_peek_step(ck)}) is the last good one" if ck is not None else ""
-    return ValueError(f"training diverged: the {what} is {value} at step {step} (learning rate {lr:.3g}); "
-                      f"nothing was saved for this step{kept}. Use a lower --lr (e.g. {lr / 10:.3g})")
+    return ValueError(
+        f"training diverged: the {what} is {value} at step {step} (learning rate {lr:.3g}); "
+        f"nothing was saved for this step{kept}. Use a lower --lr (e.g. {lr / 10:.3g})"
+    )
 
 
 def _resume(out: Path | None, cfg: ModelConfig, data: TokenData) -> tuple[MobileLLM, dict, dict]:
@@ -638,21 +705,32 @@ def _resume(out: Path | None, cfg: ModelConfig, data: TokenData) -> tuple[Mobile
     model, meta = load_checkpoint(out, "cpu")
     if model.cfg != cfg:
         diff = {k: (v, getattr(cfg, k)) for k, v in model.cfg.to_dict().items() if getattr(cfg, k) != v}
-        raise ValueError(f"the checkpoint in {out} has a different model config "
-                         f"(field: (checkpoint, requested)) {diff}; use another --out or the same config")
+        raise ValueError(
+            f"the checkpoint in {out} has a different model config "
+            f"(field: (checkpoint, requested)) {diff}; use another --out or the same config"
+        )
     _check_same_data(out, ck, meta, data)
     state = _load_train_state(ck, meta["step"])
     return model, state, _metrics_upto(out, state["step"])
 
 
-def _train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: Path | None, resume: bool,
-           model: MobileLLM | None, on_step: Callable[[int, float], None] | None,
-           replacing: bool = False) -> tuple[MobileLLM, TrainResult]:
+def _train(
+    cfg: ModelConfig,
+    tc: TrainConfig,
+    data: TokenData,
+    out: Path | None,
+    resume: bool,
+    model: MobileLLM | None,
+    on_step: Callable[[int, float], None] | None,
+    replacing: bool = False,
+) -> tuple[MobileLLM, TrainResult]:
     from ._tqdm import tqdm
 
     if data.tokenizer.vocab_size != cfg.vocab_size:
-        raise ValueError(f"the tokenizer has {data.tokenizer.vocab_size} ids but the model's vocab_size is "
-                         f"{cfg.vocab_size}: prepare the data with vocab_size={cfg.vocab_size}")
+        raise ValueError(
+            f"the tokenizer has {data.tokenizer.vocab_size} ids but the model's vocab_size is "
+            f"{cfg.vocab_size}: prepare the data with vocab_size={cfg.vocab_size}"
+        )
     device = auto_device(tc.device)
     rank, world = _dist_setup(device)
     if device.type == "cuda" and world > 1:
@@ -662,8 +740,9 @@ def _train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: Path | None,
     if seq_len > cfg.max_seq_len:
         raise ValueError(f"seq_len ({seq_len}) exceeds the model's max_seq_len ({cfg.max_seq_len})")
     if (tc.batch_size // tc.grad_accum) % world:
-        raise ValueError(f"batch_size / grad_accum ({tc.batch_size // tc.grad_accum}) must be divisible by "
-                         f"the {world} processes")
+        raise ValueError(
+            f"batch_size / grad_accum ({tc.batch_size // tc.grad_accum}) must be divisible by the {world} processes"
+        )
 
     torch.manual_seed(tc.seed)
     sampler = torch.Generator().manual_seed(tc.seed)
@@ -680,18 +759,39 @@ def _train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: Path | None,
     optimizer = make_optimizer(wrapped, tc)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
-    train_step = TrainStep(torch.compile(wrapped) if tc.compile else wrapped, wrapped, optimizer, data.train,
-                           sampler, tc, seq_len, device, rank, world)
+    train_step = TrainStep(
+        torch.compile(wrapped) if tc.compile else wrapped,
+        wrapped,
+        optimizer,
+        data.train,
+        sampler,
+        tc,
+        seq_len,
+        device,
+        rank,
+        world,
+    )
     metrics = MetricsLog(out, resume, rank, replacing)
     checkpoint = Checkpointer(out, cfg, tc, data, model, train_step, rank, metrics.promote)
     windows = val_windows(data.val, seq_len, tc.eval_windows)
-    result = TrainResult(steps=step, tokens=tokens, params=sum(p.numel() for p in model.parameters()),
-                         train_loss=curves.get("train", []), val_loss=curves.get("val", []))
+    result = TrainResult(
+        steps=step,
+        tokens=tokens,
+        params=sum(p.numel() for p in model.parameters()),
+        train_loss=curves.get("train", []),
+        val_loss=curves.get("val", []),
+    )
     every_ckpt = tc.checkpoint_every or tc.eval_every
 
     start, start_tokens = time.perf_counter(), tokens
-    bar = tqdm(total=tc.max_steps, initial=step, disable=not tc.progress or rank != 0, unit="step",
-               desc=f"train {cfg.n_layers}L×{cfg.dim}", mininterval=1.0)
+    bar = tqdm(
+        total=tc.max_steps,
+        initial=step,
+        disable=not tc.progress or rank != 0,
+        unit="step",
+        desc=f"train {cfg.n_layers}L×{cfg.dim}",
+        mininterval=1.0,
+    )
     try:
         with _StopFlag() as flag:
             while step < tc.max_steps and not flag.stop:
@@ -706,8 +806,9 @@ def _train(cfg: ModelConfig, tc: TrainConfig, data: TokenData, out: Path | None,
                 if on_step is not None:
                     on_step(step, loss)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}",
-                                tok_s=f"{(tokens - start_tokens) / (time.perf_counter() - start):,.0f}")
+                bar.set_postfix(
+                    loss=f"{loss:.3f}", tok_s=f"{(tokens - start_tokens) / (time.perf_counter() - start):,.0f}"
+                )
                 if step % tc.eval_every == 0 or step == tc.max_steps:
                     with train_step.autocast():
                         v = evaluate_loss(train_step.fwd, windows, train_step.micro, device)
@@ -738,13 +839,17 @@ def _check_same_data(out: Path, ck: Path, meta: dict, data: TokenData) -> None:
     if tok_fp is None and (ck / "tokenizer.model").is_file():
         tok_fp = Tokenizer(ck / "tokenizer.model").fingerprint
     if tok_fp is not None and tok_fp != data.tokenizer.fingerprint:
-        raise ValueError(f"the checkpoint in {out} was trained with another tokenizer ({tok_fp[:12]}, this run's is "
-                         f"{data.tokenizer.fingerprint[:12]}): resume with the same --corpus and --tokenizer, "
-                         "or train into a new --out")
+        raise ValueError(
+            f"the checkpoint in {out} was trained with another tokenizer ({tok_fp[:12]}, this run's is "
+            f"{data.tokenizer.fingerprint[:12]}): resume with the same --corpus and --tokenizer, "
+            "or train into a new --out"
+        )
     if saved.get("fingerprint") and saved["fingerprint"] != data.fingerprint:
-        raise ValueError(f"the checkpoint in {out} was trained on other data (fingerprint {saved['fingerprint'][:12]}, "
-                         f"this run's is {data.fingerprint[:12]}): resume with the same --corpus, --data-files and "
-                         "--max-chars, or train into a new --out")
+        raise ValueError(
+            f"the checkpoint in {out} was trained on other data (fingerprint {saved['fingerprint'][:12]}, "
+            f"this run's is {data.fingerprint[:12]}): resume with the same --corpus, --data-files and "
+            "--max-chars, or train into a new --out"
+        )
 
 
 def _metrics_upto(out: Path, upto: int) -> dict:

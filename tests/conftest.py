@@ -15,8 +15,7 @@ TINYSTORIES = ROOT / "tests" / "data" / "tinystories_sample.txt"
 
 def tiny_config(**changes) -> ModelConfig:
     """A model small enough to build in milliseconds but with every part present."""
-    base = dict(vocab_size=97, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_hidden_dim=48,
-                max_seq_len=64)
+    base = dict(vocab_size=97, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_hidden_dim=48, max_seq_len=64)
     base.update(changes)
     return ModelConfig(**base)
 
@@ -30,16 +29,24 @@ def quick_train_config(**changes):
     """A TrainConfig of a few CPU steps without a progress bar (12 steps of 8 sequences unless changed)."""
     from mobilellm.train import TrainConfig
 
-    base = dict(max_steps=12, batch_size=8, lr=1e-2, warmup_steps=3, eval_every=4, eval_windows=4,
-                progress=False, device="cpu")
+    base = dict(
+        max_steps=12, batch_size=8, lr=1e-2, warmup_steps=3, eval_every=4, eval_windows=4, progress=False, device="cpu"
+    )
     return TrainConfig(**{**base, **changes})
 
 
 # The files that take longest (minutes: ExecuTorch lowering, the bench, training), longest first.
 # `make test` runs files on two workers in collection order (pytest -n 2 --dist loadfile
 # --no-loadscope-reorder): starting the long ones first keeps one worker from idling at the end.
-LONGEST_FIRST = ("test_executorch_quantized.py", "test_executorch_program.py", "test_bench.py", "test_quantize.py",
-                 "test_book.py", "test_train.py", "test_checkpoint.py")
+LONGEST_FIRST = (
+    "test_executorch_quantized.py",
+    "test_executorch_program.py",
+    "test_bench.py",
+    "test_quantize.py",
+    "test_book.py",
+    "test_train.py",
+    "test_checkpoint.py",
+)
 
 
 def pytest_collection_modifyitems(items):
@@ -83,8 +90,17 @@ def small_data(small_corpus_file, tmp_path_factory):
 def export_config(**changes) -> ModelConfig:
     """The model the quantization and ExecuTorch tests lower: two blocks (lowering time grows with each;
     immediate AABB, repeat_all ABAB and reverse ABBA still differ), widths divisible by 32 (8da4w)."""
-    return tiny_config(**{"vocab_size": 128, "dim": 64, "n_layers": 2, "ffn_hidden_dim": 96, "max_seq_len": 64,
-                          "init": "fan_in", **changes})
+    return tiny_config(
+        **{
+            "vocab_size": 128,
+            "dim": 64,
+            "n_layers": 2,
+            "ffn_hidden_dim": 96,
+            "max_seq_len": 64,
+            "init": "fan_in",
+            **changes,
+        }
+    )
 
 
 @pytest.fixture(scope="session")
@@ -94,8 +110,16 @@ def trained(small_data, tmp_path_factory):
     from mobilellm.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("ckpt")
-    tc = TrainConfig(max_steps=150, batch_size=16, seq_len=64, warmup_steps=15, eval_every=150, eval_windows=16,
-                     progress=False, device="cpu")
+    tc = TrainConfig(
+        max_steps=150,
+        batch_size=16,
+        seq_len=64,
+        warmup_steps=15,
+        eval_every=150,
+        eval_windows=16,
+        progress=False,
+        device="cpu",
+    )
     model, result = train(export_config(), tc, small_data, out=out)
     assert result.final_val_loss < 3.7
     return model.eval(), out

@@ -8,10 +8,17 @@ from mobilellm import MobileLLM, accounting, get_config
 from .conftest import tiny_config
 
 
-@pytest.mark.parametrize("changes", [
-    {}, dict(share_embedding=False), dict(ffn_type="relu"), dict(n_kv_heads=1),
-    dict(layer_sharing="immediate"), dict(head_dim=16),
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        dict(share_embedding=False),
+        dict(ffn_type="relu"),
+        dict(n_kv_heads=1),
+        dict(layer_sharing="immediate"),
+        dict(head_dim=16),
+    ],
+)
 def test_param_count_matches_module(changes):
     cfg = tiny_config(**changes)
     model = MobileLLM(cfg)

@@ -20,8 +20,14 @@ from mobilellm.train import FolderLock, checkpoint_dir, save_checkpoint
 
 from .conftest import tiny_config
 
-COPA = {"premise": "The man turned on the faucet.", "choice1": "The toilet filled.", "choice2": "Water flowed.",
-        "question": "effect", "idx": 0, "label": 1}
+COPA = {
+    "premise": "The man turned on the faucet.",
+    "choice1": "The toilet filled.",
+    "choice2": "Water flowed.",
+    "question": "effect",
+    "idx": 0,
+    "label": 1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +80,18 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has
 CASES = [
     # id, argv, outcome, pattern, refused before data preparation
     ("train-device-cuda", T + ["--out", "{t}/o", "--device", "cuda"], "error", "no CUDA GPU .*--device cpu", True),
-    ("train-device-tpu", T + ["--out", "{t}/o", "--device", "tpu"], "error", "device 'tpu'|unknown device 'tpu'",
-     True),
+    ("train-device-tpu", T + ["--out", "{t}/o", "--device", "tpu"], "error", "device 'tpu'|unknown device 'tpu'", True),
     ("train-out-is-file", T + ["--out", "{t}/a_file"], "error", "--out .*a_file is a file", True),
     ("train-out-under-file", T + ["--out", "{t}/a_file/run"], "error", "is under .*a_file, which is a file", True),
     ("train-out-read-only", T + ["--out", "{readonly}/run"], "error", "cannot write in", True),
     ("train-seq-len-0", T + ["--out", "{t}/o", "--seq-len", "0"], "error", r"seq_len \(0\) must be a positive", True),
-    ("train-seq-len-neg", T + ["--out", "{t}/o", "--seq-len", "-3"], "error", r"seq_len \(-3\) must be a positive",
-     True),
+    (
+        "train-seq-len-neg",
+        T + ["--out", "{t}/o", "--seq-len", "-3"],
+        "error",
+        r"seq_len \(-3\) must be a positive",
+        True,
+    ),
     ("train-seq-len-too-long", T + ["--out", "{t}/o", "--seq-len", "100000"], "error", "exceeds .*max_seq_len", True),
     ("train-max-steps-0", T + ["--out", "{t}/o", "--max-steps", "0"], "error", r"max_steps \(0\)", True),
     ("train-batch-0", T + ["--out", "{t}/o", "--batch-size", "0"], "error", r"batch_size \(0\)", True),
@@ -89,80 +99,224 @@ CASES = [
     ("train-lr-inf", T + ["--out", "{t}/o", "--lr", "inf"], "error", r"lr \(inf\) must be a finite", True),
     ("train-lr-nan", T + ["--out", "{t}/o", "--lr", "nan"], "error", r"lr \(nan\) must be a finite", True),
     ("train-lr-0", T + ["--out", "{t}/o", "--lr", "0"], "error", r"lr \(0.0\) must be a finite number > 0", True),
-    ("train-into-checkpoint", T + ["--out", "{ck}"], "error", "already holds a checkpoint: pass --resume .*--out "
-     ".*--overwrite", True),
+    (
+        "train-into-checkpoint",
+        T + ["--out", "{ck}"],
+        "error",
+        "already holds a checkpoint: pass --resume .*--out .*--overwrite",
+        True,
+    ),
     ("train-resume-nothing", T + ["--out", "{t}/fresh", "--resume"], "error", "nothing to resume", True),
     ("train-resume-and-overwrite", T + ["--out", "{ck}", "--resume", "--overwrite"], "error", "contradict", True),
-    ("train-tokenizer-missing", T + ["--out", "{t}/o", "--tokenizer", "{t}/nope.model"], "error",
-     "--tokenizer .* does not exist", True),
-    ("train-max-chars-0", T + ["--out", "{t}/o", "--corpus", "{corpus}", "--max-chars", "0"], "error",
-     r"max_chars \(0\) must be a positive", False),
-    ("train-max-chars-neg", T + ["--out", "{t}/o", "--corpus", "{corpus}", "--max-chars", "-5"], "error",
-     r"max_chars \(-5\) must be a positive", False),
-    ("train-max-chars-shakespeare", T + ["--out", "{t}/o", "--max-chars", "1000"], "error",
-     "embedded shakespeare corpus is fixed", False),
-    ("train-data-files-shakespeare", T + ["--out", "{t}/o", "--data-files", "{corpus}"], "error",
-     "embedded shakespeare corpus is fixed", False),
-    ("train-data-files-local", T + ["--out", "{t}/o", "--corpus", "{corpus}", "--data-files", "{corpus}"], "error",
-     "drop --data-files", False),
-    ("train-unknown-corpus", T + ["--out", "{t}/o", "--corpus", "wikipedia"], "error", "unknown corpus 'wikipedia'",
-     False),
+    (
+        "train-tokenizer-missing",
+        T + ["--out", "{t}/o", "--tokenizer", "{t}/nope.model"],
+        "error",
+        "--tokenizer .* does not exist",
+        True,
+    ),
+    (
+        "train-max-chars-0",
+        T + ["--out", "{t}/o", "--corpus", "{corpus}", "--max-chars", "0"],
+        "error",
+        r"max_chars \(0\) must be a positive",
+        False,
+    ),
+    (
+        "train-max-chars-neg",
+        T + ["--out", "{t}/o", "--corpus", "{corpus}", "--max-chars", "-5"],
+        "error",
+        r"max_chars \(-5\) must be a positive",
+        False,
+    ),
+    (
+        "train-max-chars-shakespeare",
+        T + ["--out", "{t}/o", "--max-chars", "1000"],
+        "error",
+        "embedded shakespeare corpus is fixed",
+        False,
+    ),
+    (
+        "train-data-files-shakespeare",
+        T + ["--out", "{t}/o", "--data-files", "{corpus}"],
+        "error",
+        "embedded shakespeare corpus is fixed",
+        False,
+    ),
+    (
+        "train-data-files-local",
+        T + ["--out", "{t}/o", "--corpus", "{corpus}", "--data-files", "{corpus}"],
+        "error",
+        "drop --data-files",
+        False,
+    ),
+    (
+        "train-unknown-corpus",
+        T + ["--out", "{t}/o", "--corpus", "wikipedia"],
+        "error",
+        "unknown corpus 'wikipedia'",
+        False,
+    ),
     ("train-missing-corpus", T + ["--out", "{t}/o", "--corpus", "{t}/nope.txt"], "error", "does not exist", False),
-    ("train-jsonl-malformed", T + ["--out", "{t}/o", "--corpus", "{t}/malformed.jsonl"], "error",
-     "malformed.jsonl: line 3 is not valid JSON", False),
-    ("train-jsonl-empty", T + ["--out", "{t}/o", "--corpus", "{t}/empty.jsonl"], "error", "empty.jsonl has no rows",
-     False),
-    ("train-jsonl-non-string", T + ["--out", "{t}/o", "--corpus", "{t}/nonstring.jsonl"], "error",
-     "line 2: 'text' must be a string, got int", False),
-    ("train-jsonl-array-row", T + ["--out", "{t}/o", "--corpus", "{t}/array_row.jsonl"], "error",
-     "line 2 is a JSON list, not an object", False),
-    ("train-jsonl-no-field", T + ["--out", "{t}/o", "--corpus", "{t}/no_field.jsonl"], "error",
-     "line 1 has no 'text' field", False),
-    ("train-random-bytes", T + ["--out", "{t}/o", "--corpus", "{t}/random.txt"], "error",
-     "does not look like text", False),
-    ("train-hub-offline", T + ["--out", "{t}/o", "--corpus", "tinystories"], "error",
-     "offline .*--data-files", False),
-    ("train-hub-offline-fineweb", T + ["--out", "{t}/o", "--corpus", "fineweb-edu", "--max-chars", "1000"], "error",
-     "offline .*--data-files", False),
+    (
+        "train-jsonl-malformed",
+        T + ["--out", "{t}/o", "--corpus", "{t}/malformed.jsonl"],
+        "error",
+        "malformed.jsonl: line 3 is not valid JSON",
+        False,
+    ),
+    (
+        "train-jsonl-empty",
+        T + ["--out", "{t}/o", "--corpus", "{t}/empty.jsonl"],
+        "error",
+        "empty.jsonl has no rows",
+        False,
+    ),
+    (
+        "train-jsonl-non-string",
+        T + ["--out", "{t}/o", "--corpus", "{t}/nonstring.jsonl"],
+        "error",
+        "line 2: 'text' must be a string, got int",
+        False,
+    ),
+    (
+        "train-jsonl-array-row",
+        T + ["--out", "{t}/o", "--corpus", "{t}/array_row.jsonl"],
+        "error",
+        "line 2 is a JSON list, not an object",
+        False,
+    ),
+    (
+        "train-jsonl-no-field",
+        T + ["--out", "{t}/o", "--corpus", "{t}/no_field.jsonl"],
+        "error",
+        "line 1 has no 'text' field",
+        False,
+    ),
+    (
+        "train-random-bytes",
+        T + ["--out", "{t}/o", "--corpus", "{t}/random.txt"],
+        "error",
+        "does not look like text",
+        False,
+    ),
+    ("train-hub-offline", T + ["--out", "{t}/o", "--corpus", "tinystories"], "error", "offline .*--data-files", False),
+    (
+        "train-hub-offline-fineweb",
+        T + ["--out", "{t}/o", "--corpus", "fineweb-edu", "--max-chars", "1000"],
+        "error",
+        "offline .*--data-files",
+        False,
+    ),
     ("train-bad-config", T + ["--out", "{t}/o", "--config", "gpt-5"], "usage", "invalid choice", True),
-    ("generate-temperature-nan", G + ["--checkpoint", "{ck}", "--temperature", "nan"], "error",
-     r"--temperature \(nan\) must be a finite", True),
-    ("generate-temperature-neg", G + ["--checkpoint", "{ck}", "--temperature", "-1"], "error",
-     r"--temperature \(-1.0\)", True),
+    (
+        "generate-temperature-nan",
+        G + ["--checkpoint", "{ck}", "--temperature", "nan"],
+        "error",
+        r"--temperature \(nan\) must be a finite",
+        True,
+    ),
+    (
+        "generate-temperature-neg",
+        G + ["--checkpoint", "{ck}", "--temperature", "-1"],
+        "error",
+        r"--temperature \(-1.0\)",
+        True,
+    ),
     ("generate-top-p-0", G + ["--checkpoint", "{ck}", "--top-p", "0"], "error", r"--top-p \(0.0\)", True),
     ("generate-top-k-0", G + ["--checkpoint", "{ck}", "--top-k", "0"], "error", r"--top-k \(0\)", True),
     ("generate-device-cuda", G + ["--checkpoint", "{ck}", "--device", "cuda"], "error", "no CUDA GPU", True),
     ("generate-missing", G + ["--checkpoint", "{t}/nope"], "error", "does not exist", True),
     ("generate-not-a-checkpoint", G + ["--checkpoint", "{t}/eval"], "error", "is not a checkpoint", True),
-    ("generate-shape-mismatch", G + ["--checkpoint", "{t}/shape"], "error",
-     r"embed_tokens.weight is \[128, 32\] in the weights but \[128, 64\] by config.json", True),
-    ("generate-hostile-config", G + ["--checkpoint", "{t}/hostile"], "error", "does not describe model.safetensors",
-     True),
-    ("generate-hf-hostile-config", G + ["--checkpoint", "{t}/hf_hostile"], "error",
-     "config.json says vocab_size 1000000 x hidden_size 16384 but the weights' embedding is", True),
+    (
+        "generate-shape-mismatch",
+        G + ["--checkpoint", "{t}/shape"],
+        "error",
+        r"embed_tokens.weight is \[128, 32\] in the weights but \[128, 64\] by config.json",
+        True,
+    ),
+    (
+        "generate-hostile-config",
+        G + ["--checkpoint", "{t}/hostile"],
+        "error",
+        "does not describe model.safetensors",
+        True,
+    ),
+    (
+        "generate-hf-hostile-config",
+        G + ["--checkpoint", "{t}/hf_hostile"],
+        "error",
+        "config.json says vocab_size 1000000 x hidden_size 16384 but the weights' embedding is",
+        True,
+    ),
     ("generate-hf-folder", G + ["--checkpoint", "{hf}", "--prompt", "KING"], "ok", "", True),
     ("eval-tasks-comma", ["eval", "--checkpoint", "{ck}", "--tasks", ","], "error", "names no task", True),
     ("eval-tasks-unknown", ["eval", "--checkpoint", "{ck}", "--tasks", "mmlu"], "error", r"unknown task\(s\)", True),
-    ("eval-limit-0", ["eval", "--checkpoint", "{ck}", "--tasks", "copa", "--limit", "0"], "error", r"--limit \(0\)",
-     True),
-    ("eval-json-dir", ["eval", "--checkpoint", "{ck}", "--tasks", "copa", "--data-dir", "{t}/eval", "--json", "{t}"],
-     "error", "--json .* is a folder", True),
-    ("eval-json-under-file", ["eval", "--checkpoint", "{ck}", "--tasks", "copa", "--data-dir", "{t}/eval", "--json",
-                              "{t}/a_file/r.json"], "error", "which is a file", True),
-    ("eval-label-float-line-3", ["eval", "--checkpoint", "{ck}", "--tasks", "copa", "--data-dir", "{t}/eval"],
-     "error", r"row 2 \(line 3\): gold label 1.0 must be an integer", True),
-    ("eval-array-row-line-2", ["eval", "--checkpoint", "{ck}", "--tasks", "copa", "--data-dir", "{t}/eval_array"],
-     "error", "copa.jsonl: line 2 is a JSON list", True),
+    (
+        "eval-limit-0",
+        ["eval", "--checkpoint", "{ck}", "--tasks", "copa", "--limit", "0"],
+        "error",
+        r"--limit \(0\)",
+        True,
+    ),
+    (
+        "eval-json-dir",
+        ["eval", "--checkpoint", "{ck}", "--tasks", "copa", "--data-dir", "{t}/eval", "--json", "{t}"],
+        "error",
+        "--json .* is a folder",
+        True,
+    ),
+    (
+        "eval-json-under-file",
+        ["eval", "--checkpoint", "{ck}", "--tasks", "copa", "--data-dir", "{t}/eval", "--json", "{t}/a_file/r.json"],
+        "error",
+        "which is a file",
+        True,
+    ),
+    (
+        "eval-label-float-line-3",
+        ["eval", "--checkpoint", "{ck}", "--tasks", "copa", "--data-dir", "{t}/eval"],
+        "error",
+        r"row 2 \(line 3\): gold label 1.0 must be an integer",
+        True,
+    ),
+    (
+        "eval-array-row-line-2",
+        ["eval", "--checkpoint", "{ck}", "--tasks", "copa", "--data-dir", "{t}/eval_array"],
+        "error",
+        "copa.jsonl: line 2 is a JSON list",
+        True,
+    ),
     ("eval-hub-offline", ["eval", "--checkpoint", "{ck}", "--tasks", "copa"], "error", "offline .*--data-dir", True),
-    ("eval-device-tpu", ["eval", "--checkpoint", "{ck}", "--tasks", "copa", "--device", "tpu"], "error",
-     "device 'tpu'", True),
+    (
+        "eval-device-tpu",
+        ["eval", "--checkpoint", "{ck}", "--tasks", "copa", "--device", "tpu"],
+        "error",
+        "device 'tpu'",
+        True,
+    ),
     ("export-hf-out-is-file", ["export", "--checkpoint", "{ck}", "--out", "{t}/a_file"], "error", "is a file", True),
-    ("export-pte-out-under-file", ["export", "--checkpoint", "{ck}", "--format", "pte", "--out", "{t}/a_file/m.pte"],
-     "error", "which is a file", True),
-    ("export-pte-out-read-only", ["export", "--checkpoint", "{ck}", "--format", "pte", "--out", "{readonly}/m.pte"],
-     "error", "cannot write in", True),
-    ("export-pte-seq-len-0", ["export", "--checkpoint", "{ck}", "--format", "pte", "--out", "{t}/m.pte",
-                              "--seq-len", "0"], "error", r"--seq-len \(0\)", True),
+    (
+        "export-pte-out-under-file",
+        ["export", "--checkpoint", "{ck}", "--format", "pte", "--out", "{t}/a_file/m.pte"],
+        "error",
+        "which is a file",
+        True,
+    ),
+    (
+        "export-pte-out-read-only",
+        ["export", "--checkpoint", "{ck}", "--format", "pte", "--out", "{readonly}/m.pte"],
+        "error",
+        "cannot write in",
+        True,
+    ),
+    (
+        "export-pte-seq-len-0",
+        ["export", "--checkpoint", "{ck}", "--format", "pte", "--out", "{t}/m.pte", "--seq-len", "0"],
+        "error",
+        r"--seq-len \(0\)",
+        True,
+    ),
     ("ablation-device-tpu", ["ablation", "swiglu", "--device", "tpu"], "error", "device 'tpu'", True),
     ("ablation-device-cuda", ["ablation", "swiglu", "--device", "cuda"], "error", "no CUDA GPU", True),
 ]
@@ -177,10 +331,10 @@ def _case(c):
 def test_bad_input(env, argv, outcome, pattern, before_data, capsys, monkeypatch):
     import re
 
+    import mobilellm.course.experiments
     import mobilellm.data
     import mobilellm.evaluate
     import mobilellm.executorch_window
-    import mobilellm.experiments
 
     if "{readonly}" in " ".join(argv) and env["readonly"] is None:
         pytest.skip("no read-only location on this machine")
@@ -191,7 +345,7 @@ def test_bad_input(env, argv, outcome, pattern, before_data, capsys, monkeypatch
     if before_data:
         monkeypatch.setattr(mobilellm.data, "prepare", must_not_run)
     monkeypatch.setattr(mobilellm.executorch_window, "export_executorch", must_not_run)
-    monkeypatch.setattr(mobilellm.experiments, "run_ablation", must_not_run)
+    monkeypatch.setattr(mobilellm.course.experiments, "run_ablation", must_not_run)
     start = time.perf_counter()
     if outcome == "usage":
         with pytest.raises(SystemExit) as e:
@@ -231,9 +385,11 @@ def test_ctrl_c_before_the_training_loop_is_one_line(env, monkeypatch, capsys):
 
 # --- nothing lost: exports never replace a file unasked, and a failed write leaves the old one --------------
 
+
 def _fake_pte_export(monkeypatch, model_for_logits):
     """ExecuTorch lowering takes a minute; these tests are about the files around it."""
     import mobilellm.executorch_program as ep
+    import mobilellm.executorch_runtime as rt
 
     def export_program(model, path, *a, **kw):
         Path(path).write_bytes(b"PTE")
@@ -249,7 +405,7 @@ def _fake_pte_export(monkeypatch, model_for_logits):
                 return model_for_logits()(ids[None])[0].float()
 
     monkeypatch.setattr(ep, "export_program", export_program)
-    monkeypatch.setattr(ep, "PteDecoder", Decoder)
+    monkeypatch.setattr(rt, "PteDecoder", Decoder)
 
 
 def test_a_pte_export_into_a_checkpoint_folder_keeps_its_tokenizer(env, monkeypatch, capsys, tmp_path):
@@ -270,8 +426,9 @@ def test_a_pte_export_into_a_checkpoint_folder_keeps_its_tokenizer(env, monkeypa
     capsys.readouterr()
     assert main(["export", "--checkpoint", str(ck), "--format", "pte", "--out", str(step / "a.pte")]) == 2
     assert "already exist" in capsys.readouterr().err and (step / "a.pte").read_bytes() == b"PTE"
-    assert main(["export", "--checkpoint", str(ck), "--format", "pte", "--out", str(step / "a.pte"),
-                 "--overwrite"]) == 0
+    assert (
+        main(["export", "--checkpoint", str(ck), "--format", "pte", "--out", str(step / "a.pte"), "--overwrite"]) == 0
+    )
 
 
 def _disk_full(*a, **kw):
@@ -288,8 +445,7 @@ def test_a_gguf_write_that_fails_leaves_the_old_file_and_no_temporary(env, monke
     # the header and metadata are on disk, then the disk fills
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", _disk_full)
     capsys.readouterr()
-    assert main(["export", "--checkpoint", str(env["ck"]), "--format", "gguf", "--out", str(out),
-                 "--overwrite"]) == 2
+    assert main(["export", "--checkpoint", str(env["ck"]), "--format", "gguf", "--out", str(out), "--overwrite"]) == 2
     assert "No space left" in capsys.readouterr().err
     assert out.read_bytes() == good and [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
 

@@ -12,7 +12,7 @@ import torch
 from mobilellm import MobileLLM
 from mobilellm.__main__ import main
 from mobilellm.accounting import param_count
-from mobilellm.bench import ALL_SUITES, BenchSettings, bench_train, row_of, run_bench, twin, write_json
+from mobilellm.course.bench import ALL_SUITES, BenchSettings, bench_train, row_of, run_bench, twin, write_json
 from mobilellm.timing import measure
 
 from .conftest import tiny_config
@@ -144,8 +144,25 @@ def test_a_model_without_a_llama_twin_skips_the_peer():
 @pytest.mark.slow
 def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--quick", "--suite", "train", "decode", "--config", "teach-micro", "--repeats", "1",
-                 "--json", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--quick",
+                "--suite",
+                "train",
+                "decode",
+                "--config",
+                "teach-micro",
+                "--repeats",
+                "1",
+                "--json",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "train teach-micro" in printed and "decode teach-micro" in printed and f"wrote {out}" in printed
     report = json.loads(out.read_text())
@@ -175,8 +192,8 @@ def test_cli_rejects_unknown_suite_and_config(tmp_path, capsys):
 
 
 def test_block_bytes_and_caches():
-    from mobilellm.bench import block_bytes, cpu_caches, pte_group_size
     from mobilellm.config import get_config
+    from mobilellm.course.bench import block_bytes, cpu_caches, pte_group_size
 
     cfg = get_config("mobilellm-125m")
     n = 576 * 576 * 2 + 192 * 576 * 2 + 3 * 576 * 1536  # q, o, k, v, gate/up/down
@@ -192,20 +209,23 @@ def test_block_bytes_and_caches():
 @pytest.mark.slow
 def test_pte_suite_on_a_tiny_model(tmp_path):
     pytest.importorskip("executorch")
-    from mobilellm.bench import bench_pte, format_report
+    from mobilellm.course.bench import bench_pte, format_report
 
     # 48 wide: no 8da4w group fits (XNNPACK's int4 needs multiples of 32), and fp32 must not care
     cfg = tiny_config(vocab_size=128, dim=48, n_layers=1, ffn_hidden_dim=64, max_seq_len=64)
     # fp32 only: five lowerings (four models and the peer), not fifteen (8da4w: test_executorch_program)
-    from mobilellm.executorch_program import optimum_python
+    from mobilellm.course.bench.peers import optimum_python
 
     r = bench_pte(cfg, BenchSettings(repeats=2, warmup=1, progress=False), quants=("fp32",), programs=tmp_path)
     optimum = optimum_python() is not None  # optimum-executorch's peer, where its environment exists
     llama_cpp = importlib.util.find_spec("llama_cpp") is not None  # llama.cpp's, where it is installed
-    absent = {"optimum_executorch": "no optimum-executorch environment (make optimum-venv)",
-              "llama_cpp": "no llama-cpp-python (make llama-cpp)"}
-    assert r["skipped"] == {k: v for k, v in absent.items() if not {"optimum_executorch": optimum,
-                                                                    "llama_cpp": llama_cpp}[k]}, r["skipped"]
+    absent = {
+        "optimum_executorch": "no optimum-executorch environment (make optimum-venv)",
+        "llama_cpp": "no llama-cpp-python (make llama-cpp)",
+    }
+    assert r["skipped"] == {
+        k: v for k, v in absent.items() if not {"optimum_executorch": optimum, "llama_cpp": llama_cpp}[k]
+    }, r["skipped"]
     assert r["group_size_8da4w"] is None
     rows = {(v["name"], v["quant"]): v for v in r["variants"]}
     assert len(rows) == 6 + optimum + llama_cpp  # four models, the peers and the control
@@ -240,8 +260,16 @@ def test_pte_suite_on_a_tiny_model(tmp_path):
         g = rows["llama_cpp", "fp32"]
         assert g["gguf_type"] == "f32" and g["threads"] == r["threads"] and _ok(g["ms_per_token"])
         assert g["bytes"] > 4 * param_count(cfg)["total"]  # fp32 weights, and the header and names
-    machine = {"cpu": "x", "cpus_available": 1, "torch": "t", "torch_threads": 1, "transformers": None,
-               "git_commit": None, "date": "d", "load_average": []}
+    machine = {
+        "cpu": "x",
+        "cpus_available": 1,
+        "torch": "t",
+        "torch_threads": 1,
+        "transformers": None,
+        "git_commit": None,
+        "date": "d",
+        "load_average": [],
+    }
     text = format_report({"machine": machine, "ceilings": {}, "pte": [r]})
     assert "pte custom" in text and "ExecuTorch's Llama export" in text and "re-run layer" in text
     assert "calls per token (fp32; XNNPACK subgraphs + the runtime's own kernels): unshared " in text
@@ -250,8 +278,9 @@ def test_pte_suite_on_a_tiny_model(tmp_path):
     if Path("/proc/self/statm").is_file():  # Linux: how much loading each program took in memory
         assert all(isinstance(v["resident_bytes"], int) for v in rows.values())
     # run again without the peers: our four programs come from the folder, lowered by the run above
-    again = bench_pte(cfg, BenchSettings(repeats=2, warmup=1, progress=False), quants=("fp32",), peer=False,
-                      programs=tmp_path)
+    again = bench_pte(
+        cfg, BenchSettings(repeats=2, warmup=1, progress=False), quants=("fp32",), peer=False, programs=tmp_path
+    )
     kept = {v["name"]: v for v in again["variants"]}
     assert set(kept) == {"unshared", "immediate", "repeat_all", "deeper", "unshared_again"}
     assert all(kept[k]["lowered_earlier"] and kept[k]["lower_s"] == rows[k, "fp32"]["lower_s"] for k in kept)
@@ -260,8 +289,8 @@ def test_pte_suite_on_a_tiny_model(tmp_path):
 
 
 def test_repeat_cost_and_pte_arguments():
-    from mobilellm.bench import PAPER_SHARING_MS, bench_pte, repeat_cost
-    from mobilellm.paper import IPHONE13_MS
+    from mobilellm.course.bench import PAPER_SHARING_MS, bench_pte, repeat_cost
+    from mobilellm.course.paper import IPHONE13_MS
 
     assert repeat_cost({"unshared": 10.0, "immediate": 10.0, "deeper": 20.0}) == 0.0  # a repeat is free
     assert repeat_cost({"unshared": 10.0, "immediate": 20.0, "deeper": 20.0}) == 1.0  # costs a fresh layer
@@ -279,7 +308,7 @@ def test_repeat_cost_and_pte_arguments():
 
 
 def test_kept_programs_are_reused_only_for_the_same_weights_and_format(tmp_path):
-    from mobilellm.bench import lowered, program_fingerprint
+    from mobilellm.course.bench import lowered, program_fingerprint
 
     calls = []
 

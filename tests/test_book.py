@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlparse
 import nbformat
 import pytest
 
-from mobilellm import book
+from mobilellm.course import book
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "build" / "book"
@@ -80,8 +80,13 @@ def _chrome():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                f"--window-size={WIDTH},900"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--window-size={WIDTH},900",
+    ):
         options.add_argument(arg)
     try:
         return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
@@ -116,8 +121,10 @@ def _notebook_figures(path: Path) -> tuple[int, list[str]]:
         images += shown
         names = FIGURE_CALL.findall(cell.source)
         if len(names) > shown or unseen_reprs:
-            missing.append(f"{path.name} cell {i} (In [{cell.get('execution_count')}]) draws "
-                           f"{', '.join(names) or 'a figure'} but shows {shown} image(s)")
+            missing.append(
+                f"{path.name} cell {i} (In [{cell.get('execution_count')}]) draws "
+                f"{', '.join(names) or 'a figure'} but shows {shown} image(s)"
+            )
     return images, missing
 
 
@@ -139,9 +146,14 @@ def pages(built, browser) -> dict[str, dict]:
         browser.get(path.as_uri())
         page = browser.execute_script(PAGE_STATE)
         height = min(page["height"], 16000)  # Chromium's largest capture
-        shot = browser.execute_cdp_cmd("Page.captureScreenshot", {
-            "format": "png", "captureBeyondViewport": True,
-            "clip": {"x": 0, "y": 0, "width": WIDTH, "height": height, "scale": 1}})
+        shot = browser.execute_cdp_cmd(
+            "Page.captureScreenshot",
+            {
+                "format": "png",
+                "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": WIDTH, "height": height, "scale": 1},
+            },
+        )
         (SHOTS / f"{path.stem}.png").write_bytes(base64.b64decode(shot["data"]))
         state[path.name] = page
     print(f"book: screenshots in {SHOTS}")
@@ -165,8 +177,12 @@ def test_book_has_every_notebook_and_landing(built):
 
 @pytest.mark.slow
 def test_every_image_loaded(pages):
-    broken = [f"{name}: <img src={img['src']}…>" for name, page in pages.items()
-              for img in page["images"] if not img["loaded"]]
+    broken = [
+        f"{name}: <img src={img['src']}…>"
+        for name, page in pages.items()
+        for img in page["images"]
+        if not img["loaded"]
+    ]
     assert not broken, "images that did not load (naturalWidth 0):\n" + "\n".join(broken)
 
 
@@ -182,8 +198,10 @@ def test_every_figure_the_notebook_draws_is_on_the_page(pages):
         if shown != images:
             problems.append(f"{name}: {images} image outputs in {nb.name}, {shown} on the page")
         problems += missing
-    assert not problems, ("figures missing from the book (a figure the notebook draws and saves to figures/ must "
-                          "also be an output of its cell):\n" + "\n".join(problems))
+    assert not problems, (
+        "figures missing from the book (a figure the notebook draws and saves to figures/ must "
+        "also be an output of its cell):\n" + "\n".join(problems)
+    )
 
 
 @pytest.mark.slow
@@ -193,11 +211,14 @@ def test_no_stderr_output_shown(pages):
         for s in page["stderr"]:
             key = (name.replace(".html", ".ipynb"), s["cell"], s["prompt"].rstrip(":"))
             cells.setdefault(key, []).append(s["text"])
-    shown = [f"{nb} cell {i} ({prompt}): {len(texts)} stderr block(s): {' '.join(texts)[:110]!r}"
-             for (nb, i, prompt), texts in cells.items()]
-    assert not shown, ("KNOWN until the committed notebooks are cleaned of stderr output: the book shows what the "
-                       f"notebook shows, and {len(shown)} cells have stderr (cell = index in the notebook):\n"
-                       + "\n".join(shown))
+    shown = [
+        f"{nb} cell {i} ({prompt}): {len(texts)} stderr block(s): {' '.join(texts)[:110]!r}"
+        for (nb, i, prompt), texts in cells.items()
+    ]
+    assert not shown, (
+        "KNOWN until the committed notebooks are cleaned of stderr output: the book shows what the "
+        f"notebook shows, and {len(shown)} cells have stderr (cell = index in the notebook):\n" + "\n".join(shown)
+    )
 
 
 @pytest.mark.slow
@@ -220,8 +241,11 @@ def test_every_internal_link_resolves(pages):
 
 @pytest.mark.slow
 def test_nothing_overflows_a_1280px_screen(pages):
-    wide = [f"{name}: page {p['scrollWidth']} px wide in a {p['viewport']} px window; " + "; ".join(p["wide"])
-            for name, p in pages.items() if p["scrollWidth"] > p["viewport"] or p["wide"]]
+    wide = [
+        f"{name}: page {p['scrollWidth']} px wide in a {p['viewport']} px window; " + "; ".join(p["wide"])
+        for name, p in pages.items()
+        if p["scrollWidth"] > p["viewport"] or p["wide"]
+    ]
     cut = [f"{name}: " + "; ".join(p["cut"]) for name, p in pages.items() if p["cut"]]
     assert all(p["viewport"] <= WIDTH for p in pages.values())
     assert not wide, "pages wider than the screen:\n" + "\n".join(wide)
@@ -248,8 +272,10 @@ def test_every_page_has_a_screenshot(pages):
 
 
 def test_readme_splits_into_landing_and_reference():
-    landing, reference = book.readme_sections("# T\nintro\n## Two commands\nmake\n## Layout\nfiles\n"
-                                              "## The notebooks\nmap\n### Every ablation in the project\nt\n")
+    landing, reference = book.readme_sections(
+        "# T\nintro\n## Two commands\nmake\n## Layout\nfiles\n"
+        "## The notebooks\nmap\n### Every ablation in the project\nt\n"
+    )
     assert "intro" in landing and "make" in landing and "map" in landing and 'id="ablations"' in landing
     assert "files" in reference and "files" not in landing
 
@@ -259,8 +285,10 @@ def test_links_point_at_pages_or_sources():
     assert book.link_target("notebooks/02_swiglu.ipynb", pages, base) == "02_swiglu.html"
     assert book.link_target("02_swiglu.ipynb#x", pages, base, from_dir="notebooks") == "02_swiglu.html#x"
     assert book.link_target("mobilellm/model.py", pages, base) == "../../mobilellm/model.py"
-    assert book.link_target("../README.md", pages, "https://example.org/r/blob/main/", from_dir="notebooks") == \
-        "https://example.org/r/blob/main/README.md"
+    assert (
+        book.link_target("../README.md", pages, "https://example.org/r/blob/main/", from_dir="notebooks")
+        == "https://example.org/r/blob/main/README.md"
+    )
     assert book.link_target("https://arxiv.org/abs/2402.14905", pages, base) == "https://arxiv.org/abs/2402.14905"
     text = "see [02](notebooks/02_swiglu.ipynb) and ![fig](figures/07_roadmap.png)"
     assert book.rewrite_links(text, pages, base) == "see [02](02_swiglu.html) and ![fig](figures/07_roadmap.png)"
@@ -291,8 +319,9 @@ def _free_port() -> int:
 
 
 def _api(port: int, token: str, path: str, method: str = "GET"):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
-                                 headers={"Authorization": f"token {token}"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", method=method, headers={"Authorization": f"token {token}"}
+    )
     with urllib.request.urlopen(req, timeout=5) as r:
         body = r.read()
     return json.loads(body) if body else None
@@ -310,16 +339,32 @@ def test_jupyterlab_opens_a_notebook_with_a_running_kernel(built, browser, tmp_p
     autosave = tmp_path / "settings" / "@jupyterlab" / "docmanager-extension" / "plugin.jupyterlab-settings"
     autosave.parent.mkdir(parents=True)
     autosave.write_text('{"autosave": false}')
-    env = dict(os.environ, JUPYTER_CONFIG_PATH=str(ROOT / "jupyter_config"),  # as `make lab` sets it
-               JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
-               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"), JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"))
+    env = dict(
+        os.environ,
+        JUPYTER_CONFIG_PATH=str(ROOT / "jupyter_config"),  # as `make lab` sets it
+        JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
+        JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"),
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
+    )
     log = tmp_path / "lab.log"
     with open(log, "w") as log_file:
         lab = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-             f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-             "--ServerApp.allow_root=True", f"--ServerApp.root_dir={ROOT / 'notebooks'}"],
-            env=env, stdout=log_file, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "jupyterlab",
+                "--no-browser",
+                "--ServerApp.ip=127.0.0.1",
+                f"--ServerApp.port={port}",
+                "--ServerApp.port_retries=0",
+                f"--IdentityProvider.token={token}",
+                "--ServerApp.allow_root=True",
+                f"--ServerApp.root_dir={ROOT / 'notebooks'}",
+            ],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -343,8 +388,10 @@ def test_jupyterlab_opens_a_notebook_with_a_running_kernel(built, browser, tmp_p
             WebDriverWait(browser, 120, poll_frequency=0.5).until(ready)
         except Exception:
             browser.save_screenshot(str(tmp_path / "lab.png"))
-            pytest.fail(f"JupyterLab did not show {heading!r} with a running kernel in 120 s: {state} "
-                        f"(screenshot {tmp_path / 'lab.png'})")
+            pytest.fail(
+                f"JupyterLab did not show {heading!r} with a running kernel in 120 s: {state} "
+                f"(screenshot {tmp_path / 'lab.png'})"
+            )
         SHOTS.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(SHOTS / "jupyterlab.png"))
         sessions = _api(port, token, "/api/sessions")
@@ -353,7 +400,8 @@ def test_jupyterlab_opens_a_notebook_with_a_running_kernel(built, browser, tmp_p
         assert state["kernel"] in ("idle", "busy"), state
         news = [t for t in state["toasts"] if "official Jupyter news" in t]
         assert not news and state["unread"] in ("0", None), (
-            f"JupyterLab asks about Jupyter news (jupyter_config/labconfig should turn it off): {state}")
+            f"JupyterLab asks about Jupyter news (jupyter_config/labconfig should turn it off): {state}"
+        )
     finally:
         try:
             _api(port, token, "/api/shutdown", method="POST")  # stops the kernels too

@@ -44,6 +44,7 @@ def _assert_loadable(out: Path, steps: set[int], tokenizer_fp: str) -> int:
 
 # --- one atomic unit -------------------------------------------------------------------------
 
+
 def _save(out, model, step, tok):
     opt = make_optimizer(model, tc())
     save_checkpoint(out, model, opt, tc(), step, step * 100, torch.Generator().manual_seed(step), tok, "fp")
@@ -125,9 +126,13 @@ def test_a_kill_at_every_point_of_a_save_leaves_a_loadable_checkpoint(tmp_path, 
     """Kill a save at every file operation (before and after each) and load what is left, every time."""
     tok_file = tmp_path / "tok.model"
     small_data.tokenizer.save(tok_file)
-    run = subprocess.run([sys.executable, "-c", POINTS_DRIVER, str(tmp_path / "run"), str(tok_file)],
-                         capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    run = subprocess.run(
+        [sys.executable, "-c", POINTS_DRIVER, str(tmp_path / "run"), str(tok_file)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     seen = json.loads(run.stdout.strip().splitlines()[-1])
     *killed, (_, last_code, last_step) = seen
@@ -165,8 +170,12 @@ def test_sigkill_during_saves_never_loses_the_checkpoint(tmp_path, small_data):
     rng = random.Random(0)
     for i in range(6):
         out = tmp_path / f"run{i}"
-        child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, str(out), str(tok_file)], stdout=subprocess.PIPE,
-                                 text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+        child = subprocess.Popen(
+            [sys.executable, "-c", KILL_CHILD, str(out), str(tok_file)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        )
         assert child.stdout.readline().strip() == "ready"
         import time
 
@@ -192,6 +201,7 @@ def test_a_flat_checkpoint_still_loads_and_is_replaced_by_a_step_folder(tmp_path
 
 
 # --- refusing to clobber ---------------------------------------------------------------------
+
 
 def test_training_into_a_checkpoint_needs_resume_or_overwrite(tmp_path, small_data):
     out = tmp_path / "run"
@@ -243,8 +253,10 @@ def test_temporary_names_are_unique(tmp_path):
 
 # --- silently wrong --------------------------------------------------------------------------
 
-def test_the_checkpoint_tokenizer_is_the_one_trained_with_and_resume_checks_the_data(tmp_path, small_data,
-                                                                                      small_corpus_file):
+
+def test_the_checkpoint_tokenizer_is_the_one_trained_with_and_resume_checks_the_data(
+    tmp_path, small_data, small_corpus_file
+):
     from mobilellm.data import prepare
 
     out = tmp_path / "run"
@@ -266,8 +278,9 @@ def test_resume_refuses_other_text_with_the_same_tokenizer(tmp_path, small_data,
     train(cfg128(), tc(max_steps=2), small_data, out=out)
     text = tmp_path / "more.txt"
     text.write_text(small_corpus_file.read_text() + "\nA few more words.\n")
-    other = prepare(str(text), vocab_size=128, cache_dir=tmp_path / "cache",
-                    tokenizer=checkpoint_dir(out) / "tokenizer.model")
+    other = prepare(
+        str(text), vocab_size=128, cache_dir=tmp_path / "cache", tokenizer=checkpoint_dir(out) / "tokenizer.model"
+    )
     with pytest.raises(ValueError, match="trained on other data"):
         train(cfg128(), tc(max_steps=4), other, out=out, resume=True)
 
@@ -282,9 +295,12 @@ def test_divergence_stops_at_the_first_non_finite_loss_and_keeps_the_good_checkp
     out = tmp_path / "run"
     train(cfg128(), tc(max_steps=2), small_data, out=out)
     good = load_checkpoint(out)[0].state_dict()
-    with pytest.raises(ValueError, match=r"training diverged: the \w+ loss is nan at step \d+ \(learning rate "
-                                         r"[0-9.]+e\+(29|30)\); nothing was saved for this step; the checkpoint in "
-                                         r".* \(step 2\) is the last good one"):
+    with pytest.raises(
+        ValueError,
+        match=r"training diverged: the \w+ loss is nan at step \d+ \(learning rate "
+        r"[0-9.]+e\+(29|30)\); nothing was saved for this step; the checkpoint in "
+        r".* \(step 2\) is the last good one",
+    ):
         train(cfg128(), tc(max_steps=40, lr=1e30, warmup_steps=0), small_data, out=out, resume=True)
     for k, v in load_checkpoint(out)[0].state_dict().items():
         assert torch.equal(v, good[k]), k
@@ -307,6 +323,7 @@ def test_non_finite_weights_are_never_saved(tmp_path, small_data):
 
 
 # --- load errors that say what is wrong ------------------------------------------------------
+
 
 def test_weights_are_written_with_the_same_permissions_as_the_other_files(tmp_path, small_data):
     _save(tmp_path, MobileLLM(cfg128()), 1, small_data.tokenizer)
@@ -332,11 +349,18 @@ def test_a_hugging_face_folder_is_not_called_corrupt(tmp_path, small_data):
         load_checkpoint(tmp_path / "hf")
 
 
-@pytest.mark.parametrize("change, match", [
-    ({"dim": 64, "n_heads": 4}, r"embed_tokens.weight is \[128, 32\] in the weights but \[128, 64\] by config.json"),
-    ({"dim": 16384, "vocab_size": 1_000_000, "ffn_hidden_dim": 43690}, "does not describe model.safetensors"),
-    ({"n_layers": 4}, "missing"),
-], ids=["shape", "hostile", "layers"])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (
+            {"dim": 64, "n_heads": 4},
+            r"embed_tokens.weight is \[128, 32\] in the weights but \[128, 64\] by config.json",
+        ),
+        ({"dim": 16384, "vocab_size": 1_000_000, "ffn_hidden_dim": 43690}, "does not describe model.safetensors"),
+        ({"n_layers": 4}, "missing"),
+    ],
+    ids=["shape", "hostile", "layers"],
+)
 def test_a_config_that_does_not_fit_the_weights_is_named_before_allocating(tmp_path, small_data, change, match):
     _save(tmp_path, MobileLLM(cfg128()), 1, small_data.tokenizer)
     cf = checkpoint_dir(tmp_path) / "config.json"
@@ -386,8 +410,12 @@ HOLDER = textwrap.dedent("""
 def test_another_process_holding_the_folder_is_named_by_pid(tmp_path, small_data):
     out = tmp_path / "run"
     out.mkdir()
-    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
     try:
         assert child.stdout.readline().strip() == "locked"
         with pytest.raises(ValueError, match=rf"in use by another training process \(pid {child.pid}\)"):

@@ -3,8 +3,8 @@
 import json
 import math
 
-from mobilellm import claims
-from mobilellm.paired import log_trend, paired
+from mobilellm.course import claims, paths
+from mobilellm.course.paired import log_trend, paired
 
 
 def p(*diffs):
@@ -63,10 +63,9 @@ def test_the_table_has_a_row_per_claim():
 
 
 def test_the_sharing_cost_is_read_from_the_bench_report(tmp_path, monkeypatch):
-    from mobilellm import claims as C
-    from mobilellm import experiments as E
+    from mobilellm.course import claims as C
 
-    monkeypatch.setattr(E, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(paths, "RESULTS_DIR", tmp_path)
     assert "run `make bench`" in C._sharing_cost()  # no report: says how to make one, invents nothing
     rows = [{"name": "unshared", "ms_per_token": 10.0}, {"name": "immediate", "ms_per_token": 13.0}]
     (tmp_path / "bench.json").write_text(json.dumps({"sharing": [{"variants": rows}]}))

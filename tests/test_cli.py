@@ -13,8 +13,17 @@ from .conftest import EVAL_DATA
 def test_help_documents_every_option():
     out = subprocess.run([sys.executable, "-m", "mobilellm", "train", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
-    for opt in ("--config", "--corpus", "--max-steps", "--out", "--resume", "--batch-size", "--lr",
-                "--device", "--compile"):
+    for opt in (
+        "--config",
+        "--corpus",
+        "--max-steps",
+        "--out",
+        "--resume",
+        "--batch-size",
+        "--lr",
+        "--device",
+        "--compile",
+    ):
         assert opt in out.stdout
 
 
@@ -37,9 +46,24 @@ def test_user_errors_are_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_train_resume_generate_end_to_end(tmp_path, small_corpus_file, capsys):
     out = tmp_path / "run"
-    common = ["train", "--config", "teach-micro", "--corpus", str(small_corpus_file), "--out", str(out),
-              "--batch-size", "8", "--seq-len", "64", "--eval-every", "15", "--cache-dir",
-              str(tmp_path / "cache"), "--no-progress"]
+    common = [
+        "train",
+        "--config",
+        "teach-micro",
+        "--corpus",
+        str(small_corpus_file),
+        "--out",
+        str(out),
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "64",
+        "--eval-every",
+        "15",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-progress",
+    ]
     assert main(common + ["--max-steps", "15"]) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert first["steps"] == 15 and first["final_val_loss"] < 6.3  # below ln(512)
@@ -60,8 +84,24 @@ def test_eval_prints_a_table(tmp_path, small_data, capsys):
     model = MobileLLM(tiny_config(vocab_size=128, max_seq_len=256, init="fan_in"))
     save_checkpoint(tmp_path / "ck", model, None, None, 0, 0, None, small_data.tokenizer)
     out = tmp_path / "r.json"
-    assert main(["eval", "--checkpoint", str(tmp_path / "ck"), "--tasks", "copa,piqa", "--data-dir",
-                 str(EVAL_DATA), "--limit", "8", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tmp_path / "ck"),
+                "--tasks",
+                "copa,piqa",
+                "--data-dir",
+                str(EVAL_DATA),
+                "--limit",
+                "8",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["metric", "copa", "piqa", "average"]
     assert table[-1].split() == ["rows", "8", "8"]
@@ -79,7 +119,7 @@ def test_ablation_scale_errors_are_one_line(capsys):
 
 
 def test_figures_refuses_zero_seeds_before_running_anything(capsys, monkeypatch):
-    import mobilellm.notebooks as F
+    import mobilellm.course.notebooks as F
 
     monkeypatch.setattr(F, "run_notebooks", lambda *a, **k: pytest.fail("notebooks ran"))
     assert main(["figures", "--seeds", "0"]) == 2

@@ -11,8 +11,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # A cell draws a figure when it calls one of the package's plotting functions or makes a pyplot figure.
-DRAWS = re.compile(r"plots\.(ablation|loss_curves|versus|budget|budget_panels|pairs|roadmap)\(|plt\.subplots?\(|"
-                   r"plt\.figure\(")
+DRAWS = re.compile(
+    r"plots\.(ablation|loss_curves|versus|budget|budget_panels|pairs|roadmap)\(|plt\.subplots?\(|"
+    r"plt\.figure\("
+)
 
 
 def cells(path: Path):
@@ -60,8 +62,13 @@ def test_no_stderr_no_errors_no_machine_paths(path):
 
 # What a file of the product must never name: the workspace folder beside a checkout, and the
 # project's private notes (spelled from parts, so that this file does not name them either).
-OUTSIDE = ("/".join(("..", "shared")), "/".join(("shared", "data")), "DES" + "IGN", "design " + "notes",
-           "design " + "document")
+OUTSIDE = (
+    "/".join(("..", "shared")),
+    "/".join(("shared", "data")),
+    "DES" + "IGN",
+    "design " + "notes",
+    "design " + "document",
+)
 
 
 def test_nothing_reads_or_cites_outside_the_repository():

@@ -36,8 +36,7 @@ def test_execution_orders():
     assert ModelConfig(**base, layer_sharing="immediate").execution_order == (0, 0, 1, 1, 2, 2)
     assert ModelConfig(**base, layer_sharing="repeat_all").execution_order == (0, 1, 2, 0, 1, 2)
     assert ModelConfig(**base, layer_sharing="reverse").execution_order == (0, 1, 2, 2, 1, 0)
-    assert ModelConfig(**base, layer_sharing="reverse", layer_repeats=3).execution_order == (
-        0, 1, 2, 2, 1, 0, 0, 1, 2)
+    assert ModelConfig(**base, layer_sharing="reverse", layer_repeats=3).execution_order == (0, 1, 2, 2, 1, 0, 0, 1, 2)
 
 
 def test_list_and_unknown_name():

@@ -50,7 +50,7 @@ def test_prepare_caches_and_reuses(tmp_path, small_corpus_file):
     assert first.train.dtype == np.uint16 and len(first.train) > 10_000
     text = small_corpus_file.read_text()
     n = len(text.split("\n")[0])
-    assert first.tokenizer.decode(first.train[:50].tolist()).startswith(text[:min(n, 20)])
+    assert first.tokenizer.decode(first.train[:50].tolist()).startswith(text[: min(n, 20)])
     other = data.prepare(str(small_corpus_file), vocab_size=96, cache_dir=tmp_path)
     assert other.fingerprint != first.fingerprint
     # an existing SentencePiece model (as one would pass Llama's tokenizer.model)

@@ -36,6 +36,7 @@ def model():
 
 # --- a model whose log-probabilities are known by hand ------------------------------------------
 
+
 class CharTokenizer:
     """One id per character; id 0 is EOS."""
 
@@ -48,9 +49,9 @@ class CharTokenizer:
 
 def _probs():
     p = np.full((6, 6), 1 / 6)
-    p[2] = [0.1, 0.5, 0.1, 0.1, 0.1, 0.1]              # after "a": " " is likely
+    p[2] = [0.1, 0.5, 0.1, 0.1, 0.1, 0.1]  # after "a": " " is likely
     p[1] = [0.0625, 0.0625, 0.0625, 0.5, 0.25, 0.0625]  # after " ": "b" 0.5, "c" 0.25
-    p[4] = [0.04, 0.04, 0.04, 0.04, 0.8, 0.04]          # after "c": "c" again, 0.8
+    p[4] = [0.04, 0.04, 0.04, 0.04, 0.8, 0.04]  # after "c": "c" again, 0.8
     return p
 
 
@@ -100,9 +101,13 @@ def test_encode_pair_is_lm_evals(small_data):
 
     tok = small_data.tokenizer
     fake = SimpleNamespace(tok_encode=lambda s, **_: tok.encode(s), backend="causal")
-    for ctx, cont in [("Question: who is he?\nAnswer:", " the king"), ("To be, or not ", "to be"),
-                      ("The man went therefore", "  the toilet filled."), ("ends with newline\n", "Next line"),
-                      ("no space", "joined")]:
+    for ctx, cont in [
+        ("Question: who is he?\nAnswer:", " the king"),
+        ("To be, or not ", "to be"),
+        ("The man went therefore", "  the toilet filled."),
+        ("ends with newline\n", "Next line"),
+        ("no space", "joined"),
+    ]:
         assert encode_pair(tok, ctx, cont) == TemplateLM._encode_pair(fake, ctx, cont)
     ctx, cont = encode_pair(tok, "He said ", "hello")
     assert tok.decode(cont).startswith(" ")  # the trailing space moved onto the continuation
@@ -110,26 +115,33 @@ def test_encode_pair_is_lm_evals(small_data):
 
 def test_batching_and_truncation_match_one_at_a_time(model, small_data):
     tok = small_data.tokenizer
-    pairs = [encode_pair(tok, c, x) for c, x in [
-        ("Good morrow", " my lord"), ("O Romeo", ", Romeo! wherefore art thou Romeo?"),
-        ("Now is the winter of our discontent " * 4, "made glorious summer"), ("A", " horse")]]
+    pairs = [
+        encode_pair(tok, c, x)
+        for c, x in [
+            ("Good morrow", " my lord"),
+            ("O Romeo", ", Romeo! wherefore art thou Romeo?"),
+            ("Now is the winter of our discontent " * 4, "made glorious summer"),
+            ("A", " horse"),
+        ]
+    ]
     assert len(pairs[2][0]) + len(pairs[2][1]) > 65  # exercises left truncation
     batched = score_requests(model, pairs, batch_size=3)
     for (ctx, cont), (ll, _) in zip(pairs, batched, strict=True):
         full = (ctx + cont)[-65:]
         logp = model(torch.tensor([full[:-1]])).log_softmax(-1)[0]
         n = min(len(cont), len(full) - 1)
-        ref = sum(logp[len(full) - 1 - n + j, t].item() for j, t in enumerate(full[len(full) - n:]))
+        ref = sum(logp[len(full) - 1 - n + j, t].item() for j, t in enumerate(full[len(full) - n :]))
         assert ll == pytest.approx(ref, abs=1e-4)
 
 
 # --- perplexity ------------------------------------------------------------------------------------
 
+
 def test_perplexity_equals_evaluate_loss_on_tiling_windows(model, small_data):
     from mobilellm.data import val_windows
     from mobilellm.train import evaluate_loss
 
-    tokens = small_data.val[:32 * 12 + 1]
+    tokens = small_data.val[: 32 * 12 + 1]
     r = perplexity(model, tokens, seq_len=32, batch_size=5)
     assert r["tokens"] == 32 * 12 and r["windows"] == 12
     assert r["nll"] == pytest.approx(evaluate_loss(model, val_windows(tokens, 32)), abs=1e-5)
@@ -150,16 +162,22 @@ def test_sliding_window_scores_each_token_once_with_full_context(model, small_da
         starts.setdefault(start, []).append(p)
     total = 0.0
     for start, targets in starts.items():
-        logp = model(torch.tensor(tokens[None, start:max(targets)]))[0].log_softmax(-1)
+        logp = model(torch.tensor(tokens[None, start : max(targets)]))[0].log_softmax(-1)
         total -= sum(logp[p - 1 - start, tokens[p]].item() for p in targets)
     assert r["nll"] == pytest.approx(total / 100, abs=1e-5)
     plain = perplexity(model, tokens, seq_len=L)
     assert plain["tokens"] == 100 and plain["nll"] != pytest.approx(r["nll"], abs=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(seq_len=16, stride=0), "stride"), (dict(seq_len=16, stride=17), "stride"),
-    (dict(seq_len=0), "seq_len"), (dict(seq_len=65), "max_seq_len")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(seq_len=16, stride=0), "stride"),
+        (dict(seq_len=16, stride=17), "stride"),
+        (dict(seq_len=0), "seq_len"),
+        (dict(seq_len=65), "max_seq_len"),
+    ],
+)
 def test_perplexity_rejects_bad_windows(model, kwargs, match):
     with pytest.raises(ValueError, match=match):
         perplexity(model, np.arange(50, dtype=np.uint16), **kwargs)
@@ -173,34 +191,92 @@ def test_perplexity_needs_two_tokens(model):
 # --- the tasks: prompts equal lm-eval's --------------------------------------------------------------
 
 SAMPLE_ROWS = {
-    "arc_easy": {"id": "Mercury_7175875", "question": "An astronomer observes that a planet rotates faster "
-                 "after a meteorite impact. Which is the most likely effect of this increase in rotation?",
-                 "choices": {"text": ["Planetary density will decrease.", "Planetary years will become longer.",
-                                      "Planetary days will become shorter.", "Planetary gravity will become stronger."],
-                             "label": ["A", "B", "C", "D"]}, "answerKey": "C"},
-    "arc_challenge": {"id": "NYSEDREGENTS_2015_8_29", "question": "Which unit is used to record temperature?",
-                      "choices": {"text": ["degrees Celsius", "grams", "liters"], "label": ["1", "2", "3"]},
-                      "answerKey": "1"},
-    "boolq": {"question": "do iran and afghanistan speak the same language",
-              "passage": "Persian language -- Persian is a pluricentric language.", "idx": 0, "label": 1},
-    "piqa": {"goal": "When boiling butter, when it's ready, you can", "sol1": "Pour it onto a plate ",
-             "sol2": "Pour it into a jar", "label": 1},
-    "siqa": {"context": "Tracy didn't go home that evening and resisted Riley's attacks.",
-             "question": "What does Tracy need to do before this?", "answerA": "make a new plan",
-             "answerB": "Go home and see Riley", "answerC": "Find somewhere to go", "label": "3"},
-    "hellaswag": {"ind": 4, "activity_label": "Health", "ctx_a": "[header] How to cure a cold [title] Drink "
-                  "fluids. [step] Water is best.", "ctx_b": "YOU should also", "ctx": "unused",
-                  "endings": ["drink tea. [substeps] Green tea works.", "run  a marathon.", "sleep [title] well.",
-                              " avoid juice."], "source_id": "wikihow~1", "split": "val", "split_type": "indomain",
-                  "label": "2"},
-    "openbookqa": {"id": "7-980", "question_stem": "The sun is responsible for",
-                   "choices": {"text": ["puppies learning new tricks", "children growing up and getting old",
-                                        "flowers wilting in a vase", "plants sprouting, blooming and wilting"],
-                               "label": ["A", "B", "C", "D"]}, "answerKey": " D"},
-    "winogrande": {"sentence": "Sarah was a much better surgeon than Maria so _ always got the harder cases.",
-                   "option1": "Sarah", "option2": "Maria", "answer": "1"},
-    "copa": {"premise": "My body cast a shadow over the grass.", "choice1": "The sun was rising.",
-             "choice2": "The grass was cut.", "question": "cause", "idx": 0, "label": 0},
+    "arc_easy": {
+        "id": "Mercury_7175875",
+        "question": "An astronomer observes that a planet rotates faster "
+        "after a meteorite impact. Which is the most likely effect of this increase in rotation?",
+        "choices": {
+            "text": [
+                "Planetary density will decrease.",
+                "Planetary years will become longer.",
+                "Planetary days will become shorter.",
+                "Planetary gravity will become stronger.",
+            ],
+            "label": ["A", "B", "C", "D"],
+        },
+        "answerKey": "C",
+    },
+    "arc_challenge": {
+        "id": "NYSEDREGENTS_2015_8_29",
+        "question": "Which unit is used to record temperature?",
+        "choices": {"text": ["degrees Celsius", "grams", "liters"], "label": ["1", "2", "3"]},
+        "answerKey": "1",
+    },
+    "boolq": {
+        "question": "do iran and afghanistan speak the same language",
+        "passage": "Persian language -- Persian is a pluricentric language.",
+        "idx": 0,
+        "label": 1,
+    },
+    "piqa": {
+        "goal": "When boiling butter, when it's ready, you can",
+        "sol1": "Pour it onto a plate ",
+        "sol2": "Pour it into a jar",
+        "label": 1,
+    },
+    "siqa": {
+        "context": "Tracy didn't go home that evening and resisted Riley's attacks.",
+        "question": "What does Tracy need to do before this?",
+        "answerA": "make a new plan",
+        "answerB": "Go home and see Riley",
+        "answerC": "Find somewhere to go",
+        "label": "3",
+    },
+    "hellaswag": {
+        "ind": 4,
+        "activity_label": "Health",
+        "ctx_a": "[header] How to cure a cold [title] Drink fluids. [step] Water is best.",
+        "ctx_b": "YOU should also",
+        "ctx": "unused",
+        "endings": [
+            "drink tea. [substeps] Green tea works.",
+            "run  a marathon.",
+            "sleep [title] well.",
+            " avoid juice.",
+        ],
+        "source_id": "wikihow~1",
+        "split": "val",
+        "split_type": "indomain",
+        "label": "2",
+    },
+    "openbookqa": {
+        "id": "7-980",
+        "question_stem": "The sun is responsible for",
+        "choices": {
+            "text": [
+                "puppies learning new tricks",
+                "children growing up and getting old",
+                "flowers wilting in a vase",
+                "plants sprouting, blooming and wilting",
+            ],
+            "label": ["A", "B", "C", "D"],
+        },
+        "answerKey": " D",
+    },
+    "winogrande": {
+        "sentence": "Sarah was a much better surgeon than Maria so _ always got the harder cases.",
+        "option1": "Sarah",
+        "option2": "Maria",
+        "answer": "1",
+    },
+    "copa": {
+        "premise": "My body cast a shadow over the grass.",
+        "choice1": "The sun was rising.",
+        "choice2": "The grass was cut.",
+        "question": "cause",
+        "idx": 0,
+        "label": 0,
+    },
 }
 
 
@@ -208,9 +284,18 @@ def _lm_eval_yaml(directory: Path, name: str, data_file: Path, split: str = "eva
     """A local lm-eval task: lm-eval's own YAML for `name`, reading `data_file` instead of the hub."""
     spec = TASKS[name]
     task = f"mobilellm_test_{name}"
-    cfg = {"include": str(LM_EVAL_TASKS / spec.lm_eval_yaml), "task": task, "tag": [],
-           "dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": {split: str(data_file)}},
-           "training_split": None, "validation_split": None, "test_split": split, "fewshot_split": None}
+    cfg = {
+        "include": str(LM_EVAL_TASKS / spec.lm_eval_yaml),
+        "task": task,
+        "tag": [],
+        "dataset_path": "json",
+        "dataset_name": None,
+        "dataset_kwargs": {"data_files": {split: str(data_file)}},
+        "training_split": None,
+        "validation_split": None,
+        "test_split": split,
+        "fewshot_split": None,
+    }
     (directory / f"{task}.yaml").write_text(json.dumps(cfg))  # JSON is YAML
     return task
 
@@ -282,12 +367,18 @@ def test_lm_eval_through_the_adapter_agrees(model, small_data, tmp_path):
     limit = 24
     splits = {"arc_easy": "test", "piqa": "validation", "copa": "validation"}
     names = {n: _lm_eval_yaml(tmp_path, n, EVAL_DATA / f"{n}.jsonl", splits[n]) for n in SHARED_TASKS}
-    out = simple_evaluate(model=adapter, tasks=list(names.values()), limit=limit, bootstrap_iters=0,
-                          task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
-                          log_samples=True)
+    out = simple_evaluate(
+        model=adapter,
+        tasks=list(names.values()),
+        limit=limit,
+        bootstrap_iters=0,
+        task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
+        log_samples=True,
+    )
     for name, task in names.items():
-        ours = evaluate_task(model, small_data.tokenizer, name, data_files=EVAL_DATA / f"{name}.jsonl",
-                             limit=limit, progress=False)
+        ours = evaluate_task(
+            model, small_data.tokenizer, name, data_files=EVAL_DATA / f"{name}.jsonl", limit=limit, progress=False
+        )
         theirs = out["results"][task]
         assert ours["acc"] == theirs["acc,none"], name
         if "acc_norm" in TASKS[name].metrics:
@@ -300,6 +391,7 @@ def test_lm_eval_through_the_adapter_agrees(model, small_data, tmp_path):
 
 
 # --- the adapter's other requests ------------------------------------------------------------------
+
 
 def _instance(kind, args):
     from lm_eval.api.instance import Instance
@@ -327,15 +419,17 @@ def test_generate_until_is_greedy_and_stops(model, small_data):
     adapter = register_lm_eval()(model, tok)
     prompt = "KING HENRY:\nOnce more unto the breach"
     ids = torch.tensor([tok.encode(prompt)])
-    new = model.generate(ids, 20, eos_id=tok.eos_id)[0, ids.shape[1]:].tolist()
-    new = new[:new.index(tok.eos_id)] if tok.eos_id in new else new
+    new = model.generate(ids, 20, eos_id=tok.eos_id)[0, ids.shape[1] :].tolist()
+    new = new[: new.index(tok.eos_id)] if tok.eos_id in new else new
     full = tok.decode(new)
-    [got] = adapter.generate_until([_instance("generate_until", (prompt, {"until": [], "max_gen_toks": 20}))],
-                                   disable_tqdm=True)
+    [got] = adapter.generate_until(
+        [_instance("generate_until", (prompt, {"until": [], "max_gen_toks": 20}))], disable_tqdm=True
+    )
     assert got == full
-    stop = full[len(full) // 2:len(full) // 2 + 2] if len(full) >= 4 else "\x00"
-    [got] = adapter.generate_until([_instance("generate_until", (prompt, {"until": [stop], "max_gen_toks": 20}))],
-                                   disable_tqdm=True)
+    stop = full[len(full) // 2 : len(full) // 2 + 2] if len(full) >= 4 else "\x00"
+    [got] = adapter.generate_until(
+        [_instance("generate_until", (prompt, {"until": [stop], "max_gen_toks": 20}))], disable_tqdm=True
+    )
     assert got == full.split(stop)[0]
 
 
@@ -352,10 +446,12 @@ def test_adapter_is_registered_and_loads_checkpoints(model, small_data, tmp_path
     loaded = cls.create_from_arg_string(f"pretrained={tmp_path}", {"batch_size": "8", "device": "cpu"})
     req = [_instance("loglikelihood", ("To be, or not to be", ", that is the question"))]
     assert loaded.loglikelihood(req, disable_tqdm=True) == cls(model, small_data.tokenizer).loglikelihood(
-        req, disable_tqdm=True)
+        req, disable_tqdm=True
+    )
 
 
 # --- errors a user can cause ------------------------------------------------------------------------
+
 
 def _write(path: Path, rows) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
@@ -369,17 +465,26 @@ def test_unknown_task_lists_the_valid_ones(model, small_data):
         evaluate_task(model, small_data.tokenizer, "mmlu", progress=False)
 
 
-@pytest.mark.parametrize("task, rows, match", [
-    ("piqa", [SAMPLE_ROWS["piqa"], {k: v for k, v in SAMPLE_ROWS["piqa"].items() if k != "label"}],
-     r"bad\.jsonl: row 1 \(line 2\): missing field\(s\) 'label'"),
-    ("piqa", [SAMPLE_ROWS["piqa"], dict(SAMPLE_ROWS["piqa"], label=2)],
-     r"row 1 \(line 2\): gold label 2 is out of range"),
-    ("arc_easy", [dict(SAMPLE_ROWS["arc_easy"], answerKey="E")], r"row 0 \(line 1\): answerKey 'E'"),
-    ("winogrande", [dict(SAMPLE_ROWS["winogrande"], answer="")], "answer '' is not"),
-    ("copa", [dict(SAMPLE_ROWS["copa"], question="why")], "question 'why'"),
-    ("piqa", [SAMPLE_ROWS["piqa"], "{not json"], r"bad\.jsonl: line 2 is not valid JSON"),
-    ("piqa", [], "has no rows"),
-])
+@pytest.mark.parametrize(
+    "task, rows, match",
+    [
+        (
+            "piqa",
+            [SAMPLE_ROWS["piqa"], {k: v for k, v in SAMPLE_ROWS["piqa"].items() if k != "label"}],
+            r"bad\.jsonl: row 1 \(line 2\): missing field\(s\) 'label'",
+        ),
+        (
+            "piqa",
+            [SAMPLE_ROWS["piqa"], dict(SAMPLE_ROWS["piqa"], label=2)],
+            r"row 1 \(line 2\): gold label 2 is out of range",
+        ),
+        ("arc_easy", [dict(SAMPLE_ROWS["arc_easy"], answerKey="E")], r"row 0 \(line 1\): answerKey 'E'"),
+        ("winogrande", [dict(SAMPLE_ROWS["winogrande"], answer="")], "answer '' is not"),
+        ("copa", [dict(SAMPLE_ROWS["copa"], question="why")], "question 'why'"),
+        ("piqa", [SAMPLE_ROWS["piqa"], "{not json"], r"bad\.jsonl: line 2 is not valid JSON"),
+        ("piqa", [], "has no rows"),
+    ],
+)
 def test_malformed_files_name_the_row(model, small_data, tmp_path, task, rows, match):
     f = _write(tmp_path / "bad.jsonl", rows) if rows else tmp_path / "bad.jsonl"
     if not rows:
@@ -400,8 +505,13 @@ def test_task_rows_edited_in_place_are_read_again(tmp_path):
     """Flipped labels with the file's size and mtime kept give the new rows, not a cached copy."""
     from mobilellm.eval_tasks import load_rows
 
-    row = {"premise": "The man turned on the faucet.", "choice1": "The toilet filled.", "choice2": "Water flowed.",
-           "question": "effect", "idx": 0}
+    row = {
+        "premise": "The man turned on the faucet.",
+        "choice1": "The toilet filled.",
+        "choice2": "Water flowed.",
+        "question": "effect",
+        "idx": 0,
+    }
     f = tmp_path / "copa.jsonl"
     f.write_text(json.dumps({**row, "label": 1}) + "\n")
     st = f.stat()

@@ -18,12 +18,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWa
 
 from mobilellm.executorch_program import (  # noqa: E402
     CachedDecoder,
-    PteDecoder,
     _load_custom_ops,
     check_group_size,
     export_program,
-    program_census,
 )
+from mobilellm.executorch_runtime import PteDecoder, program_census  # noqa: E402
 
 WINDOW = 48  # the programs' cache window in these tests
 
@@ -33,10 +32,11 @@ cfg = export_config  # the model of the shared `trained` fixture (conftest)
 
 def greedy_eager(model: MobileLLM, prompt: torch.Tensor, n: int) -> list[int]:
     with torch.no_grad():
-        return model.generate(prompt[None], n)[0, prompt.numel():].tolist()
+        return model.generate(prompt[None], n)[0, prompt.numel() :].tolist()
 
 
 # --- the wrapper in eager PyTorch (no lowering: fast) ---------------------------------------------
+
 
 @pytest.mark.parametrize("sharing", LAYER_SHARING)
 def test_cached_decoder_matches_the_model_in_eager(sharing):
@@ -49,7 +49,7 @@ def test_cached_decoder_matches_the_model_in_eager(sharing):
         ref = model(ids)[0]
         # a 7-token chunk, then 5, then one token at a time: every path through the cache
         got = [dec(ids[:, :7], torch.tensor([0]))[0], dec(ids[:, 7:12], torch.tensor([7]))[0]]
-        got += [dec(ids[:, t:t + 1], torch.tensor([t]))[0] for t in range(12, 20)]
+        got += [dec(ids[:, t : t + 1], torch.tensor([t]))[0] for t in range(12, 20)]
     torch.testing.assert_close(torch.stack(got), ref[[6, 11, *range(12, 20)]], atol=1e-5, rtol=0)
 
 
@@ -64,10 +64,13 @@ def test_group_size_must_tile_the_linears():
     with pytest.raises(ValueError, match=r"multiples of 32 .*'dim': 48.*use --quant int8"):
         check_group_size(MobileLLM(cfg(dim=48, ffn_hidden_dim=128)), 0)
 
+
 @pytest.mark.parametrize("export", ["export_program", "export_llama_peer"])
 def test_export_argument_errors(export, tmp_path):
+    import mobilellm.course.bench.peers as peers
     import mobilellm.executorch_program as ep
 
+    ep = peers if export == "export_llama_peer" else ep
     model = MobileLLM(cfg())
     with pytest.raises(ValueError, match="quant 'int4' is not one of fp32, int8, 8da4w"):
         getattr(ep, export)(model, tmp_path / "x.pte", "int4")
@@ -83,6 +86,7 @@ def test_export_argument_errors(export, tmp_path):
 
 
 # --- lowered programs ------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sharing", LAYER_SHARING)
@@ -108,9 +112,8 @@ def test_fp32_program_greedy_equals_eager(sharing, tmp_path):
     assert list(dec.generate(prompt, 10, chunk=4)) == greedy_eager(model, prompt, 10)
 
 
-
-
 # --- the peer: ExecuTorch's own Llama export of the same weights -------------------------------------
+
 
 @pytest.mark.parametrize("sharing", ["none", "repeat_all"])
 def test_llama_checkpoint_is_the_same_model_in_executorchs_llama(sharing):
@@ -118,7 +121,7 @@ def test_llama_checkpoint_is_the_same_model_in_executorchs_llama(sharing):
     from executorch.examples.models.llama.llama_transformer import construct_transformer
     from executorch.examples.models.llama.model_args import ModelArgs
 
-    from mobilellm.executorch_program import llama_checkpoint
+    from mobilellm.course.bench.peers import llama_checkpoint
 
     torch.manual_seed(2)
     model = MobileLLM(cfg(layer_sharing=sharing)).eval()
@@ -139,7 +142,7 @@ def test_llama_checkpoint_is_the_same_model_in_executorchs_llama(sharing):
 
 
 def test_llama_checkpoint_needs_swiglu():
-    from mobilellm.executorch_program import llama_checkpoint
+    from mobilellm.course.bench.peers import llama_checkpoint
 
     with pytest.raises(ValueError, match="SwiGLU"):
         llama_checkpoint(MobileLLM(cfg(ffn_type="relu")))
@@ -148,7 +151,7 @@ def test_llama_checkpoint_needs_swiglu():
 @pytest.mark.slow
 def test_llama_peer_program_decodes_as_ours(tmp_path):
     """ExecuTorch's export_llama of a layer-shared model (repeats expanded) greedily decodes as the eager model."""
-    from mobilellm.executorch_program import export_llama_peer
+    from mobilellm.course.bench.peers import export_llama_peer
 
     torch.manual_seed(3)
     model = MobileLLM(cfg(layer_sharing="immediate")).eval()
@@ -184,7 +187,7 @@ def test_pad_ffn_keeps_the_function_and_makes_8da4w_possible():
 def test_optimum_peer_program_decodes_as_ours(tmp_path):
     """optimum-executorch's export of a layer-shared model (Hugging Face format, repeats expanded), in its own
     environment (`make optimum-venv`), greedily decodes as the eager model through the same PteDecoder."""
-    from mobilellm.executorch_program import export_optimum_peer, optimum_python
+    from mobilellm.course.bench.peers import export_optimum_peer, optimum_python
 
     if optimum_python() is None:
         pytest.skip("no optimum-executorch environment (.venv-optimum): `make optimum-venv` makes one")

@@ -12,7 +12,8 @@ import torch
 pytest.importorskip("executorch")
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
-from mobilellm.executorch_program import PteDecoder, compare_programs, export_program  # noqa: E402
+from mobilellm.executorch_program import export_program  # noqa: E402
+from mobilellm.executorch_runtime import PteDecoder, compare_programs  # noqa: E402
 
 WINDOW = 48  # the programs' cache window in these tests
 
@@ -25,7 +26,7 @@ def programs(trained, tmp_path_factory):
 
 @pytest.mark.slow
 def test_quantized_programs_agree_with_fp32(trained, programs, small_data):
-    windows = torch.from_numpy(np.stack([small_data.val[i * 40:(i + 1) * 40].astype(np.int64) for i in range(4)]))
+    windows = torch.from_numpy(np.stack([small_data.val[i * 40 : (i + 1) * 40].astype(np.int64) for i in range(4)]))
     r = compare_programs(programs, windows)
     with torch.no_grad():
         logits = trained[0](windows)[:, :-1]
@@ -69,13 +70,30 @@ def test_cli_export_and_generate(trained, small_data, tmp_path, capsys):
     ckpt = trained[1]
     small_data.tokenizer.save(ckpt / "tokenizer.model")
     out = tmp_path / "m.pte"
-    assert main(["export", "--checkpoint", str(ckpt), "--format", "pte", "--quant", "int8", "--max-len", "40",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(ckpt),
+                "--format",
+                "pte",
+                "--quant",
+                "int8",
+                "--max-len",
+                "40",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["quant"] == "int8" and line["max_len"] == 40 and line["tokenizer"] and line["kv_cache_slots"] == 2
     assert line["self_check"]["argmax_agreement"] >= 0.8, line
-    assert main(["generate", "--pte", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "12",
-                 "--temperature", "0"]) == 0
+    assert (
+        main(["generate", "--pte", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "12", "--temperature", "0"]) == 0
+    )
     text = capsys.readouterr().out
     assert text.startswith("ROMEO:") and len(text.strip()) > len("ROMEO:")
     assert main(["generate", "--pte", str(out), "--prompt", "x " * 60, "--max-new-tokens", "5"]) == 2

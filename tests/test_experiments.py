@@ -4,15 +4,27 @@ import time
 
 import pytest
 
-from mobilellm import ablations as A
-from mobilellm import experiments as E
-from mobilellm.experiments import Ablation, Recipe, RunRecord
-from mobilellm.settings import Settings
+from mobilellm.course import ablations as A
+from mobilellm.course import experiments as E
+from mobilellm.course.experiments import Ablation, Recipe, RunRecord
+from mobilellm.course.settings import Settings
 
 
 def record(label, loss, seed=0):
-    return RunRecord(label=label, config={}, recipe={}, seed=seed, data_fingerprint="x", params=100, tokens=1000,
-                     final_val_loss=loss, best_val_loss=loss, val_curve=[(1, loss)], train_curve=[], wall_time=1.0)
+    return RunRecord(
+        label=label,
+        config={},
+        recipe={},
+        seed=seed,
+        data_fingerprint="x",
+        params=100,
+        tokens=1000,
+        final_val_loss=loss,
+        best_val_loss=loss,
+        val_curve=[(1, loss)],
+        train_curve=[],
+        wall_time=1.0,
+    )
 
 
 def test_compare_pairs_runs_by_seed():
@@ -28,6 +40,8 @@ def test_compare_pairs_runs_by_seed():
     assert E.compare(recs[:1] + recs[3:4], "a", "b").verdict == "one seed"
     with pytest.raises(ValueError, match="no runs labelled 'z'"):
         E.compare(recs, "a", "z")
+
+
 def test_run_keys_change_with_what_matters():
     cfg, recipe = A.SWIGLU.config("SwiGLU"), Recipe()
     key = E.run_key(cfg, recipe, "data", 0)

@@ -20,8 +20,17 @@ from mobilellm.gguf_export import gguf_tensors, read_back, write_gguf  # noqa: E
 
 
 def cfg(**changes):
-    return tiny_config(**{"vocab_size": 128, "dim": 64, "n_layers": 2, "ffn_hidden_dim": 96, "max_seq_len": 64,
-                          "init": "fan_in", **changes})
+    return tiny_config(
+        **{
+            "vocab_size": 128,
+            "dim": 64,
+            "n_layers": 2,
+            "ffn_hidden_dim": 96,
+            "max_seq_len": 64,
+            "init": "fan_in",
+            **changes,
+        }
+    )
 
 
 def rounded(model: MobileLLM, round_matrix) -> MobileLLM:
@@ -38,8 +47,9 @@ def fp16_rounded(model: MobileLLM) -> MobileLLM:
 def block_rounded(model: MobileLLM, gguf_type: str) -> MobileLLM:
     """Each row quantized in blocks of 32 and back, with gguf's own reference code (as a reader dequantizes)."""
     qtype = gguf.GGMLQuantizationType[gguf_type.upper()]
-    return rounded(model, lambda w: torch.from_numpy(
-        gguf.quants.dequantize(gguf.quants.quantize(w.numpy(), qtype), qtype).copy()))
+    return rounded(
+        model, lambda w: torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(w.numpy(), qtype), qtype).copy())
+    )
 
 
 @pytest.mark.parametrize("sharing", ["none", "immediate", "reverse"])
@@ -136,11 +146,18 @@ def test_cli_export_gguf(small_data, tmp_path, capsys):
 
     ckpt = save_pretrained(MobileLLM(cfg()), tmp_path / "ckpt", small_data.tokenizer)
     out = tmp_path / "m.gguf"
-    assert main(["export", "--checkpoint", str(ckpt), "--format", "gguf", "--gguf-type", "q8_0",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["export", "--checkpoint", str(ckpt), "--format", "gguf", "--gguf-type", "q8_0", "--out", str(out)]) == 0
+    )
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert line == {"format": "gguf", "out": str(out), "bytes": out.stat().st_size, "type": "q8_0",
-                    "llama_layers": 2, "tokenizer": True}
+    assert line == {
+        "format": "gguf",
+        "out": str(out),
+        "bytes": out.stat().st_size,
+        "type": "q8_0",
+        "llama_layers": 2,
+        "tokenizer": True,
+    }
 
 
 def test_llama_cpp_decodes_it_as_we_do(small_data, tmp_path):
@@ -161,8 +178,9 @@ def test_llama_cpp_decodes_it_as_we_do(small_data, tmp_path):
 
     def decoder(gguf_type):
         # one thread: llama.cpp's workers spin while they wait, which on a busy small machine costs 100x
-        return LlamaCppDecoder(write_gguf(model, tmp_path / f"{gguf_type}.gguf", small_data.tokenizer, gguf_type),
-                               n_ctx=64, n_threads=1)
+        return LlamaCppDecoder(
+            write_gguf(model, tmp_path / f"{gguf_type}.gguf", small_data.tokenizer, gguf_type), n_ctx=64, n_threads=1
+        )
 
     dec = decoder("f32")
     tol = 1e-2 * exact.abs().max()

@@ -57,9 +57,16 @@ def test_shared_model_equals_llama_with_duplicated_layers():
 def test_plain_llama_loads_and_mismatched_sharing_is_refused():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    hf_cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
-                         tie_word_embeddings=True)
+    hf_cfg = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        tie_word_embeddings=True,
+    )
     hf_cfg._attn_implementation = "eager"
     hf = LlamaForCausalLM(hf_cfg).eval()
     model = from_transformers(hf)

@@ -96,8 +96,7 @@ def test_layer_sharing_keeps_params_and_doubles_depth(sharing):
     base, shared = MobileLLM(tiny_config()), MobileLLM(tiny_config(layer_sharing=sharing))
     assert sum(p.numel() for p in shared.parameters()) == sum(p.numel() for p in base.parameters())
     calls = []
-    hooks = [b.register_forward_hook(lambda m, i, o, j=j: calls.append(j))
-             for j, b in enumerate(shared.layers)]
+    hooks = [b.register_forward_hook(lambda m, i, o, j=j: calls.append(j)) for j, b in enumerate(shared.layers)]
     shared(torch.randint(0, 97, (1, 3)))
     for h in hooks:
         h.remove()
@@ -187,16 +186,21 @@ def test_eos_stops_and_pads():
     # Two rows and an EOS id that the first emits at least two steps before the second, both before
     # the end, and that free decoding would not repeat in between (so the padding shows).
     i, j, eos, a, b = next(
-        (i, j, t, a, b) for i in range(16) for j in range(16) if i != j for t in free[i].unique().tolist()
+        (i, j, t, a, b)
+        for i in range(16)
+        for j in range(16)
+        if i != j
+        for t in free[i].unique().tolist()
         for a, b in [(first_index(free[i], t), first_index(free[j], t))]
-        if a + 2 <= b < n - 1 and (free[i, a + 1:b + 1] != t).any())
+        if a + 2 <= b < n - 1 and (free[i, a + 1 : b + 1] != t).any()
+    )
     prompt, free = prompts[[i, j]], free[[i, j]]
     out = model.generate(prompt, n, eos_id=eos)
     assert out.shape == (2, T + b + 1)  # stopped early, at row 1's EOS
     assert torch.equal(out[:, :T], prompt)
-    assert torch.equal(out[0, T:T + a + 1], free[0, :a + 1])
-    assert (out[0, T + a:] == eos).all()  # padded after its EOS, not decoded on
-    assert torch.equal(out[1, T:], free[1, :b + 1])
+    assert torch.equal(out[0, T : T + a + 1], free[0, : a + 1])
+    assert (out[0, T + a :] == eos).all()  # padded after its EOS, not decoded on
+    assert torch.equal(out[1, T:], free[1, : b + 1])
 
 
 def test_sampling_respects_top_k_and_top_p():
@@ -213,8 +217,9 @@ def test_sampling_respects_top_k_and_top_p():
     # sampled generate is reproducible with a generator, and another seed draws another text
     model = MobileLLM(tiny_config()).eval()
     p = torch.zeros(1, 1, dtype=torch.long)
-    a, b, c = (model.generate(p, 8, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(s))
-               for s in (1, 1, 2))
+    a, b, c = (
+        model.generate(p, 8, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(s)) for s in (1, 1, 2)
+    )
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 

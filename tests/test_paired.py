@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from mobilellm.paired import log_trend, paired, t_interval
+from mobilellm.course.paired import log_trend, paired, t_interval
 
 
 def test_t_interval_matches_the_textbook():

@@ -15,23 +15,53 @@ pytest.importorskip("transformers")
 
 # facebook/MobileLLM-125M's config.json as released (tie_word_embeddings false, yet shared).
 RELEASED_125M = {
-    "architectures": ["MobileLLMForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
-    "auto_map": {"AutoConfig": "configuration_mobilellm.MobileLLMConfig",
-                 "AutoModelForCausalLM": "modeling_mobilellm.MobileLLMForCausalLM"},
-    "bos_token_id": 1, "eos_token_id": 2, "head_dim": 64, "hidden_act": "silu", "hidden_size": 576,
-    "initializer_range": 0.02, "intermediate_size": 1536, "layer_sharing": False,
-    "max_position_embeddings": 2048, "mlp_bias": False, "model_type": "mobilellm", "num_attention_heads": 9,
-    "num_hidden_layers": 30, "num_key_value_heads": 3, "pretraining_tp": 1, "rms_norm_eps": 1e-05,
-    "rope_scaling": None, "rope_theta": 10000.0, "share_embedding": True, "tie_word_embeddings": False,
-    "torch_dtype": "float32", "use_cache": True, "vocab_size": 32000,
+    "architectures": ["MobileLLMForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "auto_map": {
+        "AutoConfig": "configuration_mobilellm.MobileLLMConfig",
+        "AutoModelForCausalLM": "modeling_mobilellm.MobileLLMForCausalLM",
+    },
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "head_dim": 64,
+    "hidden_act": "silu",
+    "hidden_size": 576,
+    "initializer_range": 0.02,
+    "intermediate_size": 1536,
+    "layer_sharing": False,
+    "max_position_embeddings": 2048,
+    "mlp_bias": False,
+    "model_type": "mobilellm",
+    "num_attention_heads": 9,
+    "num_hidden_layers": 30,
+    "num_key_value_heads": 3,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": None,
+    "rope_theta": 10000.0,
+    "share_embedding": True,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float32",
+    "use_cache": True,
+    "vocab_size": 32000,
 }
 
 
 def released_config(layer_sharing: bool = False, n_blocks: int = 2) -> dict:
     """A tiny config.json in the released layout (same keys as RELEASED_125M)."""
-    return {**RELEASED_125M, "head_dim": 8, "hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "num_hidden_layers": n_blocks, "max_position_embeddings": 64,
-            "vocab_size": 97, "layer_sharing": layer_sharing}
+    return {
+        **RELEASED_125M,
+        "head_dim": 8,
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "num_hidden_layers": n_blocks,
+        "max_position_embeddings": 64,
+        "vocab_size": 97,
+        "layer_sharing": layer_sharing,
+    }
 
 
 def released_state(c: dict, untied: bool = False) -> dict[str, torch.Tensor]:
@@ -39,7 +69,7 @@ def released_state(c: dict, untied: bool = False) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
 
     def w(rows: int, cols: int) -> torch.Tensor:
-        return torch.randn(rows, cols, generator=g) * cols ** -0.5
+        return torch.randn(rows, cols, generator=g) * cols**-0.5
 
     def norm() -> torch.Tensor:
         return 1 + 0.1 * torch.randn(d, generator=g)  # not all ones, so a swapped norm shows
@@ -49,11 +79,19 @@ def released_state(c: dict, untied: bool = False) -> dict[str, torch.Tensor]:
     s = {"model.embed_tokens.weight": torch.randn(v, d, generator=g), "model.norm.weight": norm()}
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        s.update({p + "self_attn.q_proj.weight": w(q, d), p + "self_attn.k_proj.weight": w(kv, d),
-                  p + "self_attn.v_proj.weight": w(kv, d), p + "self_attn.o_proj.weight": w(d, q),
-                  p + "mlp.gate_proj.weight": w(f, d), p + "mlp.up_proj.weight": w(f, d),
-                  p + "mlp.down_proj.weight": w(d, f), p + "input_layernorm.weight": norm(),
-                  p + "post_attention_layernorm.weight": norm()})
+        s.update(
+            {
+                p + "self_attn.q_proj.weight": w(q, d),
+                p + "self_attn.k_proj.weight": w(kv, d),
+                p + "self_attn.v_proj.weight": w(kv, d),
+                p + "self_attn.o_proj.weight": w(d, q),
+                p + "mlp.gate_proj.weight": w(f, d),
+                p + "mlp.up_proj.weight": w(f, d),
+                p + "mlp.down_proj.weight": w(d, f),
+                p + "input_layernorm.weight": norm(),
+                p + "post_attention_layernorm.weight": norm(),
+            }
+        )
     if untied:
         s["lm_head.weight"] = w(v, d)
     return s
@@ -78,17 +116,24 @@ def llama_reference(c: dict, state: dict):
     n = c["num_hidden_layers"]
     order = [b for b in range(n) for _ in range(2)] if c["layer_sharing"] else list(range(n))
     tied = "lm_head.weight" not in state
-    hf_cfg = LlamaConfig(vocab_size=c["vocab_size"], hidden_size=c["hidden_size"],
-                         intermediate_size=c["intermediate_size"], num_hidden_layers=len(order),
-                         num_attention_heads=c["num_attention_heads"], num_key_value_heads=c["num_key_value_heads"],
-                         head_dim=c["head_dim"], max_position_embeddings=c["max_position_embeddings"],
-                         rms_norm_eps=c["rms_norm_eps"], tie_word_embeddings=tied,
-                         rope_parameters={"rope_type": "default", "rope_theta": c["rope_theta"]})
+    hf_cfg = LlamaConfig(
+        vocab_size=c["vocab_size"],
+        hidden_size=c["hidden_size"],
+        intermediate_size=c["intermediate_size"],
+        num_hidden_layers=len(order),
+        num_attention_heads=c["num_attention_heads"],
+        num_key_value_heads=c["num_key_value_heads"],
+        head_dim=c["head_dim"],
+        max_position_embeddings=c["max_position_embeddings"],
+        rms_norm_eps=c["rms_norm_eps"],
+        tie_word_embeddings=tied,
+        rope_parameters={"rope_type": "default", "rope_theta": c["rope_theta"]},
+    )
     hf_cfg._attn_implementation = "eager"
     sd = {k: t for k, t in state.items() if not k.startswith("model.layers.")}
     for slot, block in enumerate(order):
         src = f"model.layers.{block}."
-        sd.update({f"model.layers.{slot}." + k[len(src):]: t for k, t in state.items() if k.startswith(src)})
+        sd.update({f"model.layers.{slot}." + k[len(src) :]: t for k, t in state.items() if k.startswith(src)})
     if tied:
         sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
     hf = LlamaForCausalLM(hf_cfg)
@@ -102,9 +147,16 @@ def assert_same_logits(model, hf, vocab: int, atol: float = 1e-5) -> None:
         torch.testing.assert_close(model(x), hf(x).logits, atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize("fmt,sharing,untied", [("bin", False, False), ("bin", True, False),
-                                                ("safetensors", True, False), ("safetensors", False, True),
-                                                ("bin", True, True)])
+@pytest.mark.parametrize(
+    "fmt,sharing,untied",
+    [
+        ("bin", False, False),
+        ("bin", True, False),
+        ("safetensors", True, False),
+        ("safetensors", False, True),
+        ("bin", True, True),
+    ],
+)
 def test_released_layout_equals_llama(tmp_path, fmt, sharing, untied):
     c = released_config(layer_sharing=sharing)
     state = released_state(c, untied=untied)
@@ -147,8 +199,12 @@ def test_bad_checkpoints_list_every_problem(tmp_path):
     with pytest.raises(ValueError) as e:
         load_pretrained(write_released(tmp_path / "bad", c, state))
     msg = str(e.value)
-    for part in ("missing layers.1.mlp.up_proj.weight", "layers.0.mlp.down_proj.weight: shape (32, 47), "
-                 "model wants (32, 48)", "unexpected model.layers.2.mlp.up_proj.weight", "unexpected extra.weight"):
+    for part in (
+        "missing layers.1.mlp.up_proj.weight",
+        "layers.0.mlp.down_proj.weight: shape (32, 47), model wants (32, 48)",
+        "unexpected model.layers.2.mlp.up_proj.weight",
+        "unexpected extra.weight",
+    ):
         assert part in msg
 
 
@@ -171,9 +227,14 @@ def test_unsafe_or_absent_weights_are_refused(tmp_path):
         load_pretrained(tmp_path / "nowhere")
 
 
-@pytest.mark.parametrize("changes", [dict(init="fan_in", layer_sharing="immediate"),
-                                     dict(share_embedding=False, layer_sharing="reverse", layer_repeats=3,
-                                          head_dim=16)], ids=["immediate", "untied_reverse"])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(init="fan_in", layer_sharing="immediate"),
+        dict(share_embedding=False, layer_sharing="reverse", layer_repeats=3, head_dim=16),
+    ],
+    ids=["immediate", "untied_reverse"],
+)
 def test_save_pretrained_loads_in_transformers_and_round_trips(tmp_path, changes):
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
@@ -200,8 +261,21 @@ def test_cli_export_from_trainer_checkpoint(tmp_path, small_data, capsys):
 
     cfg = tiny_config(vocab_size=128, layer_sharing="immediate", init="fan_in")
     run = tmp_path / "run"
-    train(cfg, TrainConfig(max_steps=2, batch_size=4, seq_len=32, warmup_steps=1, eval_every=2, eval_windows=2,
-                           device="cpu", progress=False), small_data, out=run)
+    train(
+        cfg,
+        TrainConfig(
+            max_steps=2,
+            batch_size=4,
+            seq_len=32,
+            warmup_steps=1,
+            eval_every=2,
+            eval_windows=2,
+            device="cpu",
+            progress=False,
+        ),
+        small_data,
+        out=run,
+    )
     out = tmp_path / "hf"
     assert main(["export", "--checkpoint", str(run), "--format", "hf", "--out", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -32,10 +32,11 @@ cfg = export_config  # the model of the shared `trained` fixture (conftest)
 
 
 def val_batch(data, n=4, length=SEQ):
-    return torch.from_numpy(np.stack([data.val[i * length:(i + 1) * length].astype(np.int64) for i in range(n)]))
+    return torch.from_numpy(np.stack([data.val[i * length : (i + 1) * length].astype(np.int64) for i in range(n)]))
 
 
 # --- by hand ---------------------------------------------------------------------------------
+
 
 def test_quantization_error_is_at_most_half_a_step():
     w = torch.randn(48, 64) * torch.logspace(-3, 1, 48)[:, None]  # rows of very different ranges
@@ -73,8 +74,7 @@ def test_quant_linear_is_close_to_float():
     # |x·w - x̂·ŵ| <= Σ |x||δw| + |w||δx| + |δx||δw|, each δ at most half its step.
     _, sw = quantize_weight(lin.weight)
     _, sx = quantize_activation(x)
-    bound = (x.abs() @ (sw / 2).expand(-1, 64).t() + sx / 2 * lin.weight.abs().sum(1)
-             + 64 * (sx / 2) * (sw / 2).t())
+    bound = x.abs() @ (sw / 2).expand(-1, 64).t() + sx / 2 * lin.weight.abs().sum(1) + 64 * (sx / 2) * (sw / 2).t()
     assert ((y - ref).abs() <= bound * (1 + 1e-4) + 1e-6).all()
     assert (y - ref).norm() / ref.norm() < 0.02
     wo = QuantLinear.from_linear(lin, quantize_activations=False)
@@ -114,12 +114,25 @@ def test_int8_agrees_with_fp32_on_a_trained_model(trained, small_data):
     noisy = copy.deepcopy(model)
     for p in noisy.layers.parameters():
         p.add_(torch.randn_like(p) * p.std())
-    quantized = {"hand w8a8": quantize_w8a8_(copy.deepcopy(model)),
-                 "hand w8a8 +emb": quantize_w8a8_(copy.deepcopy(model), include_embedding=True),
-                 "torchao w8a8": torchao_quantize(model, "w8a8"), "torchao w8": torchao_quantize(model, "w8"),
-                 "noisy fp32": noisy}
-    rows = quant_report(model, quantized, small_data.val, small_data.tokenizer, n_prompts=4, prompt_len=16,
-                        new_tokens=32, repeats=2, decode_tokens=4, mc_accuracy=lambda m: float(m is model))
+    quantized = {
+        "hand w8a8": quantize_w8a8_(copy.deepcopy(model)),
+        "hand w8a8 +emb": quantize_w8a8_(copy.deepcopy(model), include_embedding=True),
+        "torchao w8a8": torchao_quantize(model, "w8a8"),
+        "torchao w8": torchao_quantize(model, "w8"),
+        "noisy fp32": noisy,
+    }
+    rows = quant_report(
+        model,
+        quantized,
+        small_data.val,
+        small_data.tokenizer,
+        n_prompts=4,
+        prompt_len=16,
+        new_tokens=32,
+        repeats=2,
+        decode_tokens=4,
+        mc_accuracy=lambda m: float(m is model),
+    )
     fp32, *rest, control = rows
     assert [r["name"] for r in rows] == ["fp32", *quantized]
     assert [r["mc_accuracy"] for r in rows] == [1.0] + [0.0] * len(quantized)  # each row scores its own model
@@ -147,6 +160,7 @@ def test_int8_agrees_with_fp32_on_a_trained_model(trained, small_data):
 
 # --- ExecuTorch (slow: lowering to a .pte takes tens of seconds) ----------------------------
 
+
 @pytest.fixture(scope="module")
 def fp32_pte(trained, tmp_path_factory):
     pytest.importorskip("executorch")
@@ -164,8 +178,20 @@ def int8_pte(trained, tmp_path_factory):
     path = tmp_path_factory.mktemp("pte") / "int8.pte"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(["export", "--checkpoint", str(trained[1]), "--format", "pte", "--int8", "--seq-len", str(SEQ),
-                     "--out", str(path)])
+        code = main(
+            [
+                "export",
+                "--checkpoint",
+                str(trained[1]),
+                "--format",
+                "pte",
+                "--int8",
+                "--seq-len",
+                str(SEQ),
+                "--out",
+                str(path),
+            ]
+        )
     assert code == 0
     return path, json.loads(out.getvalue().strip().splitlines()[-1])
 
@@ -224,8 +250,10 @@ def test_export_errors(trained, tmp_path, capsys):
         export_executorch(trained[0], tmp_path / "x.pte", quantize="int4")
     with pytest.raises(ValueError, match="seq_len"):
         export_executorch(trained[0], tmp_path / "x.pte", seq_len=65)
-    assert main(["export", "--checkpoint", str(trained[1]), "--format", "hf", "--int8", "--out",
-                 str(tmp_path / "hf")]) == 2
+    assert (
+        main(["export", "--checkpoint", str(trained[1]), "--format", "hf", "--int8", "--out", str(tmp_path / "hf")])
+        == 2
+    )
     assert "apply to --format pte only" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(trained[1]), "--format", "pte", "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err

@@ -5,20 +5,25 @@ import json
 
 import pytest
 
-from mobilellm import ablations as A
-from mobilellm import experiments as E
-from mobilellm import readme as F
-from mobilellm.experiments import Ablation, Recipe
-from mobilellm.settings import Settings
+from mobilellm.course import ablations as A
+from mobilellm.course import experiments as E
+from mobilellm.course import paths
+from mobilellm.course import readme as F
+from mobilellm.course.experiments import Ablation, Recipe
+from mobilellm.course.settings import Settings
 
 
 @pytest.mark.slow  # trains four tiny runs
 def test_ablation_table_and_readme_come_from_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(E, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(paths, "RESULTS_DIR", tmp_path / "results")
     recipe = Recipe(tokens=2 * 32 * 128, evals=1, eval_windows=2)
     cfg = A.SWIGLU.config("SwiGLU")
-    ab = Ablation("tiny", (("relu", A.SWIGLU.config("ReLU (baseline)")), ("shared", cfg.replace(
-        layer_sharing="immediate"))), recipe=recipe, seeds=(0, 1))
+    ab = Ablation(
+        "tiny",
+        (("relu", A.SWIGLU.config("ReLU (baseline)")), ("shared", cfg.replace(layer_sharing="immediate"))),
+        recipe=recipe,
+        seeds=(0, 1),
+    )
     later = Ablation("later", (("x", cfg),), recipe=dataclasses.replace(recipe, lr=1e-3), seeds=(0,))
     monkeypatch.setattr(F, "ABLATIONS", {"tiny": ab, "later": later})
     records = E.run_ablation(ab, Settings(progress=False))
@@ -34,9 +39,11 @@ def test_ablation_table_and_readme_come_from_the_cache(tmp_path, monkeypatch):
     assert " on 2/2 seeds, mean " in shared_row or "mixed (" in shared_row  # the paired verdict, per row
 
     readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- notebook-map:start -->\nstale map\n<!-- notebook-map:end -->\n"
-                      "<!-- budget:start -->\nstale budget\n<!-- budget:end -->\n"
-                      "<!-- ablations:start -->\nstale table\n<!-- ablations:end -->\noutro\n")
+    readme.write_text(
+        "intro\n<!-- notebook-map:start -->\nstale map\n<!-- notebook-map:end -->\n"
+        "<!-- budget:start -->\nstale budget\n<!-- budget:end -->\n"
+        "<!-- ablations:start -->\nstale table\n<!-- ablations:end -->\noutro\n"
+    )
     monkeypatch.setattr(F, "README", readme)
     monkeypatch.setattr(F, "TIMES_FILE", tmp_path / "times.json")
     monkeypatch.setattr(F, "CURRICULUM", {})
@@ -51,17 +58,46 @@ def test_ablation_table_and_readme_come_from_the_cache(tmp_path, monkeypatch):
 
 def test_pte_latency_table_from_a_report(tmp_path):
     def row(name, ms, paper=None):
-        return {"name": name, "quant": "int8", "ms_per_token": ms, "latency_ratio_vs_unshared": ms / 10.0,
-                "paper_ms": paper, "paper_ratio": paper and paper / 15.6}
-    report = {"command": "python -m mobilellm bench --suite pte", "machine": {
-        "cpu": "AMD EPYC", "cpus_available": 2, "load_average": [3.0], "load_average_after": [5.5],
-        "git_commit": "abcdef0123"},
-        "pte": [{"config": "mobilellm-125m at 2 blocks", "weights": "random (seeded); whatever", "new_tokens": 64,
-                 "prompt_len": 16, "repeats": 5, "variants": [
-                     row("unshared", 10.0, 15.6), row("immediate", 11.0, 16.0), row("repeat_all", 12.0),
-                     row("deeper", 20.0, 29.0), row("executorch_llama", 13.0), row("llama_cpp", 9.0)],
-                 "repeat_cost": {"int8": {"immediate": 0.1, "repeat_all": 0.2}}, "paper_repeat_cost": 0.03,
-                 "block_bytes": {"int8": 3 * 2 ** 20}, "block_fits_in": {"int8": ["L3"]}}]}
+        return {
+            "name": name,
+            "quant": "int8",
+            "ms_per_token": ms,
+            "latency_ratio_vs_unshared": ms / 10.0,
+            "paper_ms": paper,
+            "paper_ratio": paper and paper / 15.6,
+        }
+
+    report = {
+        "command": "python -m mobilellm bench --suite pte",
+        "machine": {
+            "cpu": "AMD EPYC",
+            "cpus_available": 2,
+            "load_average": [3.0],
+            "load_average_after": [5.5],
+            "git_commit": "abcdef0123",
+        },
+        "pte": [
+            {
+                "config": "mobilellm-125m at 2 blocks",
+                "weights": "random (seeded); whatever",
+                "new_tokens": 64,
+                "prompt_len": 16,
+                "repeats": 5,
+                "variants": [
+                    row("unshared", 10.0, 15.6),
+                    row("immediate", 11.0, 16.0),
+                    row("repeat_all", 12.0),
+                    row("deeper", 20.0, 29.0),
+                    row("executorch_llama", 13.0),
+                    row("llama_cpp", 9.0),
+                ],
+                "repeat_cost": {"int8": {"immediate": 0.1, "repeat_all": 0.2}},
+                "paper_repeat_cost": 0.03,
+                "block_bytes": {"int8": 3 * 2**20},
+                "block_fits_in": {"int8": ["L3"]},
+            }
+        ],
+    }
     path = tmp_path / "r.json"
     path.write_text(json.dumps(report))
     table = F.pte_latency_table(path)
@@ -78,23 +114,52 @@ def test_pte_latency_table_from_a_report(tmp_path):
 
 def _pte_run(quant, ms, load, commit):
     names = ("unshared", "immediate", "repeat_all", "deeper")
-    variants = [{"name": n, "quant": quant, "ms_per_token": m, "latency_ratio_vs_unshared": m / ms[0],
-                 "paper_ms": None, "paper_ratio": None, "bytes": {"8da4w": 20, "int8": 30, "fp32": 100}[quant] * 10**6}
-                for n, m in zip(names, ms, strict=True)]
-    return {"command": f"bench --pte-quants {quant}", "machine": {
-        "cpu": "AMD EPYC", "cpus_available": 2, "load_average": [load], "load_average_after": [load],
-        "git_commit": commit},
-        "pte": [{"config": "mobilellm-125m at 30 blocks", "weights": "random (seeded); x", "stored_blocks": 30,
-                 "new_tokens": 64, "prompt_len": 16, "repeats": 5, "variants": variants,
-                 "repeat_cost": {quant: {"immediate": 0.5, "repeat_all": 0.6}}, "paper_repeat_cost": 0.03,
-                 "block_bytes": {quant: 2 ** 20}, "block_fits_in": {quant: ["L3"]}, "skipped": {}}]}
+    variants = [
+        {
+            "name": n,
+            "quant": quant,
+            "ms_per_token": m,
+            "latency_ratio_vs_unshared": m / ms[0],
+            "paper_ms": None,
+            "paper_ratio": None,
+            "bytes": {"8da4w": 20, "int8": 30, "fp32": 100}[quant] * 10**6,
+        }
+        for n, m in zip(names, ms, strict=True)
+    ]
+    return {
+        "command": f"bench --pte-quants {quant}",
+        "machine": {
+            "cpu": "AMD EPYC",
+            "cpus_available": 2,
+            "load_average": [load],
+            "load_average_after": [load],
+            "git_commit": commit,
+        },
+        "pte": [
+            {
+                "config": "mobilellm-125m at 30 blocks",
+                "weights": "random (seeded); x",
+                "stored_blocks": 30,
+                "new_tokens": 64,
+                "prompt_len": 16,
+                "repeats": 5,
+                "variants": variants,
+                "repeat_cost": {quant: {"immediate": 0.5, "repeat_all": 0.6}},
+                "paper_repeat_cost": 0.03,
+                "block_bytes": {quant: 2**20},
+                "block_fits_in": {quant: ["L3"]},
+                "skipped": {},
+            }
+        ],
+    }
 
 
 def test_pte_latency_table_merges_one_run_per_format():
-    from mobilellm.bench import merge_pte_reports
+    from mobilellm.course.bench import merge_pte_reports
 
-    merged = merge_pte_reports([_pte_run("8da4w", [10, 15, 16, 20], 1.0, "aaaaaaa1"),
-                                _pte_run("fp32", [40, 50, 55, 80], 2.0, "bbbbbbb2")])
+    merged = merge_pte_reports(
+        [_pte_run("8da4w", [10, 15, 16, 20], 1.0, "aaaaaaa1"), _pte_run("fp32", [40, 50, 55, 80], 2.0, "bbbbbbb2")]
+    )
     assert [r["quants"] for r in merged["runs"]] == [["8da4w"], ["fp32"]]
     assert set(merged["pte"][0]["repeat_cost"]) == {"8da4w", "fp32"} and len(merged["pte"][0]["variants"]) == 8
     table = F.pte_latency_table(report=merged)

@@ -123,12 +123,32 @@ def test_two_gloo_processes_match_one(tmp_path, small_corpus_file, small_data, f
     cfg = json.dumps(cfg128().to_dict())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = tmp_path / "one.json"
-    subprocess.run([sys.executable, str(script), str(small_corpus_file), str(cache), str(single), "0", cfg],
-                   check=True, env=env, timeout=120)
+    subprocess.run(
+        [sys.executable, str(script), str(small_corpus_file), str(cache), str(single), "0", cfg],
+        check=True,
+        env=env,
+        timeout=120,
+    )
     double = tmp_path / "two.json"
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    str(script), str(small_corpus_file), str(cache), str(double), fsdp, cfg],
-                   check=True, env=env, timeout=180, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(small_corpus_file),
+            str(cache),
+            str(double),
+            fsdp,
+            cfg,
+        ],
+        check=True,
+        env=env,
+        timeout=180,
+        capture_output=True,
+    )
     one, two = json.loads(single.read_text()), json.loads(double.read_text())
     assert len(one) == len(two) == 4
     assert one == pytest.approx(two, abs=1e-5)

@@ -19,8 +19,9 @@ EXPECTED_VAL = 4.659578800201416
 @pytest.mark.parametrize("into_folder", [False, True], ids=["memory", "folder"])
 def test_loss_sequence_is_unchanged(tmp_path, small_data, into_folder):
     cfg = tiny_config(vocab_size=128, max_seq_len=32, init="fan_in")
-    tc = TrainConfig(max_steps=5, batch_size=8, lr=1e-2, warmup_steps=3, eval_every=5, eval_windows=4,
-                     progress=False, device="cpu")
+    tc = TrainConfig(
+        max_steps=5, batch_size=8, lr=1e-2, warmup_steps=3, eval_every=5, eval_windows=4, progress=False, device="cpu"
+    )
     _, r = train(cfg, tc, small_data, out=tmp_path / "run" if into_folder else None)
     # 1e-6 relative: far below any change of data order, initialisation or arithmetic, yet tolerant
     # of another CPU's last-bit rounding.

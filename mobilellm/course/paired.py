@@ -73,8 +73,10 @@ def paired(a: str, b: str, losses_a: dict[int, float], losses_b: dict[int, float
     """Compare ``b`` with ``a`` on the seeds both have (``{seed: validation loss}`` each)."""
     seeds = tuple(sorted(set(losses_a) & set(losses_b)))
     if not seeds:
-        raise ValueError(f"{a!r} and {b!r} share no seed (seeds {sorted(losses_a)} vs {sorted(losses_b)}): "
-                         "train both with the same seeds to compare them")
+        raise ValueError(
+            f"{a!r} and {b!r} share no seed (seeds {sorted(losses_a)} vs {sorted(losses_b)}): "
+            "train both with the same seeds to compare them"
+        )
     diffs = tuple(losses_b[s] - losses_a[s] for s in seeds)
     mean, low, high = t_interval(diffs)
     agree = sum(1 for d in diffs if (d > 0) == (mean > 0) and d != 0)
@@ -114,8 +116,11 @@ class Trend:
     def band(self, budget: float, level: float = 0.95) -> tuple[float, float]:
         """The confidence interval of the fitted mean at ``budget`` (wide far from the data)."""
         x = math.log10(budget)
-        half = (stats.t.ppf(0.5 + level / 2, df=self.n - 2) * self.resid_sd
-                * math.sqrt(1 / self.n + (x - self.x_mean) ** 2 / self.sxx))
+        half = (
+            stats.t.ppf(0.5 + level / 2, df=self.n - 2)
+            * self.resid_sd
+            * math.sqrt(1 / self.n + (x - self.x_mean) ** 2 / self.sxx)
+        )
         return self.at(budget) - half, self.at(budget) + half
 
 
@@ -125,8 +130,10 @@ def log_trend(budgets: list[float], diffs: list[float]) -> Trend:
         raise ValueError(f"{len(budgets)} budgets but {len(diffs)} differences: give one budget per difference")
     xs = [math.log10(b) for b in budgets]
     if len(xs) < 3 or len(set(xs)) < 2:
-        raise ValueError(f"a trend needs at least 3 differences at 2 or more budgets, got {len(xs)} at "
-                         f"{len(set(xs))}: train more budgets or seeds")
+        raise ValueError(
+            f"a trend needs at least 3 differences at 2 or more budgets, got {len(xs)} at "
+            f"{len(set(xs))}: train more budgets or seeds"
+        )
     x_mean, y_mean = statistics.fmean(xs), statistics.fmean(diffs)
     sxx = sum((x - x_mean) ** 2 for x in xs)
     slope = sum((x - x_mean) * (y - y_mean) for x, y in zip(xs, diffs, strict=True)) / sxx

@@ -14,6 +14,8 @@ changes nothing.
     MOBILELLM_DEVICE=cuda the device runs train on (default cpu)
     MOBILELLM_HEADLESS=1  no progress bars (notebooks executed unattended)
     MOBILELLM_COMMAND     the command recorded in each result's provenance
+    MOBILELLM_CACHE       where prepared tokens are cached (default: the checkout's data/cache;
+                          read by ``paths.cache_dir``)
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ class Settings:
     command: str | None = None  # None: this process's command line
 
     def __post_init__(self) -> None:
-        if self.seeds is not None and (not isinstance(self.seeds, int) or isinstance(self.seeds, bool)
-                                       or self.seeds < 1):
+        if self.seeds is not None and (
+            not isinstance(self.seeds, int) or isinstance(self.seeds, bool) or self.seeds < 1
+        ):
             raise ValueError(f"seeds ({self.seeds!r}) must be a positive integer, e.g. SEEDS=1")
 
     @classmethod
@@ -55,18 +58,26 @@ class Settings:
         seeds = env.get("MOBILELLM_SEEDS", "")
         if seeds and (not seeds.isdigit() or int(seeds) < 1):
             raise ValueError(f"MOBILELLM_SEEDS ({seeds!r}) must be a positive integer, e.g. SEEDS=1")
-        return cls(quick=_flag(env.get("MOBILELLM_QUICK")), seeds=int(seeds) if seeds else None,
-                   fresh=_flag(env.get("FRESH")),
-                   fresh_since=float(env.get("MOBILELLM_FRESH_SINCE") or _PROCESS_START),
-                   device=env.get("MOBILELLM_DEVICE") or "cpu",
-                   progress=not _flag(env.get("MOBILELLM_HEADLESS")),
-                   command=env.get("MOBILELLM_COMMAND") or None)
+        return cls(
+            quick=_flag(env.get("MOBILELLM_QUICK")),
+            seeds=int(seeds) if seeds else None,
+            fresh=_flag(env.get("FRESH")),
+            fresh_since=float(env.get("MOBILELLM_FRESH_SINCE") or _PROCESS_START),
+            device=env.get("MOBILELLM_DEVICE") or "cpu",
+            progress=not _flag(env.get("MOBILELLM_HEADLESS")),
+            command=env.get("MOBILELLM_COMMAND") or None,
+        )
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that make ``from_env`` in a child process return these settings."""
-        env = {"MOBILELLM_QUICK": "1" if self.quick else "", "MOBILELLM_SEEDS": str(self.seeds or ""),
-               "FRESH": "1" if self.fresh else "", "MOBILELLM_FRESH_SINCE": repr(self.fresh_since),
-               "MOBILELLM_DEVICE": self.device, "MOBILELLM_HEADLESS": "" if self.progress else "1"}
+        env = {
+            "MOBILELLM_QUICK": "1" if self.quick else "",
+            "MOBILELLM_SEEDS": str(self.seeds or ""),
+            "FRESH": "1" if self.fresh else "",
+            "MOBILELLM_FRESH_SINCE": repr(self.fresh_since),
+            "MOBILELLM_DEVICE": self.device,
+            "MOBILELLM_HEADLESS": "" if self.progress else "1",
+        }
         if self.command:
             env["MOBILELLM_COMMAND"] = self.command
         return env

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
-from .config import ModelConfig
+from ..config import ModelConfig
 from .experiments import Ablation, Recipe
 
 
@@ -24,8 +24,9 @@ def _teach(**kw) -> ModelConfig:
 
 # The paper's baseline (12 layers x 768, MHA, FC-ReLU-FC with 4x hidden, untied embeddings) at
 # teaching scale: 3 layers x 48, 4 heads, ReLU 192, untied — 132,432 parameters.
-TEACH_BASELINE = _teach(dim=48, n_layers=3, n_heads=4, n_kv_heads=4, ffn_hidden_dim=192, ffn_type="relu",
-                        share_embedding=False)
+TEACH_BASELINE = _teach(
+    dim=48, n_layers=3, n_heads=4, n_kv_heads=4, ffn_hidden_dim=192, ffn_type="relu", share_embedding=False
+)
 
 SWIGLU = Ablation(
     name="swiglu",
@@ -39,8 +40,15 @@ SWIGLU = Ablation(
 
 
 def _shape(n_layers: int, dim: int, n_heads: int, ffn_hidden_dim: int) -> ModelConfig:
-    return _teach(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_heads, ffn_hidden_dim=ffn_hidden_dim,
-                  ffn_type="swiglu", share_embedding=False)
+    return _teach(
+        dim=dim,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_heads,
+        ffn_hidden_dim=ffn_hidden_dim,
+        ffn_type="swiglu",
+        share_embedding=False,
+    )
 
 
 # Depth against width at the SwiGLU model's 132k parameters (±1%): FFN ≈ 8/3·d, head_dim 8-14.
@@ -64,7 +72,7 @@ def scaled(ab: Ablation, width: int, corpus: str | None = None) -> Ablation:
     variant's parameters, so that tokens per parameter stay as in the course. Run it with
     ``MOBILELLM_DEVICE=cuda python -m mobilellm ablation sharing --scale 8``. The embedded corpus has
     ~2.2M training tokens: beyond a few passes over it, pass a bigger ``corpus`` (e.g. ``tinystories``)."""
-    from .accounting import param_count
+    from ..accounting import param_count
 
     if not isinstance(width, int) or width < 1:
         raise ValueError(f"width ({width!r}) must be a positive integer, e.g. 4 or 8")
@@ -72,8 +80,12 @@ def scaled(ab: Ablation, width: int, corpus: str | None = None) -> Ablation:
         return ab
 
     def wider(c: ModelConfig) -> ModelConfig:
-        return c.replace(dim=c.dim * width, n_heads=c.n_heads * width, n_kv_heads=c.n_kv_heads * width,
-                         ffn_hidden_dim=c.ffn_hidden_dim * width)
+        return c.replace(
+            dim=c.dim * width,
+            n_heads=c.n_heads * width,
+            n_kv_heads=c.n_kv_heads * width,
+            ffn_hidden_dim=c.ffn_hidden_dim * width,
+        )
 
     variants = tuple((label, wider(c)) for label, c in ab.variants)
 
@@ -85,30 +97,51 @@ def scaled(ab: Ablation, width: int, corpus: str | None = None) -> Ablation:
     equal = [i for i, (_, c) in enumerate(ab.variants) if abs(size(c) / size(ab.variants[0][1]) - 1) <= 0.03]
     drift = max(abs(size(variants[i][1]) / size(variants[0][1]) - 1) for i in equal)
     if drift > 0.03:
-        warnings.warn(f"{ab.name} at {width}x: variants of equal size at 1x now differ by up to {drift:.0%}; "
-                      f"rebalance their widths before comparing them", stacklevel=2)
+        warnings.warn(
+            f"{ab.name} at {width}x: variants of equal size at 1x now differ by up to {drift:.0%}; "
+            f"rebalance their widths before comparing them",
+            stacklevel=2,
+        )
     grow = size(variants[0][1]) / size(ab.variants[0][1])
     recipe = dataclasses.replace(ab.recipe, tokens=int(ab.recipe.tokens * grow), corpus=corpus or ab.recipe.corpus)
-    return Ablation(name=f"{ab.name}-x{width}" + (f"-{corpus}" if corpus else ""), variants=variants,
-                    recipe=recipe, seeds=ab.seeds, question=f"{ab.question} ({width}x wider)")
+    return Ablation(
+        name=f"{ab.name}-x{width}" + (f"-{corpus}" if corpus else ""),
+        variants=variants,
+        recipe=recipe,
+        seeds=ab.seeds,
+        question=f"{ab.question} ({width}x wider)",
+    )
 
 
-def budget_sweep(ab: Ablation, labels: tuple[str, ...], factors: tuple[float, ...] = (0.25, 1.0, 3.0),
-                 seeds: tuple[int, ...] = (0,), kind: str = "budget") -> list[Ablation]:
+def budget_sweep(
+    ab: Ablation,
+    labels: tuple[str, ...],
+    factors: tuple[float, ...] = (0.25, 1.0, 3.0),
+    seeds: tuple[int, ...] = (0,),
+    kind: str = "budget",
+) -> list[Ablation]:
     """The same variants trained on ``factor`` × the recipe's tokens (≈5, 20, 60 tokens/parameter):
     does the ranking hold when the budget changes? The 1× point reuses the ablation's own runs.
     Each budget is an ablation named ``{ab.name}-{kind}-{factor}x``."""
     variants = tuple((label, ab.config(label)) for label in labels)
-    return [Ablation(name=f"{ab.name}-{kind}-{f:g}x", variants=variants, seeds=seeds,
-                     recipe=dataclasses.replace(ab.recipe, tokens=int(ab.recipe.tokens * f)),
-                     question=f"{ab.question} ({f:g}x the tokens)") for f in factors]
+    return [
+        Ablation(
+            name=f"{ab.name}-{kind}-{f:g}x",
+            variants=variants,
+            seeds=seeds,
+            recipe=dataclasses.replace(ab.recipe, tokens=int(ab.recipe.tokens * f)),
+            question=f"{ab.question} ({f:g}x the tokens)",
+        )
+        for f in factors
+    ]
 
 
 # The budget trend with paired seeds: the deep-thin extremes and the 5×40 optimum at ≈5, 19 and
 # 57 tokens per parameter (three seeds), and ≈150 (8x the tokens; ~9 passes over the corpus; two
 # seeds, as each 8x run costs 8 plain ones).
-DEPTH_TREND = (budget_sweep(DEPTH, ("2×56", "5×40", "8×32"), (0.25, 1.0, 3.0), (0, 1, 2), "trend")
-               + budget_sweep(DEPTH, ("2×56", "5×40", "8×32"), (8.0,), (0, 1), "trend"))
+DEPTH_TREND = budget_sweep(DEPTH, ("2×56", "5×40", "8×32"), (0.25, 1.0, 3.0), (0, 1, 2), "trend") + budget_sweep(
+    DEPTH, ("2×56", "5×40", "8×32"), (8.0,), (0, 1), "trend"
+)
 
 # The roadmap continues from a deep-and-thin shape fixed in advance (not picked from the sweep's
 # results): 5 x 40, 4 heads of 10 — so that 2 and 1 KV heads are possible in notebook 05.
@@ -144,7 +177,7 @@ GQA6 = GQA.config("GQA (2 KV heads)")
 SHARING = Ablation(
     name="sharing",
     question="Does running each block twice help at equal stored parameters, and how close does it get "
-             "to a model that stores twice the blocks?",
+    "to a model that stores twice the blocks?",
     variants=(
         ("no sharing", GQA6),
         # the same 131k stored parameters, 12 blocks executed: A A B B C C …
@@ -171,19 +204,19 @@ SHARING_ORDERS = Ablation(
 # Budget dependence of the later choices (notebook 03's budget figure): 0.25x, 1x, 3x the tokens
 # with three seeds (1x is the ablation itself), and 8x with two for tying. The 3x shared model of
 # seed 0 is also the roadmap's "final small MobileLLM, trained longer".
-EMBEDDING_TREND = (budget_sweep(EMBEDDING, ("untied", "tied"), (0.25, 1.0, 3.0), (0, 1, 2), "trend")
-                   + budget_sweep(EMBEDDING, ("untied", "tied"), (8.0,), (0, 1), "trend"))
+EMBEDDING_TREND = budget_sweep(EMBEDDING, ("untied", "tied"), (0.25, 1.0, 3.0), (0, 1, 2), "trend") + budget_sweep(
+    EMBEDDING, ("untied", "tied"), (8.0,), (0, 1), "trend"
+)
 SHARING_TREND = budget_sweep(SHARING, ("no sharing", "immediate ×2"), (0.25, 1.0, 3.0), (0, 1, 2), "trend")
 
 # Layer sharing where stored parameters are what is scarce: a model ~4x smaller than the teaching
 # models (tied 3 x 24, 4 heads of 6, 2 KV heads, SwiGLU 64: 31,464 parameters) trained to ~300
 # tokens per parameter, so that it is bound by what it can store rather than by its training.
-SCARCE = _teach(dim=24, n_layers=3, n_heads=4, n_kv_heads=2, ffn_hidden_dim=64, ffn_type="swiglu",
-                share_embedding=True)
+SCARCE = _teach(dim=24, n_layers=3, n_heads=4, n_kv_heads=2, ffn_hidden_dim=64, ffn_type="swiglu", share_embedding=True)
 SHARING_SCARCE = Ablation(
     name="sharing-scarce",
     question="When a model is bound by its stored parameters, does running each block twice buy back "
-             "what a model with twice the blocks gains?",
+    "what a model with twice the blocks gains?",
     variants=(
         ("no sharing", SCARCE),
         ("immediate ×2", SCARCE.replace(layer_sharing="immediate")),
@@ -215,9 +248,12 @@ def repetition(sweep: Ablation, every: int = 3) -> Ablation:
     """``sweep`` trained on every ``every``-th training play only, on the same tokens: ``every``×
     the passes over the data at the same budget. If a budget trend came from repeating the corpus,
     the paired difference moves here; if it came from the budget, it stays."""
-    return dataclasses.replace(sweep, name=f"{sweep.name}-repeat{every}",
-                               recipe=dataclasses.replace(sweep.recipe, train_docs_every=every),
-                               question=f"{sweep.question}, on every {every}th play ({every}x the passes)")
+    return dataclasses.replace(
+        sweep,
+        name=f"{sweep.name}-repeat{every}",
+        recipe=dataclasses.replace(sweep.recipe, train_docs_every=every),
+        question=f"{sweep.question}, on every {every}th play ({every}x the passes)",
+    )
 
 
 # The repetition test at ≈57 tokens per parameter (3x the tokens: ~3 passes over the corpus, ~9 over a
@@ -225,9 +261,24 @@ def repetition(sweep: Ablation, every: int = 3) -> Ablation:
 DEPTH_REPEAT = repetition(budget_sweep(DEPTH, ("2×56", "8×32"), (3.0,), (0, 1, 2), "trend")[0])
 EMBEDDING_REPEAT = repetition(budget_sweep(EMBEDDING, ("untied", "tied"), (3.0,), (0, 1, 2), "trend")[0])
 
-ABLATIONS = {ab.name: ab for ab in (SWIGLU, DEPTH, EMBEDDING, GQA, SHARING, SHARING_ORDERS, ROADMAP, SHARING_SCARCE,
-                                    *DEPTH_TREND, *EMBEDDING_TREND, *SHARING_TREND, DEPTH_REPEAT,
-                                    EMBEDDING_REPEAT)}
+ABLATIONS = {
+    ab.name: ab
+    for ab in (
+        SWIGLU,
+        DEPTH,
+        EMBEDDING,
+        GQA,
+        SHARING,
+        SHARING_ORDERS,
+        ROADMAP,
+        SHARING_SCARCE,
+        *DEPTH_TREND,
+        *EMBEDDING_TREND,
+        *SHARING_TREND,
+        DEPTH_REPEAT,
+        EMBEDDING_REPEAT,
+    )
+}
 
 
 def get_ablation(name: str) -> Ablation:

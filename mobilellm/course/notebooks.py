@@ -8,11 +8,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from .experiments import ROOT, provenance
+from .experiments import provenance
+from .paths import NOTEBOOKS_DIR, RESULTS_DIR
 from .settings import Settings
 
-NOTEBOOKS_DIR = ROOT / "notebooks"
-TIMES_FILE = ROOT / "data" / "results" / "notebook_times.json"
+TIMES_FILE = RESULTS_DIR / "notebook_times.json"
 
 
 def notebooks() -> list[Path]:
@@ -25,10 +25,15 @@ def kernel_env(settings: Settings) -> dict[str, str]:
     kernel), no progress bars in the committed outputs (ours or the libraries': datasets, lm-eval,
     transformers), and OpenMP workers that sleep rather than spin (several times faster training when two
     processes share the cores; read when torch starts, so it must be set before)."""
-    command = "make figures" + (" FRESH=1" if settings.fresh else "") + (f" SEEDS={settings.seeds}"
-                                                                         if settings.seeds else "")
-    return {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), "TQDM_DISABLE": "1",
-            **settings.replace(progress=False, command=settings.command or command).to_env()}
+    command = (
+        "make figures" + (" FRESH=1" if settings.fresh else "") + (f" SEEDS={settings.seeds}" if settings.seeds else "")
+    )
+    return {
+        **os.environ,
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+        "TQDM_DISABLE": "1",
+        **settings.replace(progress=False, command=settings.command or command).to_env(),
+    }
 
 
 def run_notebooks(only: list[str] | None = None, settings: Settings | None = None) -> dict[str, float]:
@@ -52,10 +57,14 @@ def run_notebooks(only: list[str] | None = None, settings: Settings | None = Non
         # Unix sockets rather than TCP: local only, and no "running over TCP without encryption"
         # warning from every kernel in the log.
         # (absolute socket path: the kernel runs in notebooks/, this process elsewhere)
-        km = KernelManager(kernel_name="python3", transport="ipc",
-                           ip=str(Path(tempfile.gettempdir()) / f"mobilellm-kernel-{os.getpid()}"))
-        client = NotebookClient(nb, km=km, timeout=None, kernel_name="python3",
-                                resources={"metadata": {"path": str(NOTEBOOKS_DIR)}})
+        km = KernelManager(
+            kernel_name="python3",
+            transport="ipc",
+            ip=str(Path(tempfile.gettempdir()) / f"mobilellm-kernel-{os.getpid()}"),
+        )
+        client = NotebookClient(
+            nb, km=km, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}
+        )
         try:
             client.execute(env=env)
         finally:
@@ -81,8 +90,13 @@ def record_times(times: dict[str, float], settings: Settings | None = None) -> d
     stored = json.loads(TIMES_FILE.read_text()) if TIMES_FILE.is_file() else {}
     prov = provenance(settings)
     for name, seconds in times.items():
-        stored[name] = {"seconds": seconds, "fresh": settings.fresh, "date": prov["date"], "commit": prov["commit"],
-                        "machine": prov["machine"]}
+        stored[name] = {
+            "seconds": seconds,
+            "fresh": settings.fresh,
+            "date": prov["date"],
+            "commit": prov["commit"],
+            "machine": prov["machine"],
+        }
     TIMES_FILE.parent.mkdir(parents=True, exist_ok=True)
     TIMES_FILE.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
     return stored

@@ -20,11 +20,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ..accounting import kv_cache_bytes_per_token, param_count
+from ..config import get_config
 from . import ablations as A
 from . import experiments as E
-from . import paper
-from .accounting import kv_cache_bytes_per_token, param_count
-from .config import get_config
+from . import paper, paths
 from .paired import Paired, Trend, log_trend
 
 
@@ -59,7 +59,7 @@ def _sharing_cost() -> str:
     report (eager fp32 on this CPU), the paper's from its iPhone table."""
     ms = paper.IPHONE13_MS
     theirs = f"paper, iPhone: ×{ms['MobileLLM-LS-125M'][2] / ms['MobileLLM-125M'][2]:.2f}"
-    path = E.RESULTS_DIR / "bench.json"
+    path = paths.RESULTS_DIR / "bench.json"
     try:
         rows = {v["name"]: v for v in json.loads(path.read_text())["sharing"][0]["variants"]}
         ours = rows["immediate"]["ms_per_token"] / rows["unshared"]["ms_per_token"]
@@ -72,29 +72,73 @@ def claims() -> list[Claim]:
     """The claims the course tests, in the order of the notebooks."""
     r, z, e = paper.ROADMAP_125M, paper.ZERO_SHOT, paper.EMBEDDING_SHARING
     return [
-        Claim("SwiGLU beats FC-ReLU-FC at equal parameters", f"{paper.step(r, 'baseline', '+ SwiGLU'):+.1f} points",
-              -1, A.SWIGLU, "ReLU (baseline)", "SwiGLU",
-              any_scale="equal parameters and equal FLOPs per token: trying it is free"),
-        Claim("deeper and thinner beats shallow and wide", f"{paper.step(r, '+ SwiGLU', '+ deep & thin'):+.1f} points",
-              -1, A.DEPTH, "2×56", "8×32", A.DEPTH_TREND,
-              any_scale="more sequential layers: slower per token on a CPU at equal parameters"),
-        Claim("sharing the embeddings costs little", f"{paper.step(r, '+ deep & thin', '+ tied embeddings'):+.1f} "
-              "points", +1, A.EMBEDDING, "untied", "tied", A.EMBEDDING_TREND,
-              any_scale=f"one vocab × dim table fewer: {_tied_saving()}"),
-        Claim("the saving spent on depth gains",
-              f"{paper.step(e, 'untied, 30 layers (135M)', 'tied, 32 layers (125M)'):+.1f} points (tied + 2 layers "
-              "vs untied)", -1, A.EMBEDDING,
-              "untied", "tied + 1 layer", any_scale="same parameters as untied, one more layer to run"),
-        Claim("fewer KV heads cost nothing", "no loss (16 → 4 KV heads)", 0, A.GQA, "MHA (4 KV heads)",
-              "GQA (2 KV heads)",
-              any_scale=f"KV cache {_kv_ratio():.0f}× smaller at 125M (9 query heads, 3 KV heads)"),
-        Claim("immediate layer sharing gains at equal stored parameters",
-              f"{z['MobileLLM-LS-125M'] - z['MobileLLM-125M']:+.1f} points (1T tokens)", -1, A.SHARING,
-              "no sharing", "immediate ×2", A.SHARING_TREND,
-              any_scale=_sharing_cost()),
-        Claim("sharing gains where parameters are scarce (31k, ~300 tokens/param)", "(the paper's mechanism)", -1,
-              A.SHARING_SCARCE, "no sharing", "immediate ×2",
-              any_scale="as above"),
+        Claim(
+            "SwiGLU beats FC-ReLU-FC at equal parameters",
+            f"{paper.step(r, 'baseline', '+ SwiGLU'):+.1f} points",
+            -1,
+            A.SWIGLU,
+            "ReLU (baseline)",
+            "SwiGLU",
+            any_scale="equal parameters and equal FLOPs per token: trying it is free",
+        ),
+        Claim(
+            "deeper and thinner beats shallow and wide",
+            f"{paper.step(r, '+ SwiGLU', '+ deep & thin'):+.1f} points",
+            -1,
+            A.DEPTH,
+            "2×56",
+            "8×32",
+            A.DEPTH_TREND,
+            any_scale="more sequential layers: slower per token on a CPU at equal parameters",
+        ),
+        Claim(
+            "sharing the embeddings costs little",
+            f"{paper.step(r, '+ deep & thin', '+ tied embeddings'):+.1f} points",
+            +1,
+            A.EMBEDDING,
+            "untied",
+            "tied",
+            A.EMBEDDING_TREND,
+            any_scale=f"one vocab × dim table fewer: {_tied_saving()}",
+        ),
+        Claim(
+            "the saving spent on depth gains",
+            f"{paper.step(e, 'untied, 30 layers (135M)', 'tied, 32 layers (125M)'):+.1f} points (tied + 2 layers "
+            "vs untied)",
+            -1,
+            A.EMBEDDING,
+            "untied",
+            "tied + 1 layer",
+            any_scale="same parameters as untied, one more layer to run",
+        ),
+        Claim(
+            "fewer KV heads cost nothing",
+            "no loss (16 → 4 KV heads)",
+            0,
+            A.GQA,
+            "MHA (4 KV heads)",
+            "GQA (2 KV heads)",
+            any_scale=f"KV cache {_kv_ratio():.0f}× smaller at 125M (9 query heads, 3 KV heads)",
+        ),
+        Claim(
+            "immediate layer sharing gains at equal stored parameters",
+            f"{z['MobileLLM-LS-125M'] - z['MobileLLM-125M']:+.1f} points (1T tokens)",
+            -1,
+            A.SHARING,
+            "no sharing",
+            "immediate ×2",
+            A.SHARING_TREND,
+            any_scale=_sharing_cost(),
+        ),
+        Claim(
+            "sharing gains where parameters are scarce (31k, ~300 tokens/param)",
+            "(the paper's mechanism)",
+            -1,
+            A.SHARING_SCARCE,
+            "no sharing",
+            "immediate ×2",
+            any_scale="as above",
+        ),
     ]
 
 
@@ -138,28 +182,39 @@ def _trend(claim: Claim) -> tuple[Trend | None, str]:
         return None, "not enough budgets yet"
     t = log_trend(xs, ys)
     low, high = t.slope_interval()
-    return t, (f"{t.slope:+.3f} [{low:+.3f}, {high:+.3f}] per 10× tokens "
-               f"({len(set(xs))} budgets, {min(xs):.0f}–{max(xs):.0f} tokens/param)")
+    return t, (
+        f"{t.slope:+.3f} [{low:+.3f}, {high:+.3f}] per 10× tokens "
+        f"({len(set(xs))} budgets, {min(xs):.0f}–{max(xs):.0f} tokens/param)"
+    )
 
 
 def verdict_table() -> str:
     """Every claim: the paper's number, ours (paired), its budget trend, what holds at any scale, a class."""
-    rows = ["| claim | paper | ours: variant − reference, paired by seed (nats) | as the budget grows | "
-            "holds at any scale | verdict |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| claim | paper | ours: variant − reference, paired by seed (nats) | as the budget grows | "
+        "holds at any scale | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in claims():
         found, _ = E.cached_runs(c.ablation)
         labels = {r.label for r in found}
         if not {c.reference, c.variant} <= labels:
-            rows.append(f"| {c.name} | {c.paper} | not run yet (`python -m mobilellm ablation {c.ablation.name}`) "
-                        f"| | {c.any_scale} | — |")
+            rows.append(
+                f"| {c.name} | {c.paper} | not run yet (`python -m mobilellm ablation {c.ablation.name}`) "
+                f"| | {c.any_scale} | — |"
+            )
             continue
         p = E.compare(found, c.reference, c.variant)
         trend, trend_text = _trend(c)
-        rows.append(f"| {c.name} | {c.paper} | {c.variant} − {c.reference}: {p.text()} | {trend_text} | "
-                    f"{c.any_scale} | **{classify(c.expect, p, trend)}** |")
-    note = ("\n\nOurs: validation loss at ~19 tokens per parameter (the 31k-parameter sharing test: ~300), lower "
-            "is better, so a negative difference means the paper's choice helped. The budget trend is a straight "
-            "line through the per-seed differences against log10(tokens per parameter), with its 95% interval; "
-            "a negative slope means the variant gains as training grows. Generated by "
-            "`mobilellm.claims.verdict_table()` from `data/results/`.")
+        rows.append(
+            f"| {c.name} | {c.paper} | {c.variant} − {c.reference}: {p.text()} | {trend_text} | "
+            f"{c.any_scale} | **{classify(c.expect, p, trend)}** |"
+        )
+    note = (
+        "\n\nOurs: validation loss at ~19 tokens per parameter (the 31k-parameter sharing test: ~300), lower "
+        "is better, so a negative difference means the paper's choice helped. The budget trend is a straight "
+        "line through the per-seed differences against log10(tokens per parameter), with its 95% interval; "
+        "a negative slope means the variant gains as training grows. Generated by "
+        "`mobilellm.claims.verdict_table()` from `data/results/`."
+    )
     return "\n".join(rows) + note

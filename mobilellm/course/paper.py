@@ -12,44 +12,66 @@ from __future__ import annotations
 # paper then trains the GQA model on 1T tokens (46.3) and adds layer sharing (47.0). Its GQA step
 # also spends the embedding saving on depth (32 layers; see EMBEDDING_SHARING).
 ROADMAP_125M = {
-    "baseline": 42.6,           # 12 layers x 768, FC-ReLU-FC, MHA, untied embeddings
+    "baseline": 42.6,  # 12 layers x 768, FC-ReLU-FC, MHA, untied embeddings
     "+ SwiGLU": 43.9,
-    "+ deep & thin": 44.8,      # 30 layers, same parameters
+    "+ deep & thin": 44.8,  # 30 layers, same parameters
     "+ tied embeddings": 44.6,  # 11.8% fewer parameters
-    "+ GQA": 45.0,              # 16 -> 4 KV heads, with the saved parameters reinvested as depth
-    "1T tokens": 46.3,          # MobileLLM-125M
-    "+ layer sharing": 47.0,    # MobileLLM-LS-125M (immediate block-wise sharing, 1T tokens)
+    "+ GQA": 45.0,  # 16 -> 4 KV heads, with the saved parameters reinvested as depth
+    "1T tokens": 46.3,  # MobileLLM-125M
+    "+ layer sharing": 47.0,  # MobileLLM-LS-125M (immediate block-wise sharing, 1T tokens)
 }
 ROADMAP_TOKENS = "0.25T tokens (the last two steps 1T)"
 
 # Embedding sharing at 125M, 0.25T tokens (the embedding-sharing ablation): untied 30 layers, tied
 # 30 layers, tied with the saved parameters spent on two more layers.
-EMBEDDING_SHARING = {"untied, 30 layers (135M)": 44.8, "tied, 30 layers (119M)": 44.6,
-                     "tied, 32 layers (125M)": 45.0}
+EMBEDDING_SHARING = {"untied, 30 layers (135M)": 44.8, "tied, 30 layers (119M)": 44.6, "tied, 32 layers (125M)": 45.0}
 
 # Layer-sharing strategies (the sharing-strategy ablation) at equal stored parameters: average
 # accuracy of the two strategies the paper compares most closely, for 125M and 350M.
-SHARING_STRATEGIES = {"125M": {"immediate block-wise": 45.0, "repeat-all-over": 45.2},
-                      "350M": {"immediate block-wise": 50.2, "repeat-all-over": 50.7}}
+SHARING_STRATEGIES = {
+    "125M": {"immediate block-wise": 45.0, "repeat-all-over": 45.2},
+    "350M": {"immediate block-wise": 50.2, "repeat-all-over": 50.7},
+}
 
 # Final models (Table 3), 1T tokens: average over the eight tasks, and per task for 125M and 350M.
 TASKS = ("ARC-e", "ARC-c", "BoolQ", "PIQA", "SIQA", "HellaSwag", "OBQA", "WinoGrande")
-ZERO_SHOT = {"MobileLLM-125M": 46.3, "MobileLLM-LS-125M": 47.0, "MobileLLM-350M": 51.3,
-             "MobileLLM-LS-350M": 52.1, "MobileLLM-600M": 54.3, "MobileLLM-1B": 57.3, "MobileLLM-1.5B": 59.4,
-             "OPT-125M": 42.6, "Pythia-160M": 42.5, "RWKV-169M": 43.6, "Pythia-410M": 46.6, "RWKV-430M": 47.0}
-PER_TASK = {"MobileLLM-125M": dict(zip(TASKS, (43.9, 27.1, 60.2, 65.3, 42.4, 38.9, 39.5, 53.1), strict=True)),
-            "MobileLLM-350M": dict(zip(TASKS, (53.8, 33.5, 62.4, 68.6, 44.7, 49.6, 40.0, 57.6), strict=True))}
+ZERO_SHOT = {
+    "MobileLLM-125M": 46.3,
+    "MobileLLM-LS-125M": 47.0,
+    "MobileLLM-350M": 51.3,
+    "MobileLLM-LS-350M": 52.1,
+    "MobileLLM-600M": 54.3,
+    "MobileLLM-1B": 57.3,
+    "MobileLLM-1.5B": 59.4,
+    "OPT-125M": 42.6,
+    "Pythia-160M": 42.5,
+    "RWKV-169M": 43.6,
+    "Pythia-410M": 46.6,
+    "RWKV-430M": 47.0,
+}
+PER_TASK = {
+    "MobileLLM-125M": dict(zip(TASKS, (43.9, 27.1, 60.2, 65.3, 42.4, 38.9, 39.5, 53.1), strict=True)),
+    "MobileLLM-350M": dict(zip(TASKS, (53.8, 33.5, 62.4, 68.6, 44.7, 49.6, 40.0, 57.6), strict=True)),
+}
 
 # On-device latency (the latency study, iPhone 13, ExecuTorch, fp16), milliseconds: load, init, execute per token.
-IPHONE13_MS = {"MobileLLM-125M": (39.2, 1361.7, 15.6), "MobileLLM-LS-125M": (43.6, 1388.2, 16.0),
-               "60 layers, unshared": (68.6, 3347.7, 29.0)}
+IPHONE13_MS = {
+    "MobileLLM-125M": (39.2, 1361.7, 15.6),
+    "MobileLLM-LS-125M": (43.6, 1388.2, 16.0),
+    "60 layers, unshared": (68.6, 3347.7, 29.0),
+}
 
 # W8A8 post-training quantization (per-token activations): under half a point lost.
 W8A8_MAX_LOSS_POINTS = 0.5
 
 # Pretraining: 1T tokens on 32 A100s, days per model (keyed by this package's config names).
-TRAINING_DAYS = {"mobilellm-125m": 3, "mobilellm-350m": 6, "mobilellm-600m": 8, "mobilellm-1b": 12,
-                 "mobilellm-1.5b": 18}
+TRAINING_DAYS = {
+    "mobilellm-125m": 3,
+    "mobilellm-350m": 6,
+    "mobilellm-600m": 8,
+    "mobilellm-1b": 12,
+    "mobilellm-1.5b": 18,
+}
 
 
 def roadmap_steps() -> dict[str, float]:

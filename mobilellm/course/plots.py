@@ -15,8 +15,15 @@ from .experiments import RunRecord, compare, output_dirs, summarize
 from .paired import log_trend
 
 STYLE = {
-    "figure.dpi": 110, "savefig.dpi": 130, "font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12,
-    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
+    "figure.dpi": 110,
+    "savefig.dpi": 130,
+    "font.size": 12,
+    "axes.titlesize": 13,
+    "axes.labelsize": 12,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
     "legend.frameon": False,
 }
 OURS, PAPER = "#1f77b4", "#7f7f7f"
@@ -39,7 +46,7 @@ def style() -> Iterator[None]:
 
 
 def seeds_label(n: int) -> str:
-    """"1 seed", "3 seeds"."""
+    """ "1 seed", "3 seeds"."""
     return f"{n} seed{'s' if n != 1 else ''}"
 
 
@@ -52,8 +59,9 @@ def save(fig, name: str) -> Path:
     return path
 
 
-def _paper_panel(ax, paper: dict[str, float], label: str = "zero-shot avg. accuracy",
-                 title: str = "paper: 125M, 0.25T tokens") -> None:
+def _paper_panel(
+    ax, paper: dict[str, float], label: str = "zero-shot avg. accuracy", title: str = "paper: 125M, 0.25T tokens"
+) -> None:
     """The paper's numbers as grey bars of their change from the first entry, in points, on an axis
     that starts at zero: a 0.2-point step looks as small as it is. Each bar is labelled with the
     change and the paper's absolute number."""
@@ -61,8 +69,14 @@ def _paper_panel(ax, paper: dict[str, float], label: str = "zero-shot avg. accur
     ref = paper[labels[0]]
     deltas = [paper[k] - ref for k in labels]
     bars = ax.bar(range(len(labels)), deltas, color=PAPER, width=0.6)
-    ax.bar_label(bars, labels=[f"{paper[k]:.1f}" if i == 0 else f"{d:+.1f}\n({paper[k]:.1f})"
-                               for i, (k, d) in enumerate(zip(labels, deltas, strict=True))], fontsize=10)
+    ax.bar_label(
+        bars,
+        labels=[
+            f"{paper[k]:.1f}" if i == 0 else f"{d:+.1f}\n({paper[k]:.1f})"
+            for i, (k, d) in enumerate(zip(labels, deltas, strict=True))
+        ],
+        fontsize=10,
+    )
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(range(len(labels)), labels)
     top = max(max(deltas), 0) + 0.6
@@ -76,8 +90,13 @@ def _ours_and_paper(paper: dict | None, n_variants: int = 3):
     a narrower one for the paper's numbers when given."""
     ours = max(6.2, 2.1 * n_variants)
     widths = [ours, 6.2 / 1.4] if paper else [ours]
-    return plt.subplots(1, len(widths), figsize=(sum(widths) + (1.8 if paper else 0), 4.2), squeeze=False,
-                        gridspec_kw={"width_ratios": widths})
+    return plt.subplots(
+        1,
+        len(widths),
+        figsize=(sum(widths) + (1.8 if paper else 0), 4.2),
+        squeeze=False,
+        gridspec_kw={"width_ratios": widths},
+    )
 
 
 def _finish(fig, name: str | None, title: str | None = None):
@@ -90,9 +109,14 @@ def _finish(fig, name: str | None, title: str | None = None):
     return fig
 
 
-def ablation(records: list[RunRecord], title: str, paper: dict[str, float] | None = None,
-             paper_label: str = "zero-shot avg. accuracy", name: str | None = None,
-             paper_title: str = "paper: 125M, 0.25T tokens"):
+def ablation(
+    records: list[RunRecord],
+    title: str,
+    paper: dict[str, float] | None = None,
+    paper_label: str = "zero-shot avg. accuracy",
+    name: str | None = None,
+    paper_title: str = "paper: 125M, 0.25T tokens",
+):
     """Left: our validation loss per variant (every seed a dot, mean ± std as a bar).
     Right (if ``paper``): the paper's numbers for the same steps, on their own axis."""
     with style():
@@ -102,16 +126,30 @@ def ablation(records: list[RunRecord], title: str, paper: dict[str, float] | Non
         for i, s in enumerate(summary):
             ax.errorbar(i, s["mean"], yerr=s["std"], fmt="s", color=OURS, ms=9, capsize=6, zorder=3)
             for j, loss in enumerate(s["losses"]):
-                ax.scatter(i + 0.12, loss, color=SEED_COLORS[j % len(SEED_COLORS)], s=22, zorder=4,
-                           label=f"seed {j}" if i == 0 else None)
-            ax.annotate(f"{s['mean']:.3f}", (i, s["mean"]), xytext=(-14, 0), textcoords="offset points",
-                        ha="right", va="center", fontsize=11)
+                ax.scatter(
+                    i + 0.12,
+                    loss,
+                    color=SEED_COLORS[j % len(SEED_COLORS)],
+                    s=22,
+                    zorder=4,
+                    label=f"seed {j}" if i == 0 else None,
+                )
+            ax.annotate(
+                f"{s['mean']:.3f}",
+                (i, s["mean"]),
+                xytext=(-14, 0),
+                textcoords="offset points",
+                ha="right",
+                va="center",
+                fontsize=11,
+            )
         ax.set_xticks(range(len(summary)), [f"{s['label']}\n{s['params']:,} params" for s in summary])
         ax.set_xlim(-0.6, len(summary) - 0.4)
         ax.set_ylabel("validation loss (nats/token) ↓")
         tok, n = summary[0]["tokens"], len(summary[0]["losses"])
-        ax.set_title(f"ours: {tok / 1e6:.1f}M tokens; " + (f"mean ± 1 SD over {seeds_label(n)}" if n > 1 else
-                                                           seeds_label(n)))
+        ax.set_title(
+            f"ours: {tok / 1e6:.1f}M tokens; " + (f"mean ± 1 SD over {seeds_label(n)}" if n > 1 else seeds_label(n))
+        )
         if n > 1:
             ax.legend(loc="best", fontsize=9)
         if paper:
@@ -131,11 +169,16 @@ def loss_curves(records: list[RunRecord], title: str, name: str | None = None, t
             tokens_per_step = r.tokens / max(1, r.val_curve[-1][0])
             first = r.seed == min(x.seed for x in records if x.label == r.label)
             if train and r.train_curve:
-                ax.plot([s * tokens_per_step / 1e6 for s, _ in r.train_curve], [v for _, v in r.train_curve],
-                        color=color, alpha=0.35, lw=0.8, ls="--")
+                ax.plot(
+                    [s * tokens_per_step / 1e6 for s, _ in r.train_curve],
+                    [v for _, v in r.train_curve],
+                    color=color,
+                    alpha=0.35,
+                    lw=0.8,
+                    ls="--",
+                )
             xs = [s * tokens_per_step / 1e6 for s, _ in r.val_curve]
-            ax.plot(xs, [v for _, v in r.val_curve], color=color, alpha=0.9, lw=1.6,
-                    label=r.label if first else None)
+            ax.plot(xs, [v for _, v in r.val_curve], color=color, alpha=0.9, lw=1.6, label=r.label if first else None)
         if train:
             ax.plot([], [], color="grey", lw=1.6, label="validation (solid)")
             ax.plot([], [], color="grey", lw=0.8, ls="--", alpha=0.6, label="training (dashed)")
@@ -149,8 +192,15 @@ def loss_curves(records: list[RunRecord], title: str, name: str | None = None, t
         return _finish(fig, name)
 
 
-def versus(records: list[RunRecord], x_of, xlabel: str, title: str, paper: dict[str, float] | None = None,
-           name: str | None = None, logx: bool = False):
+def versus(
+    records: list[RunRecord],
+    x_of,
+    xlabel: str,
+    title: str,
+    paper: dict[str, float] | None = None,
+    name: str | None = None,
+    logx: bool = False,
+):
     """Validation loss against a numeric property of each variant (e.g. its depth), seeds as dots."""
     with style():
         summary = summarize(records)
@@ -168,15 +218,19 @@ def versus(records: list[RunRecord], x_of, xlabel: str, title: str, paper: dict[
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation loss (nats/token) ↓")
         n = len(summary[0]["losses"])
-        ax.set_title(f"ours: {summary[0]['tokens'] / 1e6:.1f}M tokens, ~{summary[0]['params'] / 1e3:.0f}k params; "
-                     + (f"mean ± 1 SD over {seeds_label(n)}" if n > 1 else seeds_label(n)), fontsize=11)
+        ax.set_title(
+            f"ours: {summary[0]['tokens'] / 1e6:.1f}M tokens, ~{summary[0]['params'] / 1e3:.0f}k params; "
+            + (f"mean ± 1 SD over {seeds_label(n)}" if n > 1 else seeds_label(n)),
+            fontsize=11,
+        )
         if paper:
             _paper_panel(axes[0, 1], paper)
         return _finish(fig, name, title)
 
 
-def _budget_axes(ax, a: str, b: str, runs: dict[int, list[RunRecord]], title: str,
-                 extrapolate_to: float | None = None) -> None:
+def _budget_axes(
+    ax, a: str, b: str, runs: dict[int, list[RunRecord]], title: str, extrapolate_to: float | None = None
+) -> None:
     """One panel of ``budget_panels``: ``b − a`` per seed (dots) and its mean with the 95% interval,
     at each training budget; a zero line; optionally a fitted trend drawn out to ``extrapolate_to``."""
     xs_all, ys_all = [], []
@@ -185,13 +239,23 @@ def _budget_axes(ax, a: str, b: str, runs: dict[int, list[RunRecord]], title: st
         x = tokens / next(r.params for r in recs if r.label == a)
         ax.scatter([x] * p.n, p.diffs, color="k", s=16, alpha=0.5, zorder=4)
         if p.n > 1:
-            ax.errorbar(x, p.mean, yerr=[[p.mean - p.low], [p.high - p.mean]], fmt="s", color=OURS, ms=7,
-                        capsize=5, zorder=3)
+            ax.errorbar(
+                x, p.mean, yerr=[[p.mean - p.low], [p.high - p.mean]], fmt="s", color=OURS, ms=7, capsize=5, zorder=3
+            )
         else:
             ax.scatter(x, p.mean, marker="s", color=OURS, s=40, zorder=3)
         # the seed count along the top edge, above its budget (clear of the points, bars and legend)
-        ax.annotate(seeds_label(p.n), (x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 3),
-                    textcoords="offset points", ha="center", va="bottom", fontsize=9, color="dimgray")
+        ax.annotate(
+            seeds_label(p.n),
+            (x, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=9,
+            color="dimgray",
+        )
         xs_all += [x] * p.n
         ys_all += list(p.diffs)
     ax.axhline(0, color="k", lw=0.8)
@@ -199,8 +263,14 @@ def _budget_axes(ax, a: str, b: str, runs: dict[int, list[RunRecord]], title: st
         trend = log_trend(xs_all, ys_all)
         grid = np.logspace(np.log10(min(xs_all)), np.log10(extrapolate_to), 60)
         lo, hi = zip(*(trend.band(g) for g in grid), strict=True)
-        ax.plot(grid, [trend.at(g) for g in grid], "--", color=OURS, lw=1.2,
-                label=f"linear in log budget: {trend.slope:+.3f} per 10×")
+        ax.plot(
+            grid,
+            [trend.at(g) for g in grid],
+            "--",
+            color=OURS,
+            lw=1.2,
+            label=f"linear in log budget: {trend.slope:+.3f} per 10×",
+        )
         ax.fill_between(grid, lo, hi, color=OURS, alpha=0.12, label="95% band (extrapolation: a hypothesis)")
         ax.axvline(max(xs_all), color="grey", lw=0.6, ls=":")
         ax.legend(fontsize=8, loc="best")
@@ -212,8 +282,13 @@ def _budget_axes(ax, a: str, b: str, runs: dict[int, list[RunRecord]], title: st
     ax.set_title(title, fontsize=12, pad=18)
 
 
-def budget_panels(panels: dict[str, tuple[str, str, dict[int, list[RunRecord]]]], title: str | None = None,
-                  name: str | None = None, extrapolate_to: float | None = None, ncols: int = 3):
+def budget_panels(
+    panels: dict[str, tuple[str, str, dict[int, list[RunRecord]]]],
+    title: str | None = None,
+    name: str | None = None,
+    extrapolate_to: float | None = None,
+    ncols: int = 3,
+):
     """Several paired budget comparisons, ``ncols`` to a row: per panel ``(a, b, {tokens: runs})``;
     each point is ``b − a`` seed by seed, the square its mean with a 95% t-interval."""
     ncols = min(ncols, len(panels))
@@ -223,7 +298,7 @@ def budget_panels(panels: dict[str, tuple[str, str, dict[int, list[RunRecord]]]]
         flat = list(axes.flat)
         for ax, (panel_title, (a, b, runs)) in zip(flat, panels.items(), strict=False):
             _budget_axes(ax, a, b, runs, panel_title, extrapolate_to)
-        for ax in flat[len(panels):]:
+        for ax in flat[len(panels) :]:
             ax.set_visible(False)
         return _finish(fig, name, title)
 
@@ -248,8 +323,16 @@ def pairs(records: list[RunRecord], a: str, b: str, title: str, name: str | None
         for i, d in enumerate(p.diffs):
             right.scatter(0, d, color=SEED_COLORS[i % len(SEED_COLORS)], s=30, zorder=4)
         if p.n > 1:
-            right.errorbar(0.25, p.mean, yerr=[[p.mean - p.low], [p.high - p.mean]], fmt="s", color="k", ms=7,
-                           capsize=6, label="mean, 95% t-interval")
+            right.errorbar(
+                0.25,
+                p.mean,
+                yerr=[[p.mean - p.low], [p.high - p.mean]],
+                fmt="s",
+                color="k",
+                ms=7,
+                capsize=6,
+                label="mean, 95% t-interval",
+            )
             right.legend(fontsize=9, loc="best")
         right.axhline(0, color="k", lw=0.8)
         right.set_xlim(-0.5, 0.75)
@@ -266,20 +349,37 @@ def roadmap(records: list[RunRecord], paper_steps: dict[str, float], title: str,
     empty). Both axes start at zero, and better is up in both (our loss change is drawn negated)."""
     labels = list(dict.fromkeys(r.label for r in records))
     with style():
-        fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7.5), sharex=True,
-                                          gridspec_kw={"height_ratios": [1.3, 1]})
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7.5), sharex=True, gridspec_kw={"height_ratios": [1.3, 1]})
         for i, (prev, cur) in enumerate(zip(labels, labels[1:], strict=False), start=1):
             p = compare(records, prev, cur)
             top.scatter([i + 0.12] * p.n, [-d for d in p.diffs], color="k", s=14, alpha=0.5, zorder=4)
-            top.errorbar(i, -p.mean, yerr=[[p.high - p.mean], [p.mean - p.low]] if p.n > 1 else None, fmt="s",
-                         color=OURS, ms=8, capsize=5, zorder=3)
-            top.annotate(f"{-p.mean:+.3f}\n{p.agree}/{p.n}", (i, -p.mean), xytext=(-12, 0),
-                         textcoords="offset points", ha="right", va="center", fontsize=9)
+            top.errorbar(
+                i,
+                -p.mean,
+                yerr=[[p.high - p.mean], [p.mean - p.low]] if p.n > 1 else None,
+                fmt="s",
+                color=OURS,
+                ms=8,
+                capsize=5,
+                zorder=3,
+            )
+            top.annotate(
+                f"{-p.mean:+.3f}\n{p.agree}/{p.n}",
+                (i, -p.mean),
+                xytext=(-12, 0),
+                textcoords="offset points",
+                ha="right",
+                va="center",
+                fontsize=9,
+            )
         top.axhline(0, color="k", lw=0.8)
         top.set_ylabel("ours: loss decrease vs the\nstep before (nats) ↑", fontsize=11)
         n = max(len({r.seed for r in records if r.label == lab}) for lab in labels)
-        top.set_title(f"ours: ~{records[0].params / 1e3:.0f}k parameters, {records[0].tokens / 1e6:.1f}M tokens, "
-                      f"paired over {seeds_label(n)} (labels: mean, seeds agreeing in sign)", fontsize=11)
+        top.set_title(
+            f"ours: ~{records[0].params / 1e3:.0f}k parameters, {records[0].tokens / 1e6:.1f}M tokens, "
+            f"paired over {seeds_label(n)} (labels: mean, seeds agreeing in sign)",
+            fontsize=11,
+        )
         have = [(i, paper_steps[lab]) for i, lab in enumerate(labels) if lab in paper_steps]
         bars = bottom.bar([i for i, _ in have], [v for _, v in have], color=PAPER, width=0.55)
         bottom.bar_label(bars, fmt="%+.1f", fontsize=11)

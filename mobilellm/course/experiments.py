@@ -23,15 +23,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._files import write_atomic
-from .config import ModelConfig
+from .._files import write_atomic
+from ..config import ModelConfig
+from . import paths
 from .paired import Paired, paired
+from .paths import ROOT, cache_dir
 from .settings import Settings
 
 RESULTS_VERSION = 1  # bump when the training code changes what a run measures
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = ROOT / "data" / "results"
-FIGURES_DIR = ROOT / "figures"
 
 
 def quick_mode(settings: Settings | None = None) -> bool:
@@ -46,7 +45,7 @@ def seeds_of(ab: Ablation, settings: Settings | None = None) -> tuple[int, ...]:
     settings = settings or Settings.from_env()
     if settings.quick:
         return ab.seeds[:1]
-    return ab.seeds[:settings.seeds] if settings.seeds else ab.seeds
+    return ab.seeds[: settings.seeds] if settings.seeds else ab.seeds
 
 
 def _reusable(path: Path, settings: Settings) -> bool:
@@ -66,7 +65,7 @@ def output_dirs(settings: Settings | None = None) -> tuple[Path, Path]:
         if _QUICK_DIR is None:
             _QUICK_DIR = Path(tempfile.mkdtemp(prefix="mobilellm-quick-"))
         return _QUICK_DIR / "results", _QUICK_DIR / "figures"
-    return RESULTS_DIR, FIGURES_DIR
+    return paths.RESULTS_DIR, paths.FIGURES_DIR
 
 
 @dataclass(frozen=True)
@@ -88,8 +87,10 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if not isinstance(self.train_docs_every, int) or self.train_docs_every < 1:
-            raise ValueError(f"train_docs_every ({self.train_docs_every!r}) must be a positive integer "
-                             f"(1: every training document, 3: every third)")
+            raise ValueError(
+                f"train_docs_every ({self.train_docs_every!r}) must be a positive integer "
+                f"(1: every training document, 3: every third)"
+            )
 
     def key(self) -> dict:
         """The fields that make a run, for its hash. Fields added later are left out at their default,
@@ -106,17 +107,26 @@ class Recipe:
 
     def quick(self) -> Recipe:
         """The same recipe shrunk to a few steps (quick mode)."""
-        return dataclasses.replace(self, tokens=12 * self.batch_size * self.seq_len, warmup_steps=3,
-                                   evals=2, eval_windows=8)
+        return dataclasses.replace(
+            self, tokens=12 * self.batch_size * self.seq_len, warmup_steps=3, evals=2, eval_windows=8
+        )
 
     def train_config(self, seed: int, device: str = "cpu", progress: bool = True):
         """The TrainConfig of one run."""
-        from .train import TrainConfig
+        from ..train import TrainConfig
 
-        return TrainConfig(max_steps=self.steps, batch_size=self.batch_size, seq_len=self.seq_len, lr=self.lr,
-                           warmup_steps=min(self.warmup_steps, self.steps), seed=seed,
-                           eval_every=max(1, self.steps // self.evals), eval_windows=self.eval_windows,
-                           device=device, progress=progress)
+        return TrainConfig(
+            max_steps=self.steps,
+            batch_size=self.batch_size,
+            seq_len=self.seq_len,
+            lr=self.lr,
+            warmup_steps=min(self.warmup_steps, self.steps),
+            seed=seed,
+            eval_every=max(1, self.steps // self.evals),
+            eval_windows=self.eval_windows,
+            device=device,
+            progress=progress,
+        )
 
 
 @dataclass(frozen=True)
@@ -135,8 +145,9 @@ class Ablation:
             raise ValueError(f"ablation {self.name!r} has duplicate labels {labels}")
         vocab = {c.vocab_size for _, c in self.variants}
         if vocab != {self.recipe.vocab_size}:
-            raise ValueError(f"ablation {self.name!r}: every variant needs vocab_size {self.recipe.vocab_size}, "
-                             f"got {sorted(vocab)}")
+            raise ValueError(
+                f"ablation {self.name!r}: every variant needs vocab_size {self.recipe.vocab_size}, got {sorted(vocab)}"
+            )
 
     def config(self, label: str) -> ModelConfig:
         """The variant called ``label``."""
@@ -174,8 +185,16 @@ class RunRecord:
 
 def run_key(cfg: ModelConfig, recipe: Recipe, data_fingerprint: str, seed: int) -> str:
     """Hash of everything that determines a run's result."""
-    blob = json.dumps({"config": cfg.to_dict(), "recipe": recipe.key(), "data": data_fingerprint,
-                       "seed": seed, "version": RESULTS_VERSION}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "config": cfg.to_dict(),
+            "recipe": recipe.key(),
+            "data": data_fingerprint,
+            "seed": seed,
+            "version": RESULTS_VERSION,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -204,29 +223,44 @@ def provenance(settings: Settings | None = None) -> dict:
 
     commit = git("rev-parse", "--short=12", "HEAD")
     dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", "mobilellm"))
-    return {"commit": commit + ("+dirty" if dirty else ""),
-            "command": settings.command or " ".join(sys.argv),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "device": settings.device,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {torch.get_num_threads()} threads",
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    return {
+        "commit": commit + ("+dirty" if dirty else ""),
+        "command": settings.command or " ".join(sys.argv),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": settings.device,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {torch.get_num_threads()} threads",
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
 
 
 _DATA_CACHE: dict = {}
+
+
+def tokens(corpus: str = "shakespeare", vocab_size: int = 512):
+    """``data.prepare(corpus, vocab_size)`` with the course's token cache (``data/cache``, or
+    ``$MOBILELLM_CACHE``), memoised per process: what the notebooks train and sample on."""
+    from ..data import prepare
+
+    key = (corpus, vocab_size)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE[key] = prepare(corpus, vocab_size, cache_dir=cache_dir())
+    return _DATA_CACHE[key]
 
 
 def load_data(recipe: Recipe):
     """Prepared tokens for a recipe (memoised per process); with ``train_docs_every`` > 1, the
     training split keeps every k-th document (the fingerprint stays the full corpus's: the recipe
     says which part of it trained)."""
-    from .data import every_kth_document, prepare
+    from ..data import every_kth_document
 
     key = (recipe.corpus, recipe.vocab_size, recipe.train_docs_every)
     if key not in _DATA_CACHE:
-        data = prepare(recipe.corpus, recipe.vocab_size)
+        data = tokens(recipe.corpus, recipe.vocab_size)
         if recipe.train_docs_every > 1:
-            data = dataclasses.replace(data, train=every_kth_document(data.train, data.tokenizer.eos_id,
-                                                                      recipe.train_docs_every))
+            data = dataclasses.replace(
+                data, train=every_kth_document(data.train, data.tokenizer.eos_id, recipe.train_docs_every)
+            )
         _DATA_CACHE[key] = data
     return _DATA_CACHE[key]
 
@@ -236,10 +270,16 @@ def passes(recipe: Recipe) -> float:
     return recipe.tokens / len(load_data(recipe).train)
 
 
-def run_one(label: str, cfg: ModelConfig, recipe: Recipe, seed: int, settings: Settings | None = None,
-            results_dir: Path | None = None) -> RunRecord:
+def run_one(
+    label: str,
+    cfg: ModelConfig,
+    recipe: Recipe,
+    seed: int,
+    settings: Settings | None = None,
+    results_dir: Path | None = None,
+) -> RunRecord:
     """Train one (variant, seed) unless its result is cached; return the record."""
-    from .train import train
+    from ..train import train
 
     settings = settings or Settings.from_env()
     results_dir = results_dir or output_dirs(settings)[0]
@@ -249,8 +289,11 @@ def run_one(label: str, cfg: ModelConfig, recipe: Recipe, seed: int, settings: S
         return dataclasses.replace(RunRecord(**json.loads(path.read_text())), label=label, path=path)
     print(f"training {label!r} ({describe(cfg)}), seed {seed}: {recipe.steps} steps", flush=True)
     model, res = train(cfg, recipe.train_config(seed, settings.device, settings.progress), data)
-    print(f"  done: validation loss {res.final_val_loss:.4f} after {res.tokens:,} tokens, {res.wall_time:.0f} s "
-          f"({res.tokens_per_s:,.0f} tokens/s)", flush=True)
+    print(
+        f"  done: validation loss {res.final_val_loss:.4f} after {res.tokens:,} tokens, {res.wall_time:.0f} s "
+        f"({res.tokens_per_s:,.0f} tokens/s)",
+        flush=True,
+    )
     results_dir.mkdir(parents=True, exist_ok=True)
     weights = None
     if seed == 0:  # kept so that later notebooks can sample from and evaluate the trained models
@@ -258,17 +301,29 @@ def run_one(label: str, cfg: ModelConfig, recipe: Recipe, seed: int, settings: S
 
         weights = path.with_suffix(".safetensors").name
         save_model(model, str(results_dir / weights))
-    rec = RunRecord(label=label, config=cfg.to_dict(), recipe=dataclasses.asdict(recipe), seed=seed,
-                    data_fingerprint=data.fingerprint, params=res.params, tokens=res.tokens,
-                    final_val_loss=res.final_val_loss, best_val_loss=res.best_val_loss,
-                    val_curve=res.val_loss, train_curve=res.train_loss[::10], wall_time=round(res.wall_time, 2),
-                    provenance=provenance(settings), weights=weights)
+    rec = RunRecord(
+        label=label,
+        config=cfg.to_dict(),
+        recipe=dataclasses.asdict(recipe),
+        seed=seed,
+        data_fingerprint=data.fingerprint,
+        params=res.params,
+        tokens=res.tokens,
+        final_val_loss=res.final_val_loss,
+        best_val_loss=res.best_val_loss,
+        val_curve=res.val_loss,
+        train_curve=res.train_loss[::10],
+        wall_time=round(res.wall_time, 2),
+        provenance=provenance(settings),
+        weights=weights,
+    )
     write_atomic(path, lambda t: t.write_text(rec.to_json()))
     return dataclasses.replace(rec, path=path)
 
 
-def cached_measurement(name: str, key: dict, measure, settings: Settings | None = None,
-                       results_dir: Path | None = None) -> dict:
+def cached_measurement(
+    name: str, key: dict, measure, settings: Settings | None = None, results_dir: Path | None = None
+) -> dict:
     """A measurement too slow for every ``make figures`` run (lowering the 125M to ExecuTorch, say),
     cached like a training run: ``{name}-{hash of key}.json`` in the results folder,
     with the provenance of the run that measured it. ``measure()`` returns a JSON-able dict; it is
@@ -289,7 +344,7 @@ def load_model(rec: RunRecord):
     """The trained model of a run whose weights were kept (seed 0)."""
     from safetensors.torch import load_model as load_weights
 
-    from .model import MobileLLM
+    from ..model import MobileLLM
 
     if not rec.weights:
         raise ValueError(f"run {rec.label!r} seed {rec.seed} kept no weights (only seed 0 runs do)")
@@ -306,8 +361,11 @@ def run_ablation(ab: Ablation, settings: Settings | None = None, results_dir: Pa
     ``settings=None``: the environment's (``Settings.from_env``), as in a notebook kernel."""
     settings = settings or Settings.from_env()
     recipe = ab.recipe.quick() if settings.quick else ab.recipe
-    return [run_one(label, cfg, recipe, seed, settings, results_dir)
-            for label, cfg in ab.variants for seed in seeds_of(ab, settings)]
+    return [
+        run_one(label, cfg, recipe, seed, settings, results_dir)
+        for label, cfg in ab.variants
+        for seed in seeds_of(ab, settings)
+    ]
 
 
 def cached_runs(ab: Ablation, settings: Settings | None = None) -> tuple[list[RunRecord], list[tuple[str, int]]]:
@@ -332,8 +390,9 @@ def cached_runs(ab: Ablation, settings: Settings | None = None) -> tuple[list[Ru
     return found, missing
 
 
-def trend_runs(sweeps: list[Ablation], a: str, b: str,
-               settings: Settings | None = None) -> tuple[dict[int, list[RunRecord]], list[str]]:
+def trend_runs(
+    sweeps: list[Ablation], a: str, b: str, settings: Settings | None = None
+) -> tuple[dict[int, list[RunRecord]], list[str]]:
     """For a budget trend: training tokens → the cached runs of ``a`` and ``b`` (budgets where both
     have a seed), and one line per sweep with runs still missing, naming the command to train them."""
     runs, notes = {}, []
@@ -344,8 +403,9 @@ def trend_runs(sweeps: list[Ablation], a: str, b: str,
         if seeds:
             runs[sweep.recipe.tokens] = [r for r in found if r.seed in seeds]
         if missing:
-            notes.append(f"{sweep.name}: {len(missing)} run(s) not trained yet "
-                         f"(python -m mobilellm ablation {sweep.name})")
+            notes.append(
+                f"{sweep.name}: {len(missing)} run(s) not trained yet (python -m mobilellm ablation {sweep.name})"
+            )
     return runs, notes
 
 
@@ -356,8 +416,9 @@ def is_cached(ab: Ablation, settings: Settings | None = None) -> bool:
         return True
     results = output_dirs(settings)[0]
     fp = load_data(ab.recipe).fingerprint
-    return all(result_path(results, c, ab.recipe, fp, s).is_file()
-               for _, c in ab.variants for s in seeds_of(ab, settings))
+    return all(
+        result_path(results, c, ab.recipe, fp, s).is_file() for _, c in ab.variants for s in seeds_of(ab, settings)
+    )
 
 
 def summarize(records: list[RunRecord]) -> list[dict]:
@@ -366,10 +427,19 @@ def summarize(records: list[RunRecord]) -> list[dict]:
     for label in dict.fromkeys(r.label for r in records):
         losses = [r.final_val_loss for r in records if r.label == label]
         rs = [r for r in records if r.label == label]
-        out.append({"label": label, "params": rs[0].params, "n_seeds": len(losses),
-                    "mean": statistics.fmean(losses), "spread": max(losses) - min(losses),
-                    "std": statistics.stdev(losses) if len(losses) > 1 else 0.0, "losses": losses,
-                    "tokens": rs[0].tokens, "wall_time": statistics.fmean(r.wall_time for r in rs)})
+        out.append(
+            {
+                "label": label,
+                "params": rs[0].params,
+                "n_seeds": len(losses),
+                "mean": statistics.fmean(losses),
+                "spread": max(losses) - min(losses),
+                "std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+                "losses": losses,
+                "tokens": rs[0].tokens,
+                "wall_time": statistics.fmean(r.wall_time for r in rs),
+            }
+        )
     return out
 
 
