@@ -1,4 +1,4 @@
-"""Command line: ``python -m mobilellm {train,generate,export,eval,bench,configs,ablation,figures,book} …``."""
+"""Command line: ``python -m mobilellm {train,generate,export,eval,bench,configs,ablation,verify,figures,book} …``."""
 
 from __future__ import annotations
 
@@ -666,6 +666,30 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Train cached runs of an ablation again from their stored recipe and seed; compare the losses."""
+    from .course.ablations import get_ablation
+    from .course.evidence import VERIFY_TOLERANCE, rederive_seconds, verify
+    from .course.settings import Settings
+
+    ab = get_ablation(args.name)
+    unknown = sorted(set(args.variant or ()) - {label for label, _ in ab.variants})
+    if unknown:
+        raise ValueError(f"--variant {unknown[0]!r}: {ab.name} has {', '.join(label for label, _ in ab.variants)}")
+    settings = Settings.from_env().replace(quick=False, progress=False)
+    print(f"{ab.name}: retraining cached runs (all of them took {rederive_seconds(ab, settings) / 60:.0f} min here)")
+    worst = 0.0
+    for c in verify(ab, settings, args.variant, list(args.seeds) if args.seeds else None):
+        worst = max(worst, abs(c.retrained - c.stored))
+        print(
+            f"  {c.label:28s} seed {c.seed}: stored {c.stored:.6f}, retrained {c.retrained:.6f}, "
+            f"difference {c.retrained - c.stored:+.1e} ({'agrees' if c.agrees else 'DISAGREES'}), {c.seconds:.0f} s"
+        )
+    ok = worst <= VERIFY_TOLERANCE
+    print(f"largest difference {worst:.1e} nats: {'within' if ok else 'OUTSIDE'} the tolerance {VERIFY_TOLERANCE:g}")
+    return 0 if ok else 1
+
+
 def cmd_figures(args: argparse.Namespace) -> int:
     """Run the notebooks in order (full mode), then regenerate the README's notebook map."""
     from .course.notebooks import record_times, run_notebooks
@@ -828,6 +852,21 @@ def _add_ablation(sub) -> None:
     p.add_argument("--quick", action="store_true", help="a few steps per run, one seed, output to a temp folder")
 
 
+def _add_verify(sub) -> None:
+    from .course.ablations import ABLATIONS
+
+    p = sub.add_parser(
+        "verify",
+        help="retrain cached runs of an ablation from their stored recipe and seed, and compare the losses",
+        description="Re-derive cached results: each run is trained again into a temporary folder (the cache is "
+        "not touched) and its validation loss printed beside the stored one. Exit status 1 if any differs by "
+        "more than the tolerance.",
+    )
+    p.add_argument("name", choices=list(ABLATIONS), help="which ablation")
+    p.add_argument("--variant", action="append", default=None, metavar="LABEL", help="only this variant (repeatable)")
+    p.add_argument("--seeds", type=_seed_list, default=None, metavar="S[,S…]", help="only these seeds")
+
+
 def _add_figures(sub) -> None:
     p = sub.add_parser("figures", help="run every notebook in order and regenerate figures and the README map")
     p.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run (e.g. 02 03)")
@@ -872,6 +911,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_bench(sub)
     _add_configs(sub)
     _add_ablation(sub)
+    _add_verify(sub)
     _add_figures(sub)
     _add_book(sub)
     args = parser.parse_args(argv)
@@ -883,6 +923,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": cmd_eval,
         "configs": cmd_configs,
         "ablation": cmd_ablation,
+        "verify": cmd_verify,
         "figures": cmd_figures,
         "bench": cmd_bench,
         "book": cmd_book,

@@ -228,11 +228,49 @@ def versus(
         return _finish(fig, name, title)
 
 
+def _seeds_note(ax, x: float, n_seeds: int) -> None:
+    """The seed count of budget ``x``, just inside the bottom edge (clear of the points and bars)."""
+    ax.annotate(
+        seeds_label(n_seeds),
+        (x, 0.0),
+        xycoords=("data", "axes fraction"),
+        xytext=(0, 3),
+        textcoords="offset points",
+        ha="center",
+        va="bottom",
+        fontsize=9,
+        color="dimgray",
+    )
+
+
+def _passes_axis(ax, passes_per_token_per_param: float) -> None:
+    """A top axis in passes over the training text (proportional to tokens per parameter)."""
+    k = passes_per_token_per_param
+    top = ax.secondary_xaxis("top", functions=(lambda x: x * k, lambda p: p / k))
+    top.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    top.set_xlabel("passes over the training text", fontsize=10, color="dimgray")
+    top.tick_params(colors="dimgray", labelsize=9)
+
+
+def _log_budget_axis(ax) -> None:
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(mpl.ticker.NullFormatter())
+    ax.set_xlabel("training tokens per parameter (log scale)")
+
+
 def _budget_axes(
-    ax, a: str, b: str, runs: dict[int, list[RunRecord]], title: str, extrapolate_to: float | None = None
+    ax,
+    a: str,
+    b: str,
+    runs: dict[int, list[RunRecord]],
+    title: str,
+    extrapolate_to: float | None = None,
+    train_tokens: int | None = None,
 ) -> None:
     """One panel of ``budget_panels``: ``b − a`` per seed (dots) and its mean with the 95% interval,
-    at each training budget; a zero line; optionally a fitted trend drawn out to ``extrapolate_to``."""
+    at each training budget; a zero line; optionally a fitted trend drawn out to ``extrapolate_to``,
+    and the passes over a training text of ``train_tokens``."""
     xs_all, ys_all = [], []
     for tokens, recs in sorted(runs.items()):
         p = compare(recs, a, b)
@@ -244,18 +282,8 @@ def _budget_axes(
             )
         else:
             ax.scatter(x, p.mean, marker="s", color=OURS, s=40, zorder=3)
-        # the seed count along the top edge, above its budget (clear of the points, bars and legend)
-        ax.annotate(
-            seeds_label(p.n),
-            (x, 1.0),
-            xycoords=("data", "axes fraction"),
-            xytext=(0, 3),
-            textcoords="offset points",
-            ha="center",
-            va="bottom",
-            fontsize=9,
-            color="dimgray",
-        )
+        _seeds_note(ax, x, p.n)
+        per_param = x / tokens
         xs_all += [x] * p.n
         ys_all += list(p.diffs)
     ax.axhline(0, color="k", lw=0.8)
@@ -274,12 +302,11 @@ def _budget_axes(
         ax.fill_between(grid, lo, hi, color=OURS, alpha=0.12, label="95% band (extrapolation: a hypothesis)")
         ax.axvline(max(xs_all), color="grey", lw=0.6, ls=":")
         ax.legend(fontsize=8, loc="best")
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(mpl.ticker.NullFormatter())
-    ax.set_xlabel("training tokens per parameter (log scale)")
+    _log_budget_axis(ax)
+    if train_tokens and runs:
+        _passes_axis(ax, 1 / (per_param * train_tokens))
     ax.set_ylabel(f"{b} − {a}\n(validation loss, nats; < 0: {b} better)", fontsize=10)
-    ax.set_title(title, fontsize=12, pad=18)
+    ax.set_title(title, fontsize=12)
 
 
 def budget_panels(
@@ -288,18 +315,45 @@ def budget_panels(
     name: str | None = None,
     extrapolate_to: float | None = None,
     ncols: int = 3,
+    train_tokens: int | None = None,
 ):
     """Several paired budget comparisons, ``ncols`` to a row: per panel ``(a, b, {tokens: runs})``;
-    each point is ``b − a`` seed by seed, the square its mean with a 95% t-interval."""
+    each point is ``b − a`` seed by seed, the square its mean with a 95% t-interval. With
+    ``train_tokens`` (the training text's size) each budget also says how often the text was read."""
     ncols = min(ncols, len(panels))
     nrows = -(-len(panels) // ncols)
     with style():
         fig, axes = plt.subplots(nrows, ncols, figsize=(5.8 * ncols, 4.4 * nrows), squeeze=False)
         flat = list(axes.flat)
         for ax, (panel_title, (a, b, runs)) in zip(flat, panels.items(), strict=False):
-            _budget_axes(ax, a, b, runs, panel_title, extrapolate_to)
+            _budget_axes(ax, a, b, runs, panel_title, extrapolate_to, train_tokens)
         for ax in flat[len(panels) :]:
             ax.set_visible(False)
+        return _finish(fig, name, title)
+
+
+def best_depth(rows, title: str | None = None, name: str | None = None):
+    """Which shape wins at each budget (``evidence.best_depth`` rows): each shape's loss minus the
+    shapes' mean on the same seed, with its 95% t-interval; the winner ringed, the passes noted."""
+    labels = list(rows[0].relative)
+    with style():
+        fig, ax = plt.subplots(figsize=(8.5, 4.6))
+        for i, label in enumerate(labels):
+            xs = [r.tokens_per_param * (1 + 0.04 * (i - 1)) for r in rows]  # side by side, not on top
+            mean, low, high = zip(*(r.relative[label] for r in rows), strict=True)
+            yerr = [np.subtract(mean, low), np.subtract(high, mean)]
+            color = SEED_COLORS[i % len(SEED_COLORS)]
+            ax.errorbar(xs, mean, yerr=yerr, fmt="o-", color=color, ms=6, capsize=4, label=label)
+            for x, r, m in zip(xs, rows, mean, strict=True):
+                if r.winner == label:
+                    ax.scatter(x, m, s=220, facecolors="none", edgecolors=color, lw=1.6, zorder=5)
+        for r in rows:
+            _seeds_note(ax, r.tokens_per_param, r.seeds)
+        ax.axhline(0, color="k", lw=0.8)
+        _log_budget_axis(ax)
+        _passes_axis(ax, rows[0].passes / rows[0].tokens_per_param)  # after the log scale, or its ticks are 10^k
+        ax.set_ylabel("loss − the shapes' mean, same seed\n(nats; lower is better)", fontsize=10)
+        ax.legend(title="shape (ringed: lowest)", fontsize=9, title_fontsize=9, loc="best")
         return _finish(fig, name, title)
 
 
