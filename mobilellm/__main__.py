@@ -18,10 +18,12 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from .formats import GGUF_TYPES, QUANT_MODES  # noqa: E402
+
 
 def _add_train(sub) -> None:
     from .config import list_configs
-    from .data import CORPORA
+    from .corpora import CORPORA
 
     p = sub.add_parser(
         "train",
@@ -143,7 +145,7 @@ def _add_export(sub) -> None:
     p.add_argument(
         "--quant",
         default=None,
-        choices=("fp32", "int8", "8da4w"),
+        choices=QUANT_MODES,
         help="pte: fp32 (default), int8 (W8A8) or 8da4w (int4 weights in groups of --group-size)",
     )
     p.add_argument(
@@ -162,7 +164,7 @@ def _add_export(sub) -> None:
     p.add_argument(
         "--gguf-type",
         default="f16",
-        choices=("f32", "f16", "q8_0", "q4_0"),  # gguf_export.GGUF_TYPES
+        choices=GGUF_TYPES,
         help="gguf: tensor type of the matrices (default f16; q8_0 and q4_0 quantize in blocks of 32)",
     )
     p.add_argument(
@@ -527,8 +529,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _generate_pte(args: argparse.Namespace) -> int:
-    from .data import Tokenizer
     from .executorch_runtime import PteDecoder, tokenizer_beside
+    from .tokenizer import Tokenizer
 
     tok_path = Path(args.tokenizer) if args.tokenizer else tokenizer_beside(args.pte)
     if not args.tokenizer and not tok_path.is_file() and Path(args.pte).with_name("tokenizer.model").is_file():
@@ -724,7 +726,7 @@ def cmd_book(args: argparse.Namespace) -> int:
 
 def _add_bench(sub) -> None:
     from .config import list_configs
-    from .course.bench import PTE_QUANTS, SUITES
+    from .course.bench import SUITES
 
     p = sub.add_parser(
         "bench",
@@ -775,9 +777,9 @@ def _add_bench(sub) -> None:
         "--pte-quants",
         nargs="+",
         default=None,
-        choices=PTE_QUANTS,
+        choices=QUANT_MODES,
         metavar="Q",
-        help=f"pte suite: the program formats, in this order (default {' '.join(PTE_QUANTS)})",
+        help=f"pte suite: the program formats, in this order (default {' '.join(QUANT_MODES)})",
     )
     p.add_argument(
         "--no-pte-peers",

@@ -23,7 +23,7 @@ from .evaluate import MCItem, score_multiple_choice
 if TYPE_CHECKING:
     import torch
 
-    from .data import Tokenizer
+    from .tokenizer import Tokenizer
 
 
 class _RowError(Exception):
@@ -276,7 +276,7 @@ def load_rows(
     if limit is not None and limit < 1:
         raise ValueError(f"limit ({limit}) must be >= 1 (or None for every row)")
     if data_files is not None:
-        from .data import json_rows
+        from .corpora import json_rows
 
         given = [str(data_files)] if isinstance(data_files, (str, os.PathLike)) else [str(f) for f in data_files]
         files = []
@@ -292,7 +292,7 @@ def load_rows(
         if not rows:
             raise ValueError(f"{source} has no rows: it should hold {task} rows in the hub schema of {spec.hub_id}")
         return rows[:limit] if limit is not None else rows, source
-    from .data import load_hub_dataset
+    from .corpora import load_hub_dataset
 
     source = f"{spec.hub_id} ({spec.config or 'default'}, {spec.split})"
     ds = load_hub_dataset(

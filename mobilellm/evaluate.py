@@ -5,7 +5,7 @@ pair, its score is the summed log-probability of the continuation's tokens given
 ``acc`` takes the best score and ``acc_norm`` the best score per character of the option. The tasks
 that make the items (the paper's eight benchmarks, the offline cloze) are in ``eval_tasks.py``;
 with their prompts the numbers here equal what ``lm_eval --tasks arc_easy,…`` prints for the same
-model (checked in the tests through the adapter in ``lm_eval_adapter.py``).
+model (checked in the tests through the adapter in ``lm_eval_adapter.py``, which imports this module).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ._common import eval_mode
 
 if TYPE_CHECKING:
-    from .data import Tokenizer
+    from .tokenizer import Tokenizer
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -315,14 +315,3 @@ def score_multiple_choice(
     if details:
         out["items"] = rows
     return out
-
-
-def register_lm_eval() -> type:
-    """Register the ``mobilellm`` model with lm-evaluation-harness (an optional extra); returns the class."""
-    import importlib.util
-
-    if importlib.util.find_spec("lm_eval") is None:
-        raise ImportError("lm-eval is not installed: pip install 'lm-eval>=0.4' (or the package's [eval] extra)")
-    from .lm_eval_adapter import MobileLLMEval
-
-    return MobileLLMEval

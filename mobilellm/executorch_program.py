@@ -38,9 +38,9 @@ from torch import nn
 
 from ._files import write_atomic
 from ._quiet import native_stderr_silenced, quiet_libraries
+from .formats import QUANT_MODES
 from .model import MobileLLM, apply_rope
 
-QUANT_MODES = ("fp32", "int8", "8da4w")
 DEFAULT_GROUP_SIZE = 32
 # Constant methods in the program, named as ExecuTorch's Llama runner reads them (plus ours).
 _META_INT = (

@@ -23,8 +23,8 @@ from ._common import one_line
 from ._files import fsync, tmp_path
 from ._quiet import quiet_libraries
 from .config import ModelConfig
-from .data import Tokenizer
 from .model import MobileLLM
+from .tokenizer import Tokenizer
 
 # owner/name, as on the hub; anything else that does not exist locally is a wrong path, not a repo
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")

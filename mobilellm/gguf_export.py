@@ -25,11 +25,11 @@ import torch
 
 from ._files import write_atomic
 from ._quiet import native_stderr_silenced
-from .data import Tokenizer
 from .export import hf_state_dict
+from .formats import GGUF_TYPES
 from .model import MobileLLM
+from .tokenizer import Tokenizer
 
-GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
 # Q8_0: blocks of 32 weights, int8 with one fp16 scale (34 bytes); Q4_0: 4-bit, the same blocks (18 bytes).
 _BLOCKED = ("q8_0", "q4_0")
 _NAMES = {

@@ -1,14 +1,18 @@
 """lm-evaluation-harness adapter: lm-eval's own tasks run on a MobileLLM, registered as ``mobilellm``.
 
-Importing this module imports ``lm_eval`` (an optional extra); ``evaluate.register_lm_eval()``
-does it lazily. Use it as ``lm_eval.simple_evaluate(model=MobileLLMEval(model, tokenizer), …)``,
-or by name with ``model="mobilellm", model_args="pretrained=DIR_OR_HUB_ID"`` (see ``export.load_pretrained``).
+Importing this module imports ``lm_eval`` (an optional extra) and registers the model. Use it as
+``lm_eval.simple_evaluate(model=MobileLLMEval(model, tokenizer), …)``, or by name with
+``model="mobilellm", model_args="pretrained=DIR_OR_HUB_ID"`` (see ``export.load_pretrained``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+
+if importlib.util.find_spec("lm_eval") is None:
+    raise ImportError("lm-eval is not installed: pip install 'lm-eval>=0.4' (or the package's [eval] extra)")
 
 # lm-eval loads its own models only into an empty registry: load them first, or adding ours hides them.
 import lm_eval.models  # noqa: F401
@@ -19,9 +23,9 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from ._common import eval_mode
 from ._tqdm import tqdm
-from .data import Tokenizer
 from .evaluate import _model_max_len, encode_pair, score_requests
 from .model import MobileLLM
+from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -145,3 +149,8 @@ class MobileLLMEval(LM):
         """Model facts for lm-eval's results header."""
         n = sum(p.numel() for p in self.model.parameters())
         return {"model_num_parameters": n, "model_dtype": str(next(self.model.parameters()).dtype)}
+
+
+def register_lm_eval() -> type:
+    """The ``mobilellm`` model class, registered with lm-evaluation-harness on this module's import."""
+    return MobileLLMEval

@@ -39,7 +39,7 @@ from torch import nn
 from ._quiet import quiet_libraries
 
 if TYPE_CHECKING:
-    from .data import Tokenizer
+    from .tokenizer import Tokenizer
 
 QMAX = 127  # symmetric int8: [-127, 127]
 

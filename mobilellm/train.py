@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from ._common import eval_mode
 from ._files import fsync, tmp_path, write_atomic
 from .config import ModelConfig
-from .data import TokenData, Tokenizer, get_batch, val_windows
+from .data import TokenData, get_batch, val_windows
 from .model import MobileLLM
+from .tokenizer import Tokenizer
 
 
 @dataclass

@@ -67,7 +67,7 @@ def _seed():
 @pytest.fixture(scope="session")
 def small_text() -> str:
     """~150k characters of the embedded Shakespeare corpus (the first plays)."""
-    from mobilellm.data import shakespeare_plays
+    from mobilellm.corpora import shakespeare_plays
 
     return "".join(list(shakespeare_plays().values())[:2])[:150_000]
 

@@ -36,7 +36,7 @@ def _assert_loadable(out: Path, steps: set[int], tokenizer_fp: str) -> int:
     assert meta["step"] in steps
     state = _load_train_state(checkpoint_dir(out), meta["step"])
     assert state["step"] == meta["step"]
-    from mobilellm.data import Tokenizer
+    from mobilellm.tokenizer import Tokenizer
 
     assert Tokenizer(checkpoint_dir(out) / "tokenizer.model").fingerprint == tokenizer_fp
     return meta["step"]
@@ -59,7 +59,7 @@ POINTS_DRIVER = textwrap.dedent("""
     import safetensors.torch
     import mobilellm.train
     from mobilellm.config import ModelConfig
-    from mobilellm.data import Tokenizer
+    from mobilellm.tokenizer import Tokenizer
     from mobilellm.model import MobileLLM
     from mobilellm.train import (TrainConfig, _load_train_state, checkpoint_dir, load_checkpoint, make_optimizer,
                                  save_checkpoint)
@@ -144,7 +144,7 @@ def test_a_kill_at_every_point_of_a_save_leaves_a_loadable_checkpoint(tmp_path, 
 KILL_CHILD = textwrap.dedent("""
     import sys, torch
     from mobilellm.config import ModelConfig
-    from mobilellm.data import Tokenizer
+    from mobilellm.tokenizer import Tokenizer
     from mobilellm.model import MobileLLM
     from mobilellm.train import TrainConfig, make_optimizer, save_checkpoint
     out, tok = sys.argv[1], Tokenizer(sys.argv[2])

@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from mobilellm import data
+from mobilellm import corpora, data
+from mobilellm.tokenizer import Tokenizer
 
 from .conftest import TINYSTORIES
 
 
 @pytest.mark.slow
 def test_embedded_corpus_split_is_deterministic():
-    a, b = data.load_shakespeare(), data.load_shakespeare()
+    a, b = corpora.load_shakespeare(), corpora.load_shakespeare()
     assert a.fingerprint == b.fingerprint
     assert len(a.train) == 35 and len(a.val) == 3
     train_chars, val_chars = a.chars()
@@ -22,7 +23,7 @@ def test_embedded_corpus_split_is_deterministic():
 
 
 def test_tokenizer_round_trip(small_text):
-    tok = data.Tokenizer.train([small_text], vocab_size=200)
+    tok = Tokenizer.train([small_text], vocab_size=200)
     assert tok.vocab_size == 200 and (tok.bos_id, tok.eos_id) == (1, 2)
     sample = small_text[:2000] + "\n\n  two spaces  and newlines\n"
     assert tok.decode(tok.encode(sample)) == sample
@@ -35,8 +36,8 @@ def test_tokenizer_round_trip(small_text):
 
 @pytest.mark.slow
 def test_byte_fallback_only_for_large_vocabularies(small_text):
-    assert "<0x41>" not in [data.Tokenizer.train([small_text], 200).sp.id_to_piece(i) for i in range(200)]
-    big = data.Tokenizer.train([small_text], 2048)
+    assert "<0x41>" not in [Tokenizer.train([small_text], 200).sp.id_to_piece(i) for i in range(200)]
+    big = Tokenizer.train([small_text], 2048)
     assert big.sp.piece_to_id("<0xE2>") != big.sp.unk_id()
     assert big.decode(big.encode("naïve —\t☃")) == "naïve —\t☃"  # unseen characters survive via bytes
 
@@ -70,29 +71,29 @@ def test_batches_are_shifted_windows_and_reproducible(small_data):
 
 def test_local_jsonl_and_tinystories_schema(tmp_path):
     assert TINYSTORIES.is_file()  # committed: the test never skips on a fresh clone
-    stories = data.load_corpus("tinystories", data_files=TINYSTORIES, max_chars=12_000)
+    stories = corpora.load_corpus("tinystories", data_files=TINYSTORIES, max_chars=12_000)
     assert stories.name == "tinystories" and "CDLA" in stories.source
     assert 11_000 < sum(stories.chars()) < 13_000 and stories.val  # capped near max_chars, a split kept
     jsonl = tmp_path / "docs.jsonl"
     jsonl.write_text('{"text": "first document"}\n{"text": "second one"}\n{"text": "third"}\n')
-    c = data.load_corpus(str(jsonl), val_fraction=0.15)
+    c = corpora.load_corpus(str(jsonl), val_fraction=0.15)
     assert c.train == ["first document", "second one"] and c.val == ["third"]
 
 
 def test_fineweb_needs_a_budget():
     with pytest.raises(ValueError, match="pass max_chars"):
-        data.load_corpus("fineweb-edu")
+        corpora.load_corpus("fineweb-edu")
 
 
 def test_bad_input_errors(tmp_path):
     with pytest.raises(ValueError, match=r"unknown corpus 'wikipedia': use one of shakespeare, tinystories"):
-        data.load_corpus("wikipedia")
+        corpora.load_corpus("wikipedia")
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        data.load_corpus(str(tmp_path / "missing.txt"))
+        corpora.load_corpus(str(tmp_path / "missing.txt"))
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     with pytest.raises(ValueError, match="is empty"):
-        data.load_corpus(str(empty))
+        corpora.load_corpus(str(empty))
     tiny = tmp_path / "tiny.txt"
     tiny.write_text("abc abc abc\n" * 20)
     with pytest.raises(ValueError, match="too small for a vocabulary of 500"):
@@ -101,9 +102,9 @@ def test_bad_input_errors(tmp_path):
     with pytest.raises(ValueError, match="fewer than one window of seq_len"):
         data.get_batch(d.val, 2, 1000)
     with pytest.raises(FileNotFoundError, match="tokenizer model"):
-        data.Tokenizer(tmp_path / "none.model")
+        Tokenizer(tmp_path / "none.model")
     with pytest.raises(ValueError, match="not a SentencePiece model"):
-        data.Tokenizer(tiny)
+        Tokenizer(tiny)
 
 
 def test_invalid_utf8_is_replaced_and_counted(tmp_path):
@@ -111,7 +112,7 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path):
     f.write_bytes(b"good text\n\xff\xfe more\nend \xc3\n")
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        text = data.read_text_file(f)
+        text = corpora.read_text_file(f)
     assert text.count("\ufffd") == 3
     assert any("3 invalid UTF-8 sequences replaced" in str(x.message) for x in w)
 
@@ -121,10 +122,10 @@ def test_a_local_jsonl_edited_in_place_is_read_again(tmp_path):
     f = tmp_path / "c.jsonl"
     f.write_text('{"text": "alpha beta"}\n{"text": "gamma delta"}\n')
     st = f.stat()
-    first = data.load_corpus(str(f), val_fraction=0.5)
+    first = corpora.load_corpus(str(f), val_fraction=0.5)
     f.write_text('{"text": "ALPHA BETA"}\n{"text": "GAMMA DELTA"}\n')
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
-    second = data.load_corpus(str(f), val_fraction=0.5)
+    second = corpora.load_corpus(str(f), val_fraction=0.5)
     assert first.train == ["alpha beta"] and second.train == ["ALPHA BETA"]
 
 
@@ -134,8 +135,8 @@ def test_local_parquet_files_are_read_directly(tmp_path):
 
     f = tmp_path / "stories.parquet"
     pq.write_table(pa.table({"text": ["Once upon a time.", "", "The end."], "id": [1, 2, 3]}), f)
-    c = data.load_corpus("tinystories", data_files=f, val_fraction=0.4)
+    c = corpora.load_corpus("tinystories", data_files=f, val_fraction=0.4)
     assert c.train + c.val == ["Once upon a time.", "The end."]
     pq.write_table(pa.table({"body": ["x"]}), f)
     with pytest.raises(ValueError, match="has no 'text' column"):
-        data.load_corpus("tinystories", data_files=f)
+        corpora.load_corpus("tinystories", data_files=f)

@@ -361,7 +361,7 @@ def test_lm_eval_through_the_adapter_agrees(model, small_data, tmp_path):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from mobilellm.evaluate import register_lm_eval
+    from mobilellm.lm_eval_adapter import register_lm_eval
 
     adapter = register_lm_eval()(model, small_data.tokenizer, batch_size=16)
     limit = 24
@@ -400,7 +400,7 @@ def _instance(kind, args):
 
 
 def test_loglikelihood_rolling_is_perplexity_after_eos(model, small_data):
-    from mobilellm.evaluate import register_lm_eval
+    from mobilellm.lm_eval_adapter import register_lm_eval
 
     tok = small_data.tokenizer
     text = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate. " * 3
@@ -413,7 +413,7 @@ def test_loglikelihood_rolling_is_perplexity_after_eos(model, small_data):
 
 
 def test_generate_until_is_greedy_and_stops(model, small_data):
-    from mobilellm.evaluate import register_lm_eval
+    from mobilellm.lm_eval_adapter import register_lm_eval
 
     tok = small_data.tokenizer
     adapter = register_lm_eval()(model, tok)
@@ -436,7 +436,7 @@ def test_generate_until_is_greedy_and_stops(model, small_data):
 def test_adapter_is_registered_and_loads_checkpoints(model, small_data, tmp_path):
     from lm_eval.api.registry import get_model
 
-    from mobilellm.evaluate import register_lm_eval
+    from mobilellm.lm_eval_adapter import register_lm_eval
     from mobilellm.train import save_checkpoint
 
     cls = register_lm_eval()

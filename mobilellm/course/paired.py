@@ -20,7 +20,11 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from scipy import stats
+
+def _t_quantile(q: float, df: int) -> float:
+    from scipy import stats  # imported when first needed: the command line's parsers import this module
+
+    return float(stats.t.ppf(q, df=df))
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ def t_interval(values: list[float] | tuple[float, ...], level: float = 0.95) -> 
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, mean, mean
-    half = stats.t.ppf(0.5 + level / 2, df=len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    half = _t_quantile(0.5 + level / 2, df=len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
     return mean, mean - half, mean + half
 
 
@@ -110,14 +114,14 @@ class Trend:
 
     def slope_interval(self, level: float = 0.95) -> tuple[float, float]:
         """The confidence interval of the slope (per 10x budget)."""
-        half = stats.t.ppf(0.5 + level / 2, df=self.n - 2) * self.resid_sd / math.sqrt(self.sxx)
+        half = _t_quantile(0.5 + level / 2, df=self.n - 2) * self.resid_sd / math.sqrt(self.sxx)
         return self.slope - half, self.slope + half
 
     def band(self, budget: float, level: float = 0.95) -> tuple[float, float]:
         """The confidence interval of the fitted mean at ``budget`` (wide far from the data)."""
         x = math.log10(budget)
         half = (
-            stats.t.ppf(0.5 + level / 2, df=self.n - 2)
+            _t_quantile(0.5 + level / 2, df=self.n - 2)
             * self.resid_sd
             * math.sqrt(1 / self.n + (x - self.x_mean) ** 2 / self.sxx)
         )

@@ -23,44 +23,41 @@ quote the ratios. Everything runs on the CPU in float32, the reference path.
 
 from __future__ import annotations
 
-import gc
-import os
+import importlib
 
-from ...config import ModelConfig
-from .common import (
-    ALL_SUITES,
-    DEFAULT_CONFIGS,
-    PAPER_SHARING,
-    PAPER_SHARING_MS,
-    PTE_BENCH_JSON,
-    PTE_FULL_BENCH_JSON,
-    PTE_QUANTS,
-    QUICK_CONFIGS,
-    SCHEMA_VERSION,
-    SUITES,
-    BenchSettings,
-    build,
-    is_big,
-    ratio,
-    resolve,
-    row_of,
-    twin,
-)
-from .eager import bench_decode, bench_int8, bench_sharing, bench_train, sharing_variants
-from .machine import machine_info, matmul_gflops, memory_bandwidth
-from .pte import (
-    bench_pte,
-    block_bytes,
-    cpu_caches,
-    lowered,
-    merge_pte_reports,
-    program_fingerprint,
-    pte_full_depth,
-    pte_group_size,
-    repeat_cost,
-    resident_bytes,
-)
-from .report import format_report, write_json
+from ...formats import QUANT_MODES
+from .names import ALL_SUITES, PTE_BENCH_JSON, PTE_FULL_BENCH_JSON, SUITES
+
+# Everything else is imported on first use (PEP 562), so that listing the suites imports no torch.
+_LAZY = {
+    "BenchSettings": "common",
+    "PAPER_SHARING": "common",
+    "PAPER_SHARING_MS": "common",
+    "bench_decode": "eager",
+    "bench_int8": "eager",
+    "bench_pte": "pte",
+    "bench_sharing": "eager",
+    "bench_train": "eager",
+    "block_bytes": "pte",
+    "build": "common",
+    "cpu_caches": "pte",
+    "format_report": "report",
+    "is_big": "common",
+    "lowered": "pte",
+    "machine_info": "machine",
+    "merge_pte_reports": "pte",
+    "program_fingerprint": "pte",
+    "pte_full_depth": "pte",
+    "pte_group_size": "pte",
+    "ratio": "common",
+    "repeat_cost": "pte",
+    "resident_bytes": "pte",
+    "row_of": "common",
+    "run_bench": "run",
+    "sharing_variants": "eager",
+    "twin": "common",
+    "write_json": "report",
+}
 
 __all__ = [
     "ALL_SUITES",
@@ -68,7 +65,7 @@ __all__ = [
     "PAPER_SHARING_MS",
     "PTE_BENCH_JSON",
     "PTE_FULL_BENCH_JSON",
-    "PTE_QUANTS",
+    "QUANT_MODES",
     "SUITES",
     "BenchSettings",
     "bench_decode",
@@ -97,57 +94,14 @@ __all__ = [
     "write_json",
 ]
 
-# --- the whole run ---------------------------------------------------------------------------
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def run_bench(
-    suites: list[str] | tuple[str, ...] = ALL_SUITES,
-    configs: list[str | ModelConfig] | None = None,
-    settings: BenchSettings | None = None,
-) -> dict:
-    """Run the chosen suites (each on its default configs, or on ``configs``) and return the report."""
-    s = settings or BenchSettings.make()
-    suites = list(ALL_SUITES) if "all" in suites else list(suites)
-    unknown = [x for x in suites if x not in SUITES]
-    if unknown:
-        raise ValueError(f"unknown suite {unknown[0]!r}; valid: {', '.join(SUITES)}, all")
-    for c in configs or []:
-        resolve(c)  # an unknown name fails now, not after minutes of measuring
-    report: dict = {
-        "schema": SCHEMA_VERSION,
-        "machine": machine_info(),
-        "settings": {
-            "suites": suites,
-            "repeats": s.repeats,
-            "warmup": s.warmup,
-            "quick": s.quick,
-            "compile": s.compile,
-            "executorch": s.executorch,
-        },
-        "ceilings": {},
-    }
-    defaults = QUICK_CONFIGS if s.quick else DEFAULT_CONFIGS
-
-    def chosen(suite: str) -> list[str | ModelConfig]:
-        return list(configs) if configs else list(defaults[suite])
-
-    if "train" in suites:
-        report["ceilings"]["matmul"] = matmul_gflops(s)
-    if {"decode", "sharing", "int8"} & set(suites):
-        report["ceilings"]["memory"] = memory_bandwidth(s)
-    runners = {
-        "train": lambda c: bench_train(c, s, report["ceilings"]["matmul"]),
-        "decode": lambda c: bench_decode(c, s, report["ceilings"]["memory"]),
-        "int8": lambda c: bench_int8(c, s),
-        "sharing": lambda c: bench_sharing(c, s),
-        "pte": lambda c: bench_pte(
-            c, s, s.pte_quants, n_layers=s.pte_blocks, peer=s.pte_peers, programs=s.pte_programs
-        ),
-    }
-    for suite in (x for x in SUITES if x in suites):
-        report[suite] = []
-        for c in chosen(suite):
-            report[suite].append(runners[suite](c))
-            gc.collect()  # closures keep the last models alive in cycles: free them before the next
-    report["machine"]["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    return report
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -11,26 +11,20 @@ import torch
 
 from ...accounting import param_count
 from ...config import ModelConfig, get_config
+from ...formats import QUANT_MODES
 from ...model import MobileLLM
 from ..paper import IPHONE13_MS
+from .names import (  # noqa: F401  (re-exported: every suite reads them here)
+    ALL_SUITES,
+    BIG_PARAMS,
+    DEFAULT_CONFIGS,
+    PTE_BENCH_JSON,
+    PTE_FULL_BENCH_JSON,
+    QUICK_CONFIGS,
+    SCHEMA_VERSION,
+    SUITES,
+)
 
-SUITES = ("train", "decode", "int8", "sharing", "pte")
-ALL_SUITES = ("train", "decode", "int8", "sharing")  # what "all" runs: pte lowers 12 programs
-SCHEMA_VERSION = 1
-PTE_QUANTS = ("fp32", "int8", "8da4w")  # the pte suite's program formats
-PTE_BENCH_JSON = "bench_pte_125m_2blocks.json"  # the committed pte report in data/results (notebook 11, README)
-# The 125M's full depth, one committed report per format (each lowering run is most of an hour here)
-PTE_FULL_BENCH_JSON = "bench_pte_125m_30blocks_{quant}.json"
-# Above this many parameters a model is "big": smaller batches and fewer repeats.
-BIG_PARAMS = 20_000_000
-DEFAULT_CONFIGS = {
-    "train": ("teach-micro", "mobilellm-125m"),
-    "decode": ("teach-micro", "mobilellm-125m"),
-    "int8": ("mobilellm-125m",),
-    "sharing": ("mobilellm-125m",),
-    "pte": ("mobilellm-125m",),
-}
-QUICK_CONFIGS = {s: ("teach-micro",) for s in SUITES}
 # The paper's on-device latency (iPhone 13, ExecuTorch, fp16): execute ms per token at 125M, keyed as
 # the sharing and pte suites' variants (the numbers themselves live in paper.py).
 PAPER_SHARING_MS = {
@@ -56,7 +50,7 @@ class BenchSettings:
     executorch: bool = True  # lower to .pte (slow: seconds to minutes a model) where the export helpers exist
     progress: bool = True
     pte_blocks: int | None = None  # the pte suite: the preset's width at this many stored blocks (None: as is)
-    pte_quants: tuple[str, ...] = PTE_QUANTS  # the pte suite's formats, lowered and timed in this order
+    pte_quants: tuple[str, ...] = QUANT_MODES  # the pte suite's formats, lowered and timed in this order
     pte_programs: str | None = None  # the pte suite: keep lowered programs in this folder, reuse them from it
     pte_peers: bool = True  # the pte suite: time the peers' exports too (each lowers the unshared weights again)
 

@@ -23,7 +23,7 @@ from ..._quiet import native_stderr_silenced, quiet_libraries
 from ...config import ModelConfig
 from ...model import MobileLLM
 from ...timing import decode_timer, measure, median
-from .common import PAPER_SHARING, PAPER_SHARING_MS, PTE_FULL_BENCH_JSON, PTE_QUANTS, BenchSettings, ratio, resolve
+from .common import PAPER_SHARING, PAPER_SHARING_MS, PTE_FULL_BENCH_JSON, QUANT_MODES, BenchSettings, ratio, resolve
 from .eager import _sharing_prompt, sharing_variants
 
 # --- pte: the sharing table in ExecuTorch ----------------------------------------------------
@@ -215,7 +215,7 @@ def set_size_ratios(rows: list[dict]) -> None:
 def bench_pte(
     config: str | ModelConfig,
     s: BenchSettings,
-    quants: tuple[str, ...] = PTE_QUANTS,
+    quants: tuple[str, ...] = QUANT_MODES,
     n_layers: int | None = None,
     peer: bool = True,
     optimum: str | os.PathLike | None = None,
@@ -243,9 +243,9 @@ def bench_pte(
     name, cfg = resolve(config)
     if cfg.ffn_type != "swiglu":
         raise ValueError(f"the pte suite needs a SwiGLU model, {name} has {cfg.ffn_type!r}")
-    unknown = [q for q in quants if q not in PTE_QUANTS]
+    unknown = [q for q in quants if q not in QUANT_MODES]
     if unknown or not quants:
-        raise ValueError(f"pte formats {list(quants)}: choose one or more of {', '.join(PTE_QUANTS)}")
+        raise ValueError(f"pte formats {list(quants)}: choose one or more of {', '.join(QUANT_MODES)}")
     if n_layers is not None:
         if not isinstance(n_layers, int) or n_layers < 1:
             raise ValueError(f"n_layers ({n_layers!r}) must be a positive integer")
