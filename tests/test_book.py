@@ -165,6 +165,20 @@ def _notebook_of(page_name: str) -> Path | None:
     return path if path.exists() else None
 
 
+def test_the_book_leaves_out_checks_and_shows_readings_without_their_code(built):
+    from mobilellm.course.notebooks import HIDE_CELL, HIDE_INPUT
+
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        tagged = {t: sum(t in c.metadata.get("tags", ()) for c in nb.cells) for t in (HIDE_CELL, HIDE_INPUT)}
+        page = (OUT / f"{path.stem}.html").read_text()
+        assert f"celltag_{HIDE_CELL}" not in page, f"{path.stem}: a check cell is on the page"
+        assert page.count(f"celltag_{HIDE_INPUT} ") + page.count(f'celltag_{HIDE_INPUT}"') == tagged[HIDE_INPUT]
+        if tagged[HIDE_INPUT]:  # the reading's output is there, its code is not
+            cell = page.split(f"celltag_{HIDE_INPUT}", 1)[1].split("jp-Cell ", 1)[0]
+            assert "jp-OutputArea" in cell and "jp-InputArea" not in cell, path.stem
+
+
 @pytest.mark.slow
 def test_book_has_every_notebook_and_landing(built):
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))

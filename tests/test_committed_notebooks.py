@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # A cell draws a figure when it calls one of the package's plotting functions or makes a pyplot figure.
 DRAWS = re.compile(
-    r"plots\.(ablation|loss_curves|versus|budget|budget_panels|pairs|roadmap)\(|plt\.subplots?\(|"
-    r"plt\.figure\("
+    r"plots\.(ablation|loss_curves|versus|budget|budget_panels|best_depth|pairs|roadmap)\(|plt\.subplots?\(|"
+    r"plt\.figure\(|diagrams\.show\("
 )
 
 
@@ -41,7 +41,9 @@ def test_every_figure_file_is_shown_in_a_notebook():
     for path in NOTEBOOKS:
         for _, c in cells(path):
             if has_image(c):
-                shown.update(re.findall(r"[\"']([0-9]{2}_[A-Za-z0-9_]+)[\"']", "".join(c["source"])))
+                source = "".join(c["source"])
+                shown.update(re.findall(r"[\"']([0-9]{2}_[A-Za-z0-9_]+)[\"']", source))
+                shown.update(f"diagram_{d}" for d in re.findall(r"diagrams\.show\([\"'](\w+)[\"']", source))
     files = {p.stem for p in (ROOT / "figures").glob("*.png")}
     assert files, "figures/ is empty"
     assert not files - shown, f"figures never shown in a notebook: {sorted(files - shown)}"
@@ -82,3 +84,68 @@ def test_nothing_reads_or_cites_outside_the_repository():
             if marker in text:
                 offenders.append(f"{name}: {marker}")
     assert not offenders, offenders
+
+
+# --- nothing but the lesson on the page -------------------------------------------------------------
+
+LESSONS = [p for p in NOTEBOOKS if int(p.stem[:2]) <= 11]  # after 11: the evidence appendix and the glossary
+READING_WORDS = 2000  # about ten minutes at 200 words a minute
+# Lessons still longer, each with what moves out of it (issue: short lessons, the evidence in an appendix)
+LONG_LESSONS = {"11_on_device": "the runtime analysis and the machine caveats move to the evidence appendix"}
+
+
+def prose_words(path: Path) -> int:
+    """Words a reader reads: the Markdown cells and the readings rendered from the data, tables left out."""
+
+    def words(text: str) -> int:
+        return sum(len(line.split()) for line in text.splitlines() if not line.lstrip().startswith("|"))
+
+    total = 0
+    for cell in json.loads(path.read_text())["cells"]:
+        if cell["cell_type"] == "markdown":
+            total += words("".join(cell["source"]))
+        for out in cell.get("outputs", []):
+            total += words("".join(out.get("data", {}).get("text/markdown", "")))
+    return total
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
+def test_a_lesson_reads_in_about_ten_minutes(path):
+    n = prose_words(path)
+    if path.stem in LONG_LESSONS:
+        assert n > READING_WORDS, f"{path.stem} is short now ({n} words): take it off LONG_LESSONS"
+        pytest.xfail(f"{n} words: {LONG_LESSONS[path.stem]}")
+    assert n <= READING_WORDS, f"{path.stem}: {n} words of prose, over {READING_WORDS} (about ten minutes)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_nbval_markers_are_tags_not_comments(path):
+    marked = [i for i, c in cells(path) if re.search(r"^\s*#\s*NBVAL_", "".join(c["source"]), re.M)]
+    assert not marked, f"{path.name} cells {marked}: use the tag (nbval-check-output, …), not a comment a learner reads"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_hidden_cells_stay_hidden(path):
+    import nbformat
+
+    from mobilellm.course.notebooks import apply_tags
+
+    nb = nbformat.read(path, as_version=4)
+    shown = [c.metadata.get("jupyter", {}) for c in nb.cells]
+    assert [c.metadata.get("jupyter", {}) for c in apply_tags(nb).cells] == shown, (
+        f"{path.name}: a cell's visibility disagrees with its tags (run make figures, or apply_tags)"
+    )
+
+
+def test_tags_hide_what_they_say():
+    import nbformat
+
+    from mobilellm.course.notebooks import HIDE_CELL, HIDE_INPUT, SOLUTION, apply_tags
+
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell("1", metadata={"tags": [t]}) for t in (HIDE_INPUT, HIDE_CELL, SOLUTION)]
+        + [nbformat.v4.new_code_cell("2", metadata={"jupyter": {"source_hidden": True}})]
+    )
+    got = [c.metadata.get("jupyter") for c in apply_tags(nb).cells]
+    both = {"source_hidden": True, "outputs_hidden": True}
+    assert got == [{"source_hidden": True}, both, both, None]  # an untagged cell is shown again

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from mobilellm.course import diagrams  # noqa: E402
 from mobilellm.course.diagrams import DIAGRAMS, deep_and_thin, gqa  # noqa: E402
 
 # The labels a reader needs to read each diagram; each must appear in some text of the figure.
@@ -78,3 +79,13 @@ def test_gqa_counts_follow_the_head_numbers():
     assert not any("÷" in t for t in texts(gqa(n_heads=4, n_kv_heads=4)))
     with pytest.raises(ValueError, match="divide"):
         gqa(n_heads=4, n_kv_heads=3)
+
+
+def test_show_returns_a_png_and_names_the_diagrams_it_knows(tmp_path, monkeypatch):
+    from mobilellm.course import plots
+
+    monkeypatch.setattr(plots, "output_dirs", lambda settings=None: (tmp_path, tmp_path))
+    image = diagrams.show("gqa", n_heads=6, n_kv_heads=3)
+    assert image.data[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "diagram_gqa.png").is_file()
+    with pytest.raises(ValueError, match="valid: block, swiglu"):
+        diagrams.show("nope")

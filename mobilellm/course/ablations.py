@@ -136,6 +136,13 @@ def budget_sweep(
     ]
 
 
+# Notebook 03's first exercise: one shape deeper still, 12 layers x 28 (2 heads of 14), the same budget.
+DEEPER = Ablation(
+    name="depth-12x28",
+    question="Does 12 x 28 continue the depth sweep's trend?",
+    variants=(("12×28", _shape(12, 28, 2, 64)),),
+)
+
 # The budget trend with paired seeds: the deep-thin extremes and the 5×40 optimum at ≈5, 19, 57 and
 # 150 tokens per parameter (0.25x to 8x the tokens: 0.3 to 9 passes over the corpus), three seeds each.
 DEPTH_TREND = budget_sweep(DEPTH, ("2×56", "5×40", "8×32"), (0.25, 1.0, 3.0, 8.0), (0, 1, 2), "trend")
@@ -261,6 +268,7 @@ ABLATIONS = {
     for ab in (
         SWIGLU,
         DEPTH,
+        DEEPER,
         EMBEDDING,
         GQA,
         SHARING,

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from ..accounting import kv_cache_bytes_per_token, param_count
 from ..config import get_config
 from . import ablations as A
+from . import evidence as V
 from . import experiments as E
 from . import paper, paths
 from .paired import Paired, Trend, log_trend
+from .settings import Settings
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class Claim:
     variant: str
     trend: tuple[E.Ablation, ...] = ()
     any_scale: str = ""
+    best_of: tuple[str, ...] = ()  # read the trend as the best of these variants at each budget
+    repeated: E.Ablation | None = None  # the repetition test: the trend's 3x budget on a fraction of the corpus
 
 
 def _kv_ratio() -> float:
@@ -86,10 +90,12 @@ def claims() -> list[Claim]:
             f"{paper.step(r, '+ SwiGLU', '+ deep & thin'):+.1f} points",
             -1,
             A.DEPTH,
-            "2×56",
-            "8×32",
+            "3×48",  # the roadmap's step: notebook 02's SwiGLU model to the deep-and-thin shape
+            "5×40",
             A.DEPTH_TREND,
             any_scale="more sequential layers: slower per token on a CPU at equal parameters",
+            best_of=("2×56", "5×40", "8×32"),
+            repeated=A.DEPTH_REPEAT,
         ),
         Claim(
             "sharing the embeddings costs little",
@@ -100,6 +106,7 @@ def claims() -> list[Claim]:
             "tied",
             A.EMBEDDING_TREND,
             any_scale=f"one vocab × dim table fewer: {_tied_saving()}",
+            repeated=A.EMBEDDING_REPEAT,
         ),
         Claim(
             "the saving spent on depth gains",
@@ -169,23 +176,48 @@ def _trend_text(expect: int, p: Paired, trend: Trend | None) -> str:
 
 
 def _trend(claim: Claim) -> tuple[Trend | None, str]:
+    """The claim's budget trend and its text; for a ``best_of`` claim the trend is the winner per budget."""
     if not claim.trend:
         return None, "not measured"
-    runs, _ = E.trend_runs(list(claim.trend), claim.reference, claim.variant)
-    xs, ys = [], []
-    for tokens, recs in runs.items():
-        p = E.compare(recs, claim.reference, claim.variant)
-        per_param = tokens / next(r.params for r in recs if r.label == claim.reference)
-        xs += [per_param] * p.n
-        ys += list(p.diffs)
+    settings = Settings()
+    if claim.best_of:  # the winner per budget; the repetition test on the extremes
+        best = _best_text(V.best_depth(list(claim.trend), claim.best_of, settings))
+        a, b = claim.best_of[0], claim.best_of[-1]
+        points, _ = V.budget_points(list(claim.trend), a, b, settings)
+        t = log_trend(*zip(*((pt.tokens_per_param, d) for pt in points for d in pt.paired.diffs), strict=True))
+        return None, best + _repetition_text(claim, t.slope, settings, a, b)
+    points, _ = V.budget_points(list(claim.trend), claim.reference, claim.variant, settings)
+    xs = [pt.tokens_per_param for pt in points for _ in pt.paired.diffs]
+    ys = [d for pt in points for d in pt.paired.diffs]
     if len(set(xs)) < 2 or len(xs) < 3:
         return None, "not enough budgets yet"
     t = log_trend(xs, ys)
     low, high = t.slope_interval()
-    return t, (
-        f"{t.slope:+.3f} [{low:+.3f}, {high:+.3f}] per 10× tokens "
-        f"({len(set(xs))} budgets, {min(xs):.0f}–{max(xs):.0f} tokens/param)"
+    text = (
+        f"{t.slope:+.3f} [{low:+.3f}, {high:+.3f}] per 10× tokens ({len(points)} budgets, "
+        f"{min(xs):.0f}–{max(xs):.0f} tokens/param, {points[0].passes:.1f}–{points[-1].passes:.1f} passes)"
     )
+    return t, text + _repetition_text(claim, t.slope, settings, claim.reference, claim.variant)
+
+
+def _best_text(rows: list[V.DepthRow]) -> str:
+    parts = []
+    for r in rows:
+        ties = [lab for lab, p in r.against.items() if p.verdict == "mixed"]
+        won = f"{r.winner}, lowest on {r.wins_on}/{r.seeds} seeds" + (f", level with {', '.join(ties)}" if ties else "")
+        parts.append(f"≈{r.tokens_per_param:.0f} tokens/param ({r.passes:.1f} passes): {won}")
+    return "best shape per budget: " + "; ".join(parts)
+
+
+def _repetition_text(claim: Claim, slope: float, settings: Settings, a: str, b: str) -> str:
+    if claim.repeated is None:
+        return ""
+    full = next(ab for ab in claim.trend if ab.recipe.tokens == claim.repeated.recipe.tokens)
+    try:
+        test = V.repetition_test(full, claim.repeated, a, b, settings)
+    except ValueError:  # not cached yet
+        return f"; repetition test not run yet (`python -m mobilellm ablation {claim.repeated.name}`)"
+    return f". Repetition test ({b} − {a}): {test.reading(slope)}"
 
 
 def verdict_table() -> str:
@@ -210,11 +242,14 @@ def verdict_table() -> str:
             f"| {c.name} | {c.paper} | {c.variant} − {c.reference}: {p.text()} | {trend_text} | "
             f"{c.any_scale} | **{classify(c.expect, p, trend)}** |"
         )
+    train_tokens = len(E.load_data(A.DEPTH.recipe).train)
     note = (
         "\n\nOurs: validation loss at ~19 tokens per parameter (the 31k-parameter sharing test: ~300), lower "
         "is better, so a negative difference means the paper's choice helped. The budget trend is a straight "
         "line through the per-seed differences against log10(tokens per parameter), with its 95% interval; "
-        "a negative slope means the variant gains as training grows. Generated by "
-        "`mobilellm.claims.verdict_table()` from `data/results/`."
+        "a negative slope means the variant gains as training grows. Passes: how many times each training "
+        f"token was read (every run reads the same {train_tokens / 1e6:.1f}M-token text, so larger budgets "
+        "repeat it; the repetition test trains the same tokens on a third of the text). Generated by "
+        "`mobilellm.course.claims.verdict_table()` from `data/results/`."
     )
     return "\n".join(rows) + note

@@ -251,3 +251,20 @@ DIAGRAMS: dict[str, Callable[[], Figure]] = {
     "gqa": gqa,
     "layer_sharing": layer_sharing,
 }
+
+
+def show(name: str, **kw):
+    """The diagram ``name`` as an image for a notebook, also written to ``figures/diagram_<name>.png``."""
+    import io
+
+    from IPython.display import Image
+
+    from .plots import save
+
+    if name not in DIAGRAMS:
+        raise ValueError(f"unknown diagram {name!r}; valid: {', '.join(DIAGRAMS)}")
+    fig = DIAGRAMS[name](**kw)
+    save(fig, f"diagram_{name}")
+    png = io.BytesIO()
+    fig.savefig(png, format="png", bbox_inches="tight", dpi=110)
+    return Image(data=png.getvalue(), format="png")

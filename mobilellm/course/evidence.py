@@ -3,6 +3,8 @@ depth per budget, the repetition test, and re-deriving any cached run from its s
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import statistics
 import tempfile
@@ -168,5 +170,6 @@ def verify(
     with tempfile.TemporaryDirectory(prefix="mobilellm-verify-") as tmp:
         for rec in chosen:
             start = time.perf_counter()
-            again = E.run_one(rec.label, configs[rec.label], ab.recipe, rec.seed, settings, Path(tmp))
+            with contextlib.redirect_stdout(io.StringIO()):  # the runner's own log lines: the caller reports
+                again = E.run_one(rec.label, configs[rec.label], ab.recipe, rec.seed, settings, Path(tmp))
             yield Check(rec.label, rec.seed, rec.final_val_loss, again.final_val_loss, time.perf_counter() - start)

@@ -15,6 +15,34 @@ from .settings import Settings
 TIMES_FILE = RESULTS_DIR / "notebook_times.json"
 
 
+# How a cell is shown is said by its tags; the metadata JupyterLab reads follows from them (``apply_tags``),
+# and the book drops what a reader of the page does not need.
+HIDE_INPUT = "hide-input"  # a reading rendered from the data: the output is the lesson, the code is not
+HIDE_CELL = "hide-cell"  # checks and bookkeeping: collapsed in JupyterLab, left out of the book, still run
+SOLUTION = "solution"  # an exercise's worked solution: collapsed until the learner opens it
+NBVAL_TAGS = ("nbval-check-output", "nbval-ignore-output", "nbval-skip", "nbval-raises-exception")
+
+
+def apply_tags(nb):
+    """Set each code cell's JupyterLab visibility from its tags (and clear it where no tag asks)."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tags = set(cell.metadata.get("tags", ()))
+        shown = cell.metadata.get("jupyter", {})
+        shown.pop("source_hidden", None)
+        shown.pop("outputs_hidden", None)
+        if tags & {HIDE_INPUT, HIDE_CELL, SOLUTION}:
+            shown["source_hidden"] = True
+        if tags & {HIDE_CELL, SOLUTION}:
+            shown["outputs_hidden"] = True
+        if shown:
+            cell.metadata["jupyter"] = shown
+        else:
+            cell.metadata.pop("jupyter", None)
+    return nb
+
+
 def notebooks() -> list[Path]:
     """The curriculum's notebooks, in order."""
     return sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
@@ -70,7 +98,7 @@ def run_notebooks(only: list[str] | None = None, settings: Settings | None = Non
         finally:
             if km.has_kernel:  # the client shuts down only kernels it started itself
                 km.shutdown_kernel(now=True)
-            nbformat.write(strip_volatile(nb), path)  # keep what ran, errors included, for inspection
+            nbformat.write(apply_tags(strip_volatile(nb)), path)  # keep what ran, errors included, for inspection
         times[path.stem] = round(time.perf_counter() - start, 1)
         print(f"  {path.name}: {times[path.stem]:.0f} s", flush=True)
     return times

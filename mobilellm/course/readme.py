@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from . import paths
+from . import experiments, paths
 from .ablations import ABLATIONS
 from .experiments import compare, is_cached, run_ablation, summarize
 from .notebooks import NOTEBOOKS_DIR, TIMES_FILE, notebooks
@@ -36,10 +36,10 @@ CURRICULUM = {
         ("swiglu", "ReLU (baseline)", "SwiGLU"),
     ),
     "03_deep_and_thin": (
-        "depth vs width at 132k parameters (5 shapes × 3 seeds); time per token by shape; depth, "
-        "tying and sharing paired by seed at ≈5/19/57/150 tokens per parameter",
+        "depth vs width at 132k parameters (5 shapes × 3 seeds); time per token by shape; the best "
+        "of three shapes at ≈5/19/57/150 tokens per parameter",
         "12 → 30 layers: 43.9 → 44.8",
-        ("depth", "2×56", "8×32"),
+        ("depth", "3×48", "5×40"),
     ),
     "04_embedding_sharing": (
         "where parameters go (teaching, 125M–1.5B, 70B); tying checked by data_ptr; untied vs "
@@ -92,6 +92,14 @@ CURRICULUM = {
         "125M 15.6 / LS 16.0 / 60 layers 29.0 ms/token (iPhone 13); int8 < 0.5 points",
         None,
     ),
+    "12_evidence": (
+        "appendix: depth, tying and sharing paired by seed at four budgets, with the passes over the data; "
+        "the repetition test; the best depth per budget; the sharing orders over three seeds; re-deriving "
+        "a cached run (`verify`)",
+        "0.25T tokens ≈ 2,000 tokens per parameter at 125M",
+        None,
+    ),
+    "13_glossary": ("the course's terms, each with the notebook that introduces it", "—", None),
 }
 
 
@@ -131,8 +139,8 @@ def ablation_table() -> str:
     """Every ablation in the project whose runs are cached, one row per variant, as Markdown, with
     each variant's paired difference from the ablation's first variant."""
     rows = [
-        "| ablation | variant | stored params | executed layers | tokens | seeds | validation loss "
-        "| − first variant, paired by seed |",
+        "| ablation (time to re-derive) | variant | stored params | executed layers | tokens (passes) | seeds "
+        "| validation loss | − first variant, paired by seed |",
         "|---|---|---:|---:|---:|---:|---|---|",
     ]
     missing = []
@@ -146,22 +154,28 @@ def ablation_table() -> str:
         summary = summarize(records)
         best = min(summary, key=lambda s: s["mean"])["label"]
         first = summary[0]["label"]
+        minutes = sum(r.wall_time for r in records) / 60
+        passes = experiments.passes(ab.recipe)
         for i, s in enumerate(summary):
             cfg = ab.config(s["label"])
             loss = f"{s['mean']:.3f}" + (f" ± {s['std']:.3f}" if s["n_seeds"] > 1 else "")
             loss = f"**{loss}**" if s["label"] == best else loss
             diff = "—" if i == 0 else compare(records, first, s["label"]).text()
             rows.append(
-                f"| {name if i == 0 else ''} | {s['label']} | {s['params']:,} | {cfg.n_executed_layers} | "
-                f"{s['tokens'] / 1e6:.2f}M | {s['n_seeds']} | {loss} | {diff} |"
+                f"| {f'{name} ({minutes:.0f} min)' if i == 0 else ''} | {s['label']} | {s['params']:,} | "
+                f"{cfg.n_executed_layers} | {s['tokens'] / 1e6:.2f}M ({passes:.1f}) | {s['n_seeds']} | {loss} "
+                f"| {diff} |"
             )
     note = (
         "\n\nMean ± standard deviation over seeds of the final validation loss (nats/token, lower is better; "
         "the lowest in each ablation in bold). The last column pairs runs by seed (same seed: same "
         "initialisation and batch order): the mean difference with its 95% t-interval and how many seeds "
         "agree in sign; *better*/*worse* when the interval excludes zero, *leaning* when every seed agrees "
-        "but the interval reaches zero, *mixed* when the seeds disagree. Definitions: "
-        "`mobilellm/ablations.py`; runs: `data/results/`."
+        "but the interval reaches zero, *mixed* when the seeds disagree. Passes: how many times the run read "
+        "its training text. Every number can be re-derived: `python -m mobilellm verify NAME` trains the "
+        "ablation's cached runs again into a temporary folder (`--variant`, `--seeds` pick a few) and prints "
+        "each loss beside the stored one; the time beside each name is what its runs took when trained here. "
+        "Definitions: `mobilellm/course/ablations.py`; runs: `data/results/`."
     )
     if missing:
         note += f" Not run yet: {', '.join(missing)}."
