@@ -400,17 +400,18 @@ def roadmap(records: list[RunRecord], paper_steps: dict[str, float], title: str,
     """The roadmap one step at a time. Top: what each step changed in our validation loss, paired by
     seed against the step before (dots: seeds; square: mean with its 95% t-interval). Bottom: what
     the paper's step changed in its zero-shot average (points; a step it has no number for is left
-    empty). Both axes start at zero, and better is up in both (our loss change is drawn negated)."""
+    empty). Our change is the table's: this step minus the step before, lower is better (an arrow on
+    each axis says which way is better)."""
     labels = list(dict.fromkeys(r.label for r in records))
     with style():
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7.5), sharex=True, gridspec_kw={"height_ratios": [1.3, 1]})
         for i, (prev, cur) in enumerate(zip(labels, labels[1:], strict=False), start=1):
             p = compare(records, prev, cur)
-            top.scatter([i + 0.12] * p.n, [-d for d in p.diffs], color="k", s=14, alpha=0.5, zorder=4)
+            top.scatter([i + 0.12] * p.n, p.diffs, color="k", s=14, alpha=0.5, zorder=4)
             top.errorbar(
                 i,
-                -p.mean,
-                yerr=[[p.high - p.mean], [p.mean - p.low]] if p.n > 1 else None,
+                p.mean,
+                yerr=[[p.mean - p.low], [p.high - p.mean]] if p.n > 1 else None,
                 fmt="s",
                 color=OURS,
                 ms=8,
@@ -418,8 +419,8 @@ def roadmap(records: list[RunRecord], paper_steps: dict[str, float], title: str,
                 zorder=3,
             )
             top.annotate(
-                f"{-p.mean:+.3f}\n{p.agree}/{p.n}",
-                (i, -p.mean),
+                f"{p.mean:+.3f}\n{p.agree}/{p.n}",
+                (i, p.mean),
                 xytext=(-12, 0),
                 textcoords="offset points",
                 ha="right",
@@ -427,7 +428,7 @@ def roadmap(records: list[RunRecord], paper_steps: dict[str, float], title: str,
                 fontsize=9,
             )
         top.axhline(0, color="k", lw=0.8)
-        top.set_ylabel("ours: loss decrease vs the\nstep before (nats) ↑", fontsize=11)
+        top.set_ylabel("ours: loss change vs the\nstep before (nats) ↓ better", fontsize=11)
         n = max(len({r.seed for r in records if r.label == lab}) for lab in labels)
         top.set_title(
             f"ours: ~{records[0].params / 1e3:.0f}k parameters, {records[0].tokens / 1e6:.1f}M tokens, "
@@ -439,7 +440,7 @@ def roadmap(records: list[RunRecord], paper_steps: dict[str, float], title: str,
         bottom.bar_label(bars, fmt="%+.1f", fontsize=11)
         bottom.axhline(0, color="k", lw=0.8)
         bottom.set_ylim(min(0, min(v for _, v in have)) - 0.4, max(v for _, v in have) + 0.5)
-        bottom.set_ylabel("paper: change in zero-shot\navg. (points) ↑", fontsize=11)
+        bottom.set_ylabel("paper: change in zero-shot\navg. (points) ↑ better", fontsize=11)
         bottom.set_title("paper: 125M at 0.25T tokens (layer sharing: at 1T tokens)", fontsize=11)
         params = {r.label: r.params for r in records}
         bottom.set_xticks(range(len(labels)), [f"{lab}\n{params[lab] / 1e3:.0f}k" for lab in labels], fontsize=10)
