@@ -423,6 +423,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; valid: {', '.join(TASKS)}")
+    twice = sorted({t for t in tasks if tasks.count(t) > 1})
+    if twice:
+        raise ValueError(f"--tasks names {', '.join(twice)} twice: each task counts once in the average, name it once")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit ({args.limit}) must be >= 1")
     if args.batch_size < 1:

@@ -109,6 +109,14 @@ def prepare(
             meta[f"{split}_chars"] = sum(map(len, docs))
         write_atomic(meta_file, lambda t: t.write_text(json.dumps(meta, indent=1)))
     meta = json.loads(meta_file.read_text())
+    for split in ("train", "val"):  # a truncated or foreign file must not pass for the whole split
+        path, expected = out / f"{split}.bin", meta[f"{split}_tokens"] * np.dtype(meta["dtype"]).itemsize
+        size = path.stat().st_size if path.is_file() else None
+        if size != expected:
+            raise ValueError(
+                f"the token cache {path} holds {size if size is not None else 'no'} bytes where {meta_file.name} "
+                f"says {expected:,}: delete the folder {out} and it is rebuilt"
+            )
     arrays = {s: np.memmap(out / f"{s}.bin", dtype=meta["dtype"], mode="r") for s in ("train", "val")}
     return TokenData(arrays["train"], arrays["val"], Tokenizer(out / "tokenizer.model"), fp, out, c.name)
 

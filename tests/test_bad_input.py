@@ -253,6 +253,13 @@ CASES = [
     ("eval-tasks-comma", ["eval", "--checkpoint", "{ck}", "--tasks", ","], "error", "names no task", True),
     ("eval-tasks-unknown", ["eval", "--checkpoint", "{ck}", "--tasks", "mmlu"], "error", r"unknown task\(s\)", True),
     (
+        "eval-tasks-twice",
+        ["eval", "--checkpoint", "{ck}", "--tasks", "copa,piqa,copa"],
+        "error",
+        "names copa twice: each task counts once",
+        True,
+    ),
+    (
         "eval-limit-0",
         ["eval", "--checkpoint", "{ck}", "--tasks", "copa", "--limit", "0"],
         "error",
@@ -464,3 +471,31 @@ def test_an_hf_export_that_fails_leaves_the_old_files_and_no_temporary(env, monk
     assert main(["export", "--checkpoint", str(env["ck"]), "--out", str(out), "--overwrite"]) == 2
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]
+
+
+def test_a_truncated_token_cache_is_refused_by_name(tmp_path):
+    from mobilellm.data import prepare
+
+    first = prepare("shakespeare", vocab_size=256, cache_dir=tmp_path)
+    train = first.directory / "train.bin"
+    train.write_bytes(train.read_bytes()[:50_000])
+    with pytest.raises(ValueError, match=r"train\.bin holds 50000 bytes where meta\.json says .*delete the folder"):
+        prepare("shakespeare", vocab_size=256, cache_dir=tmp_path)
+
+
+def test_a_hand_edited_cached_run_is_refused_by_name(tmp_path):
+    from mobilellm.course import experiments as E
+
+    stored = next(p for p in (Path(__file__).resolve().parents[1] / "data" / "results").glob("2x56-*-s1-*.json"))
+    E.read_record(stored)  # a committed run agrees with itself
+    rec = json.loads(stored.read_text())
+    edited = tmp_path / stored.name
+    edited.write_text(json.dumps({**rec, "final_val_loss": 1.0}))
+    with pytest.raises(ValueError, match=f"{edited.name} says final_val_loss 1.0 but its validation curve ends at"):
+        E.read_record(edited)
+    edited.write_text(json.dumps({**rec, "final_val_loss": "NaN"}))
+    with pytest.raises(ValueError, match="cannot be read|says final_val_loss"):
+        E.read_record(edited)
+    edited.write_text("{not json")
+    with pytest.raises(ValueError, match=f"the cached run {edited.name} cannot be read"):
+        E.read_record(edited)

@@ -183,10 +183,12 @@ def test_the_book_leaves_out_checks_and_shows_readings_without_their_code(built)
 def test_book_has_every_notebook_and_landing(built):
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     names = [p.name for p in built]
-    assert names == ["index.html", *[f"{p.stem}.html" for p in notebooks], "reference.html"]
+    assert names == ["index.html", *[f"{p.stem}.html" for p in notebooks], "workshop.html", "reference.html"]
     landing = (OUT / "index.html").read_text()
-    for text in ("make figures", "make test", "Every ablation in the project", "02_swiglu.html"):
+    for text in ("make figures", "make test", "02_swiglu.html", "workshop.html", "reference.html"):
         assert text in landing, f"the landing page lacks {text!r}"
+    assert "Every ablation in the project" in (OUT / "reference.html").read_text()
+    assert "A three-hour session" in (OUT / "workshop.html").read_text()
 
 
 @pytest.mark.slow
@@ -285,13 +287,11 @@ def test_every_page_has_a_screenshot(pages):
         assert shot.stat().st_size > 10_000, f"{shot} is (nearly) empty"
 
 
-def test_readme_splits_into_landing_and_reference():
-    landing, reference = book.readme_sections(
-        "# T\nintro\n## Two commands\nmake\n## Layout\nfiles\n"
-        "## The notebooks\nmap\n### Every ablation in the project\nt\n"
-    )
-    assert "intro" in landing and "make" in landing and "map" in landing and 'id="ablations"' in landing
-    assert "files" in reference and "files" not in landing
+def test_pages_in_docs_link_like_the_readme():
+    pages = {"notebooks/02_swiglu.ipynb": "02_swiglu.html", "docs/reference.md": "reference.html"}
+    assert book.link_target("../notebooks/02_swiglu.ipynb", pages, "../../", from_dir="docs") == "02_swiglu.html"
+    assert book.link_target("docs/reference.md#layout", pages, "../../") == "reference.html#layout"
+    assert book.link_target("../mobilellm/model.py", pages, "../../", from_dir="docs") == "../../mobilellm/model.py"
 
 
 def test_links_point_at_pages_or_sources():

@@ -94,23 +94,10 @@ READING_WORDS = 2000  # about ten minutes at 200 words a minute
 LONG_LESSONS = {"11_on_device": "the runtime analysis and the machine caveats move to the evidence appendix"}
 
 
-def prose_words(path: Path) -> int:
-    """Words a reader reads: the Markdown cells and the readings rendered from the data, tables left out."""
-
-    def words(text: str) -> int:
-        return sum(len(line.split()) for line in text.splitlines() if not line.lstrip().startswith("|"))
-
-    total = 0
-    for cell in json.loads(path.read_text())["cells"]:
-        if cell["cell_type"] == "markdown":
-            total += words("".join(cell["source"]))
-        for out in cell.get("outputs", []):
-            total += words("".join(out.get("data", {}).get("text/markdown", "")))
-    return total
-
-
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
 def test_a_lesson_reads_in_about_ten_minutes(path):
+    from mobilellm.course.readme import prose_words
+
     n = prose_words(path)
     if path.stem in LONG_LESSONS:
         assert n > READING_WORDS, f"{path.stem} is short now ({n} words): take it off LONG_LESSONS"

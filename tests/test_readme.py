@@ -38,19 +38,21 @@ def test_ablation_table_and_readme_come_from_the_cache(tmp_path, monkeypatch):
     shared_row = next(line for line in table.splitlines() if "| shared |" in line)
     assert " on 2/2 seeds, mean " in shared_row or "mixed (" in shared_row  # the paired verdict, per row
 
-    readme = tmp_path / "README.md"
+    readme, reference = tmp_path / "README.md", tmp_path / "reference.md"
     readme.write_text(
         "intro\n<!-- notebook-map:start -->\nstale map\n<!-- notebook-map:end -->\n"
-        "<!-- budget:start -->\nstale budget\n<!-- budget:end -->\n"
-        "<!-- ablations:start -->\nstale table\n<!-- ablations:end -->\noutro\n"
+        "<!-- budget:start -->\nstale budget\n<!-- budget:end -->\noutro\n"
     )
+    reference.write_text("# Ref\n<!-- ablations:start -->\nstale table\n<!-- ablations:end -->\nend\n")
     monkeypatch.setattr(F, "README", readme)
+    monkeypatch.setattr(paths, "DOCS", {"reference": reference})
     monkeypatch.setattr(F, "TIMES_FILE", tmp_path / "times.json")
     monkeypatch.setattr(F, "CURRICULUM", {})
     F.update_readme()
     text = readme.read_text()
     assert "stale" not in text and text.startswith("intro") and text.endswith("outro\n")
-    assert table in text and "| notebook | builds |" in text
+    assert "| notebook | builds |" in text
+    assert table in reference.read_text() and "stale" not in reference.read_text()  # a section in docs/ too
     # the training budget: the 4 cached runs of "tiny", their wall times summed; "later" is missing
     hours = sum(r.wall_time for r in records) / 3600
     assert f"retrains the 4 runs the notebooks train: their recorded wall times sum to {hours:.1f} hours" in text

@@ -1,15 +1,15 @@
 """``make book``: the course as a static website, built from the committed, executed notebooks.
 
 One HTML page per notebook (``notebooks/NN_*.ipynb``, its outputs and figures as committed: nothing
-is re-executed), a landing page and a reference page cut from README.md (the notebook map and the
-table of every ablation included), a sidebar, previous/next links, links to the source files, and on
-every page the date and commit its results were produced with and the command that regenerates them.
+is re-executed), the README as its landing page, the workshop and reference pages of ``docs/``, a
+sidebar, previous/next links, links to the source files, and on every page the date and commit its
+results were produced with and the command that regenerates them.
 
 The tool is nbconvert's ``HTMLExporter`` with its ``lab`` template, extended by the one small Jinja
 template below. Why not Jupyter Book 2 / MyST: it needs Node.js and the ``mystmd`` npm package on every
 machine that builds the book, and ``myst build`` fetches its site theme from the internet on a first
 build, so it would not build offline from the repository alone. nbconvert is already installed with
-JupyterLab, renders outputs exactly as JupyterLab does, and converts the eleven notebooks in seconds.
+JupyterLab, renders outputs exactly as JupyterLab does, and converts the notebooks in seconds.
 """
 
 from __future__ import annotations
@@ -24,14 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .paths import BOOK_DIR as DEFAULT_OUT
-from .paths import NOTEBOOKS_DIR, README, ROOT
+from .paths import DOCS, NOTEBOOKS_DIR, README, ROOT
 from .paths import RESULTS_DIR as RESULTS
 
 REGENERATE = "make figures"
-
-# Landing page: these README sections (by their "## " heading; the text before the first heading is
-# always included). The others go to the reference page.
-LANDING_SECTIONS = ("Two commands", "The notebooks")
 
 TEMPLATE = r"""
 {%- extends 'lab/index.html.j2' -%}
@@ -136,23 +132,6 @@ def notebook_runs(results: Path = RESULTS) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def readme_sections(text: str) -> tuple[str, str]:
-    """Split README.md into (landing, reference) markdown by its "## " sections."""
-    parts = re.split(r"(?m)^(?=## )", text)
-    landing, reference = [parts[0]], []
-    for part in parts[1:]:
-        name = part.splitlines()[0][3:].strip()
-        (landing if name in LANDING_SECTIONS else reference).append(part)
-    body = "".join(landing).replace(
-        "### Every ablation in the project", '<a id="ablations"></a>\n\n### Every ablation in the project'
-    )
-    return (
-        body,
-        "# The package\n\nThe rest of the README: the package, its command line and what the tests "
-        "hold it to.\n\n" + "".join(reference),
-    )
-
-
 def link_target(target: str, notebook_pages: dict[str, str], source_base: str, from_dir: str = "") -> str:
     """Where a relative link of the README or a notebook points on the site: a page, or the source file."""
     if re.match(r"^[a-z][a-z0-9+.-]*:|^#|^/", target):
@@ -244,14 +223,15 @@ def _pages(source_base: str) -> list[Page]:
     if not notebooks:
         raise FileNotFoundError(f"no notebooks/NN_*.ipynb under {ROOT}: run `make book` in a checkout")
     notebook_pages = {f"notebooks/{p.name}": f"{p.stem}.html" for p in notebooks}
-    landing_md, reference_md = readme_sections(README.read_text())
+    notebook_pages |= {f"docs/{path.name}": f"{name}.html" for name, path in DOCS.items()}
 
-    def markdown_page(text: str):
+    def markdown_page(text: str, from_dir: str = ""):
         return nbformat.v4.new_notebook(
-            cells=[nbformat.v4.new_markdown_cell(rewrite_links(text, notebook_pages, source_base))], metadata={}
+            cells=[nbformat.v4.new_markdown_cell(rewrite_links(text, notebook_pages, source_base, from_dir))],
+            metadata={},
         )
 
-    pages = [Page("index.html", "The course", "README.md", markdown_page(landing_md))]
+    pages = [Page("index.html", "The course", "README.md", markdown_page(README.read_text()))]
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
@@ -260,7 +240,10 @@ def _pages(source_base: str) -> list[Page]:
         pages.append(
             Page(f"{path.stem}.html", first_heading(nb) or path.stem, f"notebooks/{path.name}", nb, stem=path.stem)
         )
-    pages.append(Page("reference.html", "The package", "README.md", markdown_page(reference_md)))
+    for name, path in DOCS.items():
+        text = path.read_text()
+        title = next((line[2:].strip() for line in text.splitlines() if line.startswith("# ")), name)
+        pages.append(Page(f"{name}.html", title, f"docs/{path.name}", markdown_page(text, from_dir="docs")))
     return pages
 
 
@@ -312,7 +295,7 @@ def build(out: Path = DEFAULT_OUT, source_url: str | None = None) -> list[Path]:
     for i, page in enumerate(pages):
         math = any(c.cell_type == "markdown" and re.search(r"\$[^$\n]+\$", c.source) for c in page.notebook.cells)
         resources = {
-            "metadata": {"name": page.title, "path": str(ROOT if page.stem is None else NOTEBOOKS_DIR)},
+            "metadata": {"name": page.title, "path": str(ROOT / Path(page.source).parent)},
             "book": {
                 "math": math,
                 "sidebar": _sidebar(pages, page),

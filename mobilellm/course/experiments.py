@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -198,6 +199,24 @@ def run_key(cfg: ModelConfig, recipe: Recipe, data_fingerprint: str, seed: int) 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def read_record(path: Path) -> RunRecord:
+    """A cached run, checked against itself: its final loss must be the last point of its own validation
+    curve, and finite. A hand-edited or damaged file is refused by name, never read as a result."""
+    fix = f"delete {path} (or rerun with --fresh) and it is trained again"
+    try:
+        rec = RunRecord(**json.loads(path.read_text()))
+        last = float(rec.val_curve[-1][1])
+        final = float(rec.final_val_loss)
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        raise ValueError(f"the cached run {path.name} cannot be read ({e}): {fix}") from None
+    if not math.isfinite(final) or abs(final - last) > 1e-6 * max(1.0, abs(last)):
+        raise ValueError(
+            f"the cached run {path.name} says final_val_loss {rec.final_val_loss!r} but its validation curve ends at "
+            f"{last:.6f}: {fix}"
+        )
+    return rec
+
+
 def describe(cfg: ModelConfig) -> str:
     """A short readable name for a config, used in result file names."""
     emb = "tied" if cfg.share_embedding else "untied"
@@ -286,7 +305,7 @@ def run_one(
     data = load_data(recipe)
     path = result_path(results_dir, cfg, recipe, data.fingerprint, seed)
     if _reusable(path, settings):
-        return dataclasses.replace(RunRecord(**json.loads(path.read_text())), label=label, path=path)
+        return dataclasses.replace(read_record(path), label=label, path=path)
     print(f"training {label!r} ({describe(cfg)}), seed {seed}: {recipe.steps} steps", flush=True)
     model, res = train(cfg, recipe.train_config(seed, settings.device, settings.progress), data)
     print(

@@ -12,6 +12,10 @@ EVAL_DIR = ROOT / "data" / "eval"  # evaluation rows in hub schema (committed)
 FIGURES_DIR = ROOT / "figures"
 NOTEBOOKS_DIR = ROOT / "notebooks"
 README = ROOT / "README.md"
+DOCS = {
+    "workshop": ROOT / "docs" / "workshop.md",
+    "reference": ROOT / "docs" / "reference.md",
+}  # the book's other pages
 BOOK_DIR = ROOT / "build" / "book"
 OPTIMUM_VENV = ROOT / ".venv-optimum"  # `make optimum-venv`: optimum-executorch, a peer of the pte bench
 
