@@ -171,7 +171,9 @@ def _sidebar(pages: list[Page], current: Page) -> str:
         cls = ' class="current"' if page is current else ""
         items.append(f'<li{cls}><a href="{page.file}">{html.escape(page.title)}</a></li>')
         if page.file == "index.html":
-            items.append('<li class="sub"><a href="index.html#ablations">Every ablation</a></li>')
+            items.append(
+                '<li class="sub"><a href="reference.html#every-ablation-in-the-project">Every ablation</a></li>'
+            )
     return (
         '<nav class="book-sidebar" aria-label="Contents"><a class="book-title" href="index.html">'
         f"MobileLLM, step by step</a><ol>{''.join(items)}</ol></nav>"
@@ -226,6 +228,12 @@ def _pages(source_base: str) -> list[Page]:
     notebook_pages |= {f"docs/{path.name}": f"{name}.html" for name, path in DOCS.items()}
 
     def markdown_page(text: str, from_dir: str = ""):
+        # images relative to the repository root, as the page is rendered from there
+        text = re.sub(
+            r"(!\[[^\]]*\]\()([^)\s:]+)(\))",
+            lambda m: m[1] + os.path.normpath(os.path.join(from_dir, m[2])) + m[3],
+            text,
+        )
         return nbformat.v4.new_notebook(
             cells=[nbformat.v4.new_markdown_cell(rewrite_links(text, notebook_pages, source_base, from_dir))],
             metadata={},
@@ -237,6 +245,11 @@ def _pages(source_base: str) -> list[Page]:
         for cell in nb.cells:
             if cell.cell_type == "markdown":
                 cell.source = rewrite_links(cell.source, notebook_pages, source_base, from_dir="notebooks")
+            for out in cell.get("outputs", []):  # readings rendered from the data link like Markdown cells
+                if "text/markdown" in out.get("data", {}):
+                    out.data["text/markdown"] = rewrite_links(
+                        out.data["text/markdown"], notebook_pages, source_base, from_dir="notebooks"
+                    )
         pages.append(
             Page(f"{path.stem}.html", first_heading(nb) or path.stem, f"notebooks/{path.name}", nb, stem=path.stem)
         )
@@ -295,7 +308,7 @@ def build(out: Path = DEFAULT_OUT, source_url: str | None = None) -> list[Path]:
     for i, page in enumerate(pages):
         math = any(c.cell_type == "markdown" and re.search(r"\$[^$\n]+\$", c.source) for c in page.notebook.cells)
         resources = {
-            "metadata": {"name": page.title, "path": str(ROOT / Path(page.source).parent)},
+            "metadata": {"name": page.title, "path": str(ROOT if page.stem is None else NOTEBOOKS_DIR)},
             "book": {
                 "math": math,
                 "sidebar": _sidebar(pages, page),

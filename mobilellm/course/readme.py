@@ -201,7 +201,7 @@ def workshop() -> str:
     minutes = lesson_minutes()
     rows = ["| lesson | reading | run (with the cache) | exercises |", "|---|---:|---:|---:|"]
     for stem, (read, run, n_ex) in minutes.items():
-        rows.append(f"| [{stem}](notebooks/{stem}.ipynb) | {read:.0f} min | {run:.1f} min | {n_ex} |")
+        rows.append(f"| [{stem}](../notebooks/{stem}.ipynb) | {read:.0f} min | {run:.1f} min | {n_ex} |")  # docs/
     short = list(minutes)
     while agenda(short, minutes)[-1][1] > 180:  # the lessons, in order, that fit three hours
         short.pop()
