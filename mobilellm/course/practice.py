@@ -92,13 +92,17 @@ def curves(runs: dict[str, dict], title: str, name: str | None = None, reference
                 color=color,
                 label=f"{label}: training (line), validation (dots) {r['final_val_loss']:.3f}",
             )
+        mine = list(runs)
         for label, rec in (reference or {}).items():
             per_step = rec.recipe["batch_size"] * rec.recipe["seq_len"]
+            # the colour of your run of the same model, if there is one (a single run: it is the reference's)
+            same = mine.index(label) if label in mine else (0 if len(mine) == 1 else None)
             ax.plot(
                 [s * per_step for s, _ in rec.val_curve],
                 [v for _, v in rec.val_curve],
                 "--",
-                color="grey",
+                color="grey" if same is None else SEED_COLORS[same % len(SEED_COLORS)],
+                alpha=0.7,
                 lw=1.2,
                 marker="s",
                 ms=4,
