@@ -554,6 +554,7 @@ def _generate_pte(args: argparse.Namespace) -> int:
             f"the prompt is {len(ids)} tokens, the program's cache window is {dec.max_len}: "
             "shorten the prompt or export with a larger --max-len"
         )
+    _say_if_cut(args.max_new_tokens, room, f"the program's cache window of {dec.max_len}")
     print(args.prompt, end="", flush=True)
     new: list[int] = []
     shown = ""
@@ -566,6 +567,12 @@ def _generate_pte(args: argparse.Namespace) -> int:
         shown = text
     print()
     return 0
+
+
+def _say_if_cut(asked: int, room: int, limit: str) -> None:
+    """One line on stderr when the context window leaves room for fewer tokens than were asked for."""
+    if asked > room:
+        print(f"note: {room} new tokens, not {asked}: the prompt and the output fill {limit} tokens", file=sys.stderr)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -598,6 +605,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     room = model.cfg.max_seq_len - prompt.shape[1]
     if room <= 0:
         raise ValueError(f"the prompt is {prompt.shape[1]} tokens, the model's limit is {model.cfg.max_seq_len}")
+    _say_if_cut(args.max_new_tokens, room, f"the model's limit of {model.cfg.max_seq_len}")
     out = model.eval().generate(
         prompt,
         min(args.max_new_tokens, room),

@@ -751,6 +751,11 @@ def _train(
     if resume:
         model, state, curves = _resume(out, cfg, data)
         step, tokens = state["step"], state["tokens"]
+        if step >= tc.max_steps:
+            raise ValueError(
+                f"the checkpoint in {out} is at step {step}, and --max-steps is {tc.max_steps}: nothing is left to "
+                f"train; pass a --max-steps above {step} to continue it"
+            )
         sampler.set_state(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
     elif model is None:

@@ -6,8 +6,10 @@ and a pattern the message must match. Rows marked ``before_data`` must be refuse
 preparation (``prepare`` raises if called). Add a row with every new option or command.
 """
 
+import dataclasses
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -499,3 +501,20 @@ def test_a_hand_edited_cached_run_is_refused_by_name(tmp_path):
     edited.write_text("{not json")
     with pytest.raises(ValueError, match=f"the cached run {edited.name} cannot be read"):
         E.read_record(edited)
+
+
+def test_generate_says_when_the_window_cuts_the_output(env, capsys):
+    code = main(_fill(G + ["--checkpoint", "{ck}", "--max-new-tokens", "100000", "--prompt", "a"], env))
+    out, err = capsys.readouterr()
+    assert code == 0 and out.startswith("a")
+    assert re.search(r"^note: \d+ new tokens, not 100000: the prompt and the output fill the model's limit", err)
+
+
+def test_resuming_a_run_already_past_max_steps_says_so(tmp_path, small_data):
+    from mobilellm.train import TrainConfig, train
+
+    cfg = tiny_config(vocab_size=128, max_seq_len=32)
+    tc = TrainConfig(max_steps=3, batch_size=4, eval_every=3, eval_windows=2, progress=False, device="cpu")
+    train(cfg, tc, small_data, out=tmp_path / "run")
+    with pytest.raises(ValueError, match="is at step 3, and --max-steps is 2: nothing is left to train"):
+        train(cfg, dataclasses.replace(tc, max_steps=2), small_data, out=tmp_path / "run", resume=True)

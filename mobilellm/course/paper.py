@@ -20,7 +20,6 @@ ROADMAP_125M = {
     "1T tokens": 46.3,  # MobileLLM-125M
     "+ layer sharing": 47.0,  # MobileLLM-LS-125M (immediate block-wise sharing, 1T tokens)
 }
-ROADMAP_TOKENS = "0.25T tokens (the last two steps 1T)"
 
 # Embedding sharing at 125M, 0.25T tokens (the embedding-sharing ablation): untied 30 layers, tied
 # 30 layers, tied with the saved parameters spent on two more layers.
@@ -60,9 +59,6 @@ IPHONE13_MS = {
     "MobileLLM-LS-125M": (43.6, 1388.2, 16.0),
     "60 layers, unshared": (68.6, 3347.7, 29.0),
 }
-
-# W8A8 post-training quantization (per-token activations): under half a point lost.
-W8A8_MAX_LOSS_POINTS = 0.5
 
 # Pretraining: 1T tokens on 32 A100s, days per model (keyed by this package's config names).
 TRAINING_DAYS = {
