@@ -58,10 +58,11 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed(monkeypatch):
     torch.manual_seed(0)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # offline unless a test says otherwise; undone after
+        if var not in os.environ:
+            monkeypatch.setenv(var, "1")
 
 
 @pytest.fixture(scope="session")

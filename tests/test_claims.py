@@ -3,6 +3,8 @@
 import json
 import math
 
+import pytest
+
 from mobilellm.course import claims, paths
 from mobilellm.course.paired import log_trend, paired
 
@@ -55,11 +57,20 @@ def test_slope_interval_contains_the_slope():
     assert low < t.slope < high < 0
 
 
-def test_the_table_has_a_row_per_claim():
-    table = claims.verdict_table()
-    lines = table.splitlines()
+@pytest.mark.slow  # reads the results cache and tokenizes the corpus
+def test_each_claims_row_states_its_own_paired_difference_and_class():
+    from mobilellm.course import experiments as E
+
+    lines = claims.verdict_table().splitlines()
     assert lines[0].startswith("| claim | paper | ours")
-    assert sum(1 for line in lines if line.startswith("| ") and "claim |" not in line) == len(claims.claims())
+    rows = [line for line in lines[2:] if line.startswith("| ")]
+    assert len(rows) == len(claims.claims())
+    for c, row in zip(claims.claims(), rows, strict=True):  # recomputed from the cache, row by row
+        found, _ = E.cached_runs(c.ablation)
+        p = E.compare(found, c.reference, c.variant)
+        assert row.startswith(f"| {c.name} | {c.paper} |"), row[:80]
+        assert f"{c.variant} − {c.reference}: {p.text()}" in row
+        assert row.endswith(f"**{claims.classify(c.expect, p, claims._trend(c)[0])}** |")
 
 
 def test_the_sharing_cost_is_read_from_the_bench_report(tmp_path, monkeypatch):
