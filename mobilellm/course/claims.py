@@ -26,7 +26,7 @@ from . import ablations as A
 from . import evidence as V
 from . import experiments as E
 from . import paper, paths
-from .paired import Paired, Trend, log_trend
+from .paired import Paired, Trend
 from .settings import Settings
 
 
@@ -184,18 +184,16 @@ def _trend(claim: Claim) -> tuple[Trend | None, str]:
         best = _best_text(V.best_depth(list(claim.trend), claim.best_of, settings))
         a, b = claim.best_of[0], claim.best_of[-1]
         points, _ = V.budget_points(list(claim.trend), a, b, settings)
-        t = log_trend(*zip(*((pt.tokens_per_param, d) for pt in points for d in pt.paired.diffs), strict=True))
-        return None, best + _repetition_text(claim, t.slope, settings, a, b)
+        return None, best + _repetition_text(claim, V.fit_trend(points).slope, settings, a, b)
     points, _ = V.budget_points(list(claim.trend), claim.reference, claim.variant, settings)
-    xs = [pt.tokens_per_param for pt in points for _ in pt.paired.diffs]
-    ys = [d for pt in points for d in pt.paired.diffs]
-    if len(set(xs)) < 2 or len(xs) < 3:
+    if len(points) < 2 or sum(pt.paired.n for pt in points) < 3:
         return None, "not enough budgets yet"
-    t = log_trend(xs, ys)
+    t = V.fit_trend(points)
     low, high = t.slope_interval()
     text = (
         f"{t.slope:+.3f} [{low:+.3f}, {high:+.3f}] per 10× tokens ({len(points)} budgets, "
-        f"{min(xs):.0f}–{max(xs):.0f} tokens/param, {points[0].passes:.1f}–{points[-1].passes:.1f} passes)"
+        f"{points[0].tokens_per_param:.0f}–{points[-1].tokens_per_param:.0f} tokens/param, "
+        f"{points[0].passes:.1f}–{points[-1].passes:.1f} passes)"
     )
     return t, text + _repetition_text(claim, t.slope, settings, claim.reference, claim.variant)
 

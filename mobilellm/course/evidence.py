@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import experiments as E
 from .experiments import Ablation
-from .paired import Paired, paired, t_interval
+from .paired import Paired, Trend, log_trend, paired, t_interval
 from .settings import Settings
 
 # Retraining a cached run on this kind of CPU repeats its arithmetic; what may differ is the last bit
@@ -43,6 +43,13 @@ def budget_points(sweeps: list[Ablation], a: str, b: str, settings: Settings) ->
         for tokens, recs in sorted(runs.items())
     ]
     return points, notes
+
+
+def fit_trend(points: list[BudgetPoint]) -> Trend:
+    """The budget trend through ``points``: a line through every seed's difference against log budget."""
+    return log_trend(
+        [pt.tokens_per_param for pt in points for _ in pt.paired.diffs], [d for pt in points for d in pt.paired.diffs]
+    )
 
 
 def _params(records: list[E.RunRecord], label: str) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 from .._files import write_atomic
 from . import experiments, paths
 from .ablations import ABLATIONS
+from .evidence import rederive_seconds
 from .experiments import compare, is_cached, run_ablation, summarize
 from .notebooks import NOTEBOOKS_DIR, TIMES_FILE, notebooks
 from .paths import README
@@ -244,7 +245,7 @@ def ablation_table() -> str:
         summary = summarize(records)
         best = min(summary, key=lambda s: s["mean"])["label"]
         first = summary[0]["label"]
-        minutes = sum(r.wall_time for r in records) / 60
+        minutes = rederive_seconds(ab, _CACHED) / 60
         passes = experiments.passes(ab.recipe)
         for i, s in enumerate(summary):
             cfg = ab.config(s["label"])
