@@ -18,6 +18,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from ._quiet import quiet_libraries  # noqa: E402
 from .formats import GGUF_TYPES, QUANT_MODES  # noqa: E402
 
 
@@ -32,10 +33,16 @@ def _add_train(sub) -> None:
     )
     p.add_argument(
         "--config",
-        default="teach-micro",
+        default=None,
         choices=list_configs(),
         metavar="NAME",
         help=f"model preset (default teach-micro): {', '.join(list_configs())}",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="CHECKPOINT",
+        help="start a new run (step 0, fresh optimizer) from a checkpoint's weights, its config and tokenizer",
     )
     p.add_argument(
         "--corpus",
@@ -65,7 +72,7 @@ def _add_train(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (default 1e-2; paper 2e-3)")
     p.add_argument("--warmup-steps", type=int, default=50, help="linear warmup steps (default 50)")
     p.add_argument("--eval-every", type=int, default=100, help="validate and checkpoint every N steps")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
     p.add_argument(
         "--compile", action="store_true", help="torch.compile the model (faster once compiled; compiling takes a while)"
@@ -101,7 +108,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="sampling seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (--checkpoint only)")
 
 
@@ -196,6 +203,7 @@ def _export_cached_pte(args: argparse.Namespace, out: Path) -> int:
         max_len=args.max_len,
         group_size=args.group_size,
         bos_id=tok.bos_id if tok is not None else None,
+        tokenizer_fingerprint=tok.fingerprint if tok is not None else None,
     )
     if tok is not None:  # under the program's own name, where `generate --pte` finds it
         tok.save(tokenizer_beside(out))
@@ -461,9 +469,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     print(f"{'rows':10s} " + " ".join(f"{r['n']:>{width}d}" for r in results))
     if args.json:
-        Path(args.json).write_text(
-            json.dumps({"checkpoint": args.checkpoint, "results": results}, indent=1, default=str)
-        )
+        from ._files import write_atomic
+
+        text = json.dumps({"checkpoint": args.checkpoint, "results": results}, indent=1, default=str)
+        write_atomic(args.json, lambda t: t.write_text(text))
     return 0
 
 
@@ -471,9 +480,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Prepare the data, train, print the result."""
     from .config import get_config
     from .data import prepare
+    from .tokenizer import Tokenizer
     from .train import TrainConfig, auto_device, checkpoint_dir, train
 
-    cfg = get_config(args.config)
+    cfg = get_config(args.config or "teach-micro")
     # Everything checkable is checked before the (slow) data preparation.
     tc = TrainConfig(
         max_steps=args.max_steps,
@@ -494,6 +504,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     auto_device(args.device)
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite contradict each other: pick one")
+    if args.resume and args.init_from is not None:
+        raise ValueError("--init-from starts a new run and --resume continues one: pick one")
     out = _writable(args.out, "--out", folder=True)
     if not args.resume and not args.overwrite and out.is_dir() and checkpoint_dir(out) is not None:
         raise ValueError(
@@ -504,20 +516,30 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"nothing to resume in {out}: train without --resume first")
     if args.tokenizer is not None and not Path(args.tokenizer).is_file():
         raise FileNotFoundError(f"--tokenizer {args.tokenizer} does not exist")
+    model, tokenizer = None, args.tokenizer
+    if args.init_from is not None:
+        model, cfg, tokenizer = _init_from(args, out)
+    elif tokenizer is not None and Tokenizer(tokenizer).vocab_size != cfg.vocab_size:
+        raise ValueError(
+            f"--tokenizer {tokenizer} has {Tokenizer(tokenizer).vocab_size} pieces but --config "
+            f"{args.config} has vocab_size {cfg.vocab_size}: pass a tokenizer of {cfg.vocab_size} pieces, "
+            "or leave out --tokenizer to train one"
+        )
     corpus_kwargs = {}
     if args.data_files is not None:
         corpus_kwargs["data_files"] = args.data_files
     if args.max_chars is not None:
         corpus_kwargs["max_chars"] = args.max_chars
-    data = prepare(args.corpus, cfg.vocab_size, args.cache_dir or _course_cache_dir(), args.tokenizer, **corpus_kwargs)
+    data = prepare(args.corpus, cfg.vocab_size, _cache_dir(args.cache_dir), tokenizer, **corpus_kwargs)
     print(f"data: {json.dumps(data.summary())}", file=sys.stderr)
-    _, result = train(cfg, tc, data, out=args.out, resume=args.resume, overwrite=args.overwrite)
+    _, result = train(cfg, tc, data, out=args.out, resume=args.resume, model=model, overwrite=args.overwrite)
 
     def finite(x: float, digits: int) -> float | None:  # the summary stays strict JSON
         return round(x, digits) if math.isfinite(x) else None
 
     summary = {
-        "config": args.config,
+        "config": args.config or ("teach-micro" if args.init_from is None else None),
+        "init_from": args.init_from,
         "params": result.params,
         "steps": result.steps,
         "tokens": result.tokens,
@@ -531,7 +553,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
+def _init_from(args: argparse.Namespace, out: Path):
+    """``--init-from``: the checkpoint's model, its config and its tokenizer, for a new run into ``out``."""
+    from .config import get_config
+    from .train import load_checkpoint_and_tokenizer
+
+    src = Path(args.init_from)
+    model, _, tok = load_checkpoint_and_tokenizer(src, "cpu")
+    if tok is None:
+        raise FileNotFoundError(
+            f"--init-from {src} has no tokenizer.model: its weights need the tokenizer they were trained with"
+        )
+    if args.config is not None and get_config(args.config) != model.cfg:
+        raise ValueError(
+            f"--init-from {src} holds another model than --config {args.config}: leave out --config "
+            "(the checkpoint's own config is used)"
+        )
+    if args.tokenizer is not None:
+        raise ValueError("--init-from brings its own tokenizer: leave out --tokenizer")
+    return model, model.cfg, tok
+
+
+def _cache_dir(flag: str | None) -> Path | None:
+    """``--cache-dir`` checked (a folder, or a path where one can be made), else the default."""
+    if flag is None:
+        return _course_cache_dir()
+    p = Path(flag)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"--cache-dir {p} is a file: give a folder for the token cache")
+    return p
+
+
 def _generate_pte(args: argparse.Namespace) -> int:
+    from .executorch_program import tokenizer_id
     from .executorch_runtime import PteDecoder, tokenizer_beside
     from .tokenizer import Tokenizer
 
@@ -547,6 +601,12 @@ def _generate_pte(args: argparse.Namespace) -> int:
             f"the tokenizer has {tok.vocab_size} tokens, the program {dec.vocab_size}: "
             "pass the tokenizer the model was trained with"
         )
+    recorded = dec.meta.get("get_tokenizer_id")
+    if recorded is not None and recorded != tokenizer_id(tok.fingerprint):
+        raise ValueError(
+            f"{tok_path} is not the tokenizer {args.pte} was exported with (the program records another "
+            f"fingerprint): pass --tokenizer with the {tokenizer_beside(args.pte).name} written beside it"
+        )
     ids = [tok.eos_id] + tok.encode(args.prompt)  # training packs documents after EOS
     room = dec.max_len - len(ids)
     if room <= 0:
@@ -558,14 +618,22 @@ def _generate_pte(args: argparse.Namespace) -> int:
     print(args.prompt, end="", flush=True)
     new: list[int] = []
     shown = ""
-    for t in dec.generate(
-        ids, min(args.max_new_tokens, room), args.temperature, args.top_k, args.top_p, eos_id=tok.eos_id, seed=args.seed
-    ):
-        new.append(t)
-        text = tok.decode(new)  # decode the whole tail: SentencePiece spaces depend on neighbours
-        print(text[len(shown) :], end="", flush=True)
-        shown = text
-    print()
+    try:
+        for t in dec.generate(
+            ids,
+            min(args.max_new_tokens, room),
+            args.temperature,
+            args.top_k,
+            args.top_p,
+            eos_id=tok.eos_id,
+            seed=args.seed,
+        ):
+            new.append(t)
+            text = tok.decode(new)  # decode the whole tail: SentencePiece spaces depend on neighbours
+            print(text[len(shown) :], end="", flush=True)
+            shown = text
+    finally:
+        print(flush=True)  # an error goes on a line of its own, not after the streamed text
     return 0
 
 
@@ -633,14 +701,25 @@ def cmd_configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seed(text: str) -> int:
+    """A seed torch accepts: an integer in [0, 2**63)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer: give a seed such as 0 or 1234") from None
+    if not 0 <= seed < 2**63:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: a seed is an integer in [0, 2**63)")
+    return seed
+
+
 def _seed_list(text: str) -> tuple[int, ...]:
     """``"0,1,2"`` → (0, 1, 2), for ``ablation --seeds``."""
     try:
         seeds = tuple(int(s) for s in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"--seeds {text!r}: give seeds as integers, e.g. --seeds 0 or 0,1,2") from None
-    if not seeds or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"--seeds {text!r}: seeds are integers >= 0, e.g. --seeds 0,1,2")
+    if not seeds or min(seeds) < 0 or max(seeds) >= 2**63:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: seeds are integers in [0, 2**63), e.g. --seeds 0,1,2")
     return seeds
 
 
@@ -942,7 +1021,8 @@ def main(argv: list[str] | None = None) -> int:
         "book": cmd_book,
     }[args.command]
     try:
-        return handler(args)
+        with quiet_libraries():  # torchao's optional-kernel and torch's pytree warnings at import
+            return handler(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -69,18 +69,20 @@ def prepare(
     corpus: str | Corpus = "shakespeare",
     vocab_size: int = 512,
     cache_dir: str | os.PathLike | None = None,
-    tokenizer: str | os.PathLike | None = None,
+    tokenizer: str | os.PathLike | Tokenizer | None = None,
     **corpus_kwargs,
 ) -> TokenData:
     """Tokens for ``corpus``, built once and cached: corpus -> tokenizer -> uint16 memmaps.
 
-    ``tokenizer`` is an existing SentencePiece ``.model`` (e.g. Llama's); otherwise one of
+    ``tokenizer`` is an existing SentencePiece ``.model`` (e.g. Llama's, or a loaded Tokenizer); otherwise one of
     ``vocab_size`` pieces is trained on the training split.
     """
     c = corpus if isinstance(corpus, Corpus) else load_corpus(corpus, **corpus_kwargs)
     root = Path(cache_dir or default_cache_dir()) / f"{c.name}-{c.fingerprint[:12]}"
     root.mkdir(parents=True, exist_ok=True)
-    if tokenizer is not None:
+    if isinstance(tokenizer, Tokenizer):
+        tok = tokenizer
+    elif tokenizer is not None:
         tok = Tokenizer(tokenizer)
     else:
         tok_file = root / f"sp{vocab_size}.model"

@@ -51,7 +51,13 @@ _META_INT = (
     "get_bos_id",
     "get_stored_blocks",
     "get_group_size",
+    "get_tokenizer_id",
 )
+
+
+def tokenizer_id(fingerprint: str) -> int:
+    """A tokenizer's fingerprint as the program stores it: its first 60 bits, an int64 constant."""
+    return int(fingerprint[:15], 16)
 
 
 def _need_executorch() -> None:
@@ -193,9 +199,12 @@ def quantize_decoder_(decoder: CachedDecoder, quant: str, group_size: int = DEFA
     return decoder
 
 
-def _metadata(model: MobileLLM, max_len: int, group_size: int, bos_id: int | None) -> dict:
+def _metadata(
+    model: MobileLLM, max_len: int, group_size: int, bos_id: int | None, tokenizer_fingerprint: str | None
+) -> dict:
     cfg = model.cfg
-    return {
+    meta = {} if tokenizer_fingerprint is None else {"get_tokenizer_id": tokenizer_id(tokenizer_fingerprint)}
+    return meta | {
         "get_max_seq_len": max_len,
         "get_max_context_len": max_len,
         "get_vocab_size": cfg.vocab_size,
@@ -229,12 +238,14 @@ def export_program(
     max_len: int | None = None,
     group_size: int = DEFAULT_GROUP_SIZE,
     bos_id: int | None = None,
+    tokenizer_fingerprint: str | None = None,
 ) -> Path:
     """Write ``model`` as a KV-cached ExecuTorch program (XNNPACK) with a cache window of ``max_len`` tokens.
 
     ``quant``: one of ``QUANT_MODES``. ``group_size``: 8da4w's weights per scale (a multiple of 32
     dividing the linears' input sizes, or 0 for one scale per output row). ``model`` is not changed.
-    Lowering a tiny model takes seconds to a minute, the 125M shape minutes: cache the file.
+    ``tokenizer_fingerprint`` (``Tokenizer.fingerprint``) is stored, so that a runner can refuse
+    another tokenizer. Lowering a tiny model takes seconds to a minute, the 125M shape minutes: cache the file.
     """
     max_len = _check_export(model, quant, max_len, group_size)
     _load_custom_ops()
@@ -265,7 +276,7 @@ def export_program(
             ep,
             partitioner=partitioners,
             compile_config=EdgeCompileConfig(_check_ir_validity=False),
-            constant_methods=_metadata(model, max_len, group_size, bos_id),
+            constant_methods=_metadata(model, max_len, group_size, bos_id, tokenizer_fingerprint),
         )
         program = edge.to_executorch(
             ExecutorchBackendConfig(

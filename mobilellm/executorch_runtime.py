@@ -64,6 +64,13 @@ class PteDecoder:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"{p} does not exist: write it with `python -m mobilellm export --format pte`")
+        with open(p, "rb") as f:  # the runtime aborts the process on some garbage: look first
+            head = f.read(8)
+        if len(head) < 8 or head[4:6] != b"ET":
+            raise ValueError(
+                f"{p} is not an ExecuTorch program (its header lacks the 'ET' file identifier): "
+                "write one with `python -m mobilellm export --format pte`"
+            )
         _need_executorch()
         _load_custom_ops()
         from executorch.runtime import Runtime

@@ -354,26 +354,23 @@ def load_pretrained(
     (and other Llama folders) and our trainer's checkpoints. A string that is no local path but
     looks like ``owner/name`` is downloaded from the hub.
     """
-    from .train import auto_device, checkpoint_dir, load_checkpoint
+    from .train import auto_device, load_checkpoint_and_tokenizer
 
     d = _resolve(path_or_repo_id)
     dev = auto_device(device) if isinstance(device, str) else device
-    if (d / "latest").is_file():  # a training folder: its current step-* checkpoint
-        model, _ = load_checkpoint(d, dev)
-        d = checkpoint_dir(d)
-        tok = Tokenizer(d / "tokenizer.model") if (d / "tokenizer.model").is_file() else None
+    # A training folder (its current step-* checkpoint) or a flat one of ours: weights and tokenizer
+    # are read from one step folder, the tokenizer checked against the fingerprint it recorded.
+    if (d / "latest").is_file() or isinstance(_read_config(d).get("model"), dict):
+        model, _, tok = load_checkpoint_and_tokenizer(d, dev)
         return model.eval(), tok
     meta = _read_config(d)
-    if isinstance(meta.get("model"), dict):  # our trainer's checkpoint (flat)
-        model, _ = load_checkpoint(d, dev)
-    else:
-        state = _read_weights(d)
-        cfg = config_from_hf(meta)
-        cfg = cfg.replace(share_embedding=_shares_embedding(state, cfg.share_embedding))
-        _check_size(cfg, state, d)
-        model = load_hf_state_dict(MobileLLM(cfg), state, stored_blocks=_is_released(meta)).to(dev)
-    tok = Tokenizer(d / "tokenizer.model") if (d / "tokenizer.model").is_file() else None
-    return model.eval(), tok
+    state = _read_weights(d)
+    cfg = config_from_hf(meta)
+    cfg = cfg.replace(share_embedding=_shares_embedding(state, cfg.share_embedding))
+    _check_size(cfg, state, d)
+    model = load_hf_state_dict(MobileLLM(cfg), state, stored_blocks=_is_released(meta)).to(dev)
+    ours = meta.get("mobilellm") if isinstance(meta.get("mobilellm"), dict) else {}
+    return model.eval(), Tokenizer.beside_weights(d / "tokenizer.model", ours.get("tokenizer_fingerprint"))
 
 
 def _note(cfg: ModelConfig) -> str:
@@ -412,6 +409,8 @@ def save_pretrained(model: MobileLLM, out_dir: str | os.PathLike, tokenizer: Tok
         raise ValueError(f"{out} holds a training checkpoint, which this would overwrite: write to another folder")
     hf = to_transformers(model)
     hf.config.mobilellm["note"] = _note(model.cfg)
+    if tokenizer is not None:  # load_pretrained refuses another tokenizer put beside these weights
+        hf.config.mobilellm["tokenizer_fingerprint"] = tokenizer.fingerprint
     out.mkdir(parents=True, exist_ok=True)
     # Written whole into a hidden folder beside, then each file renamed into place: a full disk or a
     # kill leaves the previous export's files, never a truncated one.

@@ -32,6 +32,22 @@ class Tokenizer:
             raise ValueError(f"{model_file or 'model_proto'} is not a SentencePiece model ({e})") from None
         self.model_proto = model_proto
 
+    @classmethod
+    def beside_weights(cls, path: str | os.PathLike, fingerprint: str | None) -> Tokenizer | None:
+        """The tokenizer at ``path`` (None if there is none), refused when it is not the one whose
+        ``fingerprint`` the weights beside it recorded (None: nothing recorded, nothing to compare)."""
+        path = Path(path)
+        if not path.is_file():
+            return None
+        tok = cls(path)
+        if fingerprint and fingerprint != tok.fingerprint:
+            raise ValueError(
+                f"{path} is not the tokenizer these weights were trained with (its fingerprint is "
+                f"{tok.fingerprint[:12]}, the weights' config records {fingerprint[:12]}): restore the "
+                f"{path.name} written with them"
+            )
+        return tok
+
     @property
     def vocab_size(self) -> int:
         """Number of ids."""

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ._common import eval_mode
+from ._common import eval_mode, one_line
 from ._files import fsync, tmp_path, write_atomic
 from .config import ModelConfig
 from .data import TokenData, get_batch, val_windows
@@ -65,6 +65,8 @@ class TrainConfig:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
         if self.seq_len is not None and (not isinstance(self.seq_len, int) or self.seq_len < 1):
             raise ValueError(f"seq_len ({self.seq_len!r}) must be a positive integer (or None for the model's max)")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed ({self.seed!r}) must be an integer in [0, 2**63)")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr ({self.lr}) must be a finite number > 0")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -233,25 +235,37 @@ def save_checkpoint(
         tmp.mkdir()
     except OSError as e:
         raise ValueError(f"cannot write a checkpoint in {out} ({e.strerror or e}): choose another --out") from None
-    cfg = {"model": model.cfg.to_dict(), "train": tc.to_dict() if tc else None, "step": step}
-    if tokenizer is not None:
-        cfg["data"] = {"fingerprint": data_fingerprint, "tokenizer_fingerprint": tokenizer.fingerprint}
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=1, allow_nan=False))
-    save_model(model, str(tmp / "model.safetensors"), metadata={"step": str(step)})
-    os.chmod(tmp / "model.safetensors", _file_mode())  # safetensors writes 0600; readable like the rest
-    if optimizer is not None:
-        state = {
-            "step": step,
-            "tokens": tokens,
-            "optimizer": optimizer.state_dict(),
-            "sampler": sampler.get_state() if sampler is not None else None,
-            "torch_rng": torch.get_rng_state(),
-        }
-        torch.save(state, tmp / "train_state.pt")
-    if tokenizer is not None:  # always the tokenizer this model was trained with
-        tokenizer.save(tmp / "tokenizer.model")
-    for f in tmp.iterdir():
-        fsync(f)
+    try:
+        cfg = {"model": model.cfg.to_dict(), "train": tc.to_dict() if tc else None, "step": step}
+        if tokenizer is not None:
+            cfg["data"] = {"fingerprint": data_fingerprint, "tokenizer_fingerprint": tokenizer.fingerprint}
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=1, allow_nan=False))
+        save_model(model, str(tmp / "model.safetensors"), metadata={"step": str(step)})
+        os.chmod(tmp / "model.safetensors", _file_mode())  # safetensors writes 0600; readable like the rest
+        if optimizer is not None:
+            state = {
+                "step": step,
+                "tokens": tokens,
+                "optimizer": optimizer.state_dict(),
+                "sampler": sampler.get_state() if sampler is not None else None,
+                "torch_rng": torch.get_rng_state(),
+            }
+            torch.save(state, tmp / "train_state.pt")
+        if tokenizer is not None:  # always the tokenizer this model was trained with
+            tokenizer.save(tmp / "tokenizer.model")
+        for f in tmp.iterdir():
+            fsync(f)
+    except BaseException as e:  # a full disk, Ctrl-C: no half-written folder stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(e, Exception):
+            raise
+        # The writers report a full disk in their own ways (OSError, SafetensorError, RuntimeError).
+        kept = f"the checkpoint of step {_peek_step(previous)} is kept" if previous else "nothing was saved"
+        free = shutil.disk_usage(out).free / 2**20
+        raise ValueError(
+            f"cannot save step {step} in {out} ({one_line(e)}; {free:.1f} MiB free there): {kept}; "
+            "free space, then continue with --resume"
+        ) from None
     final, n = out / f"step-{step:06d}", 0
     while final.exists():  # the same step saved again (e.g. Ctrl-C right after a checkpoint)
         n += 1
@@ -337,12 +351,35 @@ def _check_shapes(cfg: ModelConfig, header: dict, d: Path) -> None:
 
 def load_checkpoint(directory: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[MobileLLM, dict]:
     """A model with the checkpoint's weights, and its ``config.json`` contents."""
-    from safetensors.torch import load_model
+    model, meta, _ = load_checkpoint_and_tokenizer(directory, device, tokenizer=False)
+    return model, meta
 
+
+def load_checkpoint_and_tokenizer(
+    directory: str | os.PathLike, device: torch.device | str = "cpu", tokenizer: bool = True
+) -> tuple[MobileLLM, dict, Tokenizer | None]:
+    """The model, ``config.json`` and tokenizer (None if the folder has none) of one checkpoint, read
+    consistently: a trainer may switch ``latest`` to a new step folder and delete the old one while
+    this reads, so a read that fails after ``latest`` moved is retried once on the new folder. The
+    tokenizer is checked against the fingerprint the checkpoint recorded."""
     top = Path(directory)
     if not top.is_dir():
         raise FileNotFoundError(f"{top} is not a checkpoint folder (it does not exist or is a file)")
-    d = checkpoint_dir(top)
+    for attempt in (0, 1):
+        d = checkpoint_dir(top)
+        try:
+            return _load_once(top, d, device, tokenizer)
+        except (ValueError, OSError):
+            if attempt or d is None or d == top or checkpoint_dir(top) == d:
+                raise  # latest did not move: the error is about this checkpoint
+    raise AssertionError("unreachable")
+
+
+def _load_once(
+    top: Path, d: Path | None, device: torch.device | str, with_tokenizer: bool
+) -> tuple[MobileLLM, dict, Tokenizer | None]:
+    from safetensors.torch import load_model
+
     if d is None:
         if (
             (top / "config.json").is_file()
@@ -398,7 +435,17 @@ def load_checkpoint(directory: str | os.PathLike, device: torch.device | str = "
             f"{d}: model.safetensors is from step {saved_step} but config.json from step "
             f"{meta.get('step')} (the files were mixed by hand); use an earlier checkpoint"
         )
-    return model.to(device), meta
+    tok = _checked_tokenizer(d, meta) if with_tokenizer else None
+    return model.to(device), meta, tok
+
+
+def _checked_tokenizer(d: Path, meta: dict) -> Tokenizer | None:
+    """``d/tokenizer.model`` if there is one, refused when it is not the one the weights were trained with."""
+    path = d / "tokenizer.model"
+    try:
+        return Tokenizer.beside_weights(path, (meta.get("data") or {}).get("tokenizer_fingerprint"))
+    except PermissionError as e:
+        raise _unreadable(path, e) from None
 
 
 def _load_train_state(d: Path, step: int) -> dict:
@@ -698,11 +745,53 @@ def _diverged(what: str, value: float, step: int, lr: float, out: Path | None) -
     )
 
 
-def _resume(out: Path | None, cfg: ModelConfig, data: TokenData) -> tuple[MobileLLM, dict, dict]:
+# What a resumed run must keep: changing any of them mid-run makes a run no recipe describes.
+_SCHEDULE = {
+    "batch_size": "--batch-size",
+    "seq_len": "--seq-len",
+    "lr": "--lr",
+    "warmup_steps": "--warmup-steps",
+    "min_lr_ratio": None,
+    "weight_decay": None,
+    "betas": None,
+    "grad_clip": None,
+}
+
+
+def _check_same_schedule(out: Path, saved: dict | None, tc: TrainConfig, cfg: ModelConfig) -> None:
+    """Refuse to resume with another batch size, sequence length or learning-rate schedule."""
+    if not saved:
+        return  # a checkpoint saved without its TrainConfig (save_checkpoint from a notebook)
+
+    def value(d: dict, k: str) -> object:
+        v = d.get(k)
+        if k == "seq_len":
+            return v or cfg.max_seq_len
+        return list(v) if isinstance(v, (tuple, list)) else v
+
+    now = tc.to_dict()
+    changed = [k for k in _SCHEDULE if k in saved and value(saved, k) != value(now, k)]
+    if changed:
+        was = ", ".join(f"{k} {value(saved, k)} (now {value(now, k)})" for k in changed)
+        flags = " ".join(f"{_SCHEDULE[k]} {value(saved, k)}" for k in changed if _SCHEDULE[k])
+        raise ValueError(
+            f"the run in {out} was trained with {was}: a resumed run keeps its recipe, so "
+            f"resume with {flags or 'the same TrainConfig'}, or start a new run from its weights "
+            f"with --init-from {out} and another --out"
+        )
+
+
+def _resume(out: Path | None, cfg: ModelConfig, data: TokenData, tc: TrainConfig) -> tuple[MobileLLM, dict, dict]:
     """The checkpointed model, its training state, and the loss curves logged up to its step."""
     ck = checkpoint_dir(out) if out is not None else None
-    if ck is None or not (ck / "train_state.pt").is_file():
+    if ck is None:
         raise FileNotFoundError(f"nothing to resume in {out}: train without --resume first")
+    if not (ck / "train_state.pt").is_file():
+        raise FileNotFoundError(
+            f"{ck} has the weights of step {_peek_step(ck)} but no train_state.pt (the optimizer's state), "
+            f"so it cannot be resumed exactly; start a new run from its weights with --init-from {out} "
+            "and another --out (the weights stay where they are)"
+        )
     model, meta = load_checkpoint(out, "cpu")
     if model.cfg != cfg:
         diff = {k: (v, getattr(cfg, k)) for k, v in model.cfg.to_dict().items() if getattr(cfg, k) != v}
@@ -711,6 +800,7 @@ def _resume(out: Path | None, cfg: ModelConfig, data: TokenData) -> tuple[Mobile
             f"(field: (checkpoint, requested)) {diff}; use another --out or the same config"
         )
     _check_same_data(out, ck, meta, data)
+    _check_same_schedule(out, meta.get("train"), tc, cfg)
     state = _load_train_state(ck, meta["step"])
     return model, state, _metrics_upto(out, state["step"])
 
@@ -749,7 +839,7 @@ def _train(
     sampler = torch.Generator().manual_seed(tc.seed)
     step, tokens, curves, state = 0, 0, {}, None
     if resume:
-        model, state, curves = _resume(out, cfg, data)
+        model, state, curves = _resume(out, cfg, data, tc)
         step, tokens = state["step"], state["tokens"]
         if step >= tc.max_steps:
             raise ValueError(

@@ -326,6 +326,55 @@ CASES = [
         r"--seq-len \(0\)",
         True,
     ),
+    (
+        "train-seed-huge",
+        T + ["--out", "{t}/o", "--seed", "99999999999999999999"],
+        "usage",
+        "seed is an integer in",
+        True,
+    ),
+    (
+        "generate-seed-huge",
+        G + ["--checkpoint", "{ck}", "--seed", "-1"],
+        "usage",
+        r"out of range: a seed is an integer in \[0, 2\*\*63\)",
+        True,
+    ),
+    (
+        "train-cache-dir-file",
+        T + ["--out", "{t}/o", "--cache-dir", "{t}/a_file"],
+        "error",
+        "--cache-dir .*a_file is a file",
+        True,
+    ),
+    (
+        "train-tokenizer-other-vocab",
+        T + ["--out", "{t}/o", "--tokenizer", "{ck}/step-000000/tokenizer.model"],
+        "error",
+        "has 128 pieces but --config teach-micro has vocab_size 512: pass a tokenizer of 512 pieces, or leave out",
+        True,
+    ),
+    (
+        "train-init-from-and-resume",
+        T[:1] + T[3:] + ["--out", "{t}/o", "--init-from", "{ck}", "--resume"],
+        "error",
+        "--init-from starts a new run and --resume continues one",
+        True,
+    ),
+    (
+        "train-init-from-other-config",
+        T + ["--out", "{t}/o", "--init-from", "{ck}"],
+        "error",
+        "holds another model than --config teach-micro: leave out --config",
+        True,
+    ),
+    (
+        "generate-pte-random-bytes",
+        ["generate", "--pte", "{t}/random.txt", "--tokenizer", "{ck}/step-000000/tokenizer.model"],
+        "error",
+        "is not an ExecuTorch program",
+        True,
+    ),
     ("ablation-device-tpu", ["ablation", "swiglu", "--device", "tpu"], "error", "device 'tpu'", True),
     ("ablation-device-cuda", ["ablation", "swiglu", "--device", "cuda"], "error", "no CUDA GPU", True),
 ]
@@ -518,3 +567,216 @@ def test_resuming_a_run_already_past_max_steps_says_so(tmp_path, small_data):
     train(cfg, tc, small_data, out=tmp_path / "run")
     with pytest.raises(ValueError, match="is at step 3, and --max-steps is 2: nothing is left to train"):
         train(cfg, dataclasses.replace(tc, max_steps=2), small_data, out=tmp_path / "run", resume=True)
+
+
+# --- fingerprints: a tokenizer meets only the model it was trained with ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer(small_text, tmp_path_factory):
+    """A tokenizer with the same 128 pieces as the checkpoint's, trained on other text."""
+    from mobilellm.tokenizer import Tokenizer
+
+    path = tmp_path_factory.mktemp("other") / "other.model"
+    Tokenizer.train([small_text.upper()], 128).save(path)
+    return path
+
+
+def test_a_checkpoint_refuses_a_tokenizer_it_was_not_trained_with(env, other_tokenizer, tmp_path, capsys):
+    import shutil
+
+    ck, hf = tmp_path / "ck", tmp_path / "hf"
+    shutil.copytree(env["ck"], ck)
+    shutil.copytree(env["hf"], hf)  # a Hugging Face export records the fingerprint in its config.json too
+    (checkpoint_dir(ck) / "tokenizer.model").write_bytes(other_tokenizer.read_bytes())
+    (hf / "tokenizer.model").write_bytes(other_tokenizer.read_bytes())
+    for folder in (ck, hf):
+        for argv in (G + ["--checkpoint", str(folder)], ["eval", "--checkpoint", str(folder), "--tasks", "copa"]):
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert "is not the tokenizer these weights were trained with" in err and "config records" in err
+
+
+def test_a_program_refuses_a_tokenizer_it_was_not_exported_with(env, other_tokenizer, monkeypatch, tmp_path, capsys):
+    """The program stores its tokenizer's fingerprint (``get_tokenizer_id``); ``generate --pte`` compares."""
+    import mobilellm.executorch_runtime as rt
+    from mobilellm.executorch_program import tokenizer_id
+    from mobilellm.tokenizer import Tokenizer
+
+    mine = Tokenizer(checkpoint_dir(env["ck"]) / "tokenizer.model")
+
+    class Decoder:
+        max_len, vocab_size = 16, 128
+        meta = {"get_tokenizer_id": tokenizer_id(mine.fingerprint)}
+
+        def __init__(self, path):
+            pass
+
+        def generate(self, ids, n, *a, **kw):
+            yield from [5, 6][:n]
+
+    monkeypatch.setattr(rt, "PteDecoder", Decoder)
+    pte = tmp_path / "m.pte"
+    pte.write_bytes(b"PTE")
+    mine.save(rt.tokenizer_beside(pte))
+    assert main(["generate", "--pte", str(pte), "--prompt", "a"]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--pte", str(pte), "--prompt", "a", "--tokenizer", str(other_tokenizer)]) == 2
+    out, err = capsys.readouterr()
+    assert "is not the tokenizer" in err and "m.tokenizer.model written beside it" in err
+
+
+def test_an_error_while_streaming_starts_on_its_own_line(env, monkeypatch, tmp_path, capsys):
+    import mobilellm.executorch_runtime as rt
+    from mobilellm.tokenizer import Tokenizer
+
+    class Decoder:
+        max_len, vocab_size, meta = 16, 128, {}
+
+        def __init__(self, path):
+            pass
+
+        def generate(self, ids, n, *a, **kw):
+            yield 5
+            raise ValueError("the program failed")
+
+    monkeypatch.setattr(rt, "PteDecoder", Decoder)
+    pte = tmp_path / "m.pte"
+    pte.write_bytes(b"PTE")
+    Tokenizer(checkpoint_dir(env["ck"]) / "tokenizer.model").save(rt.tokenizer_beside(pte))
+    assert main(["generate", "--pte", str(pte), "--prompt", "KING", "--max-new-tokens", "4"]) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith("KING") and out.endswith("\n") and err == "error: the program failed\n"
+
+
+# --- resuming: the recipe is kept, and weights without optimizer state are not a dead end ----------------
+
+
+@pytest.fixture(scope="module")
+def three_steps(small_data, tmp_path_factory):
+    from mobilellm.train import TrainConfig, train
+
+    cfg = tiny_config(vocab_size=128, max_seq_len=32)
+    tc = TrainConfig(max_steps=3, batch_size=4, eval_every=3, eval_windows=2, progress=False, device="cpu")
+    out = tmp_path_factory.mktemp("three") / "run"
+    train(cfg, tc, small_data, out=out)
+    return cfg, tc, out
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"batch_size": 8}, r"batch_size 4 \(now 8\).*resume with --batch-size 4"),
+        ({"lr": 3e-3, "seq_len": 16}, r"seq_len 32 \(now 16\), lr 0.01 \(now 0.003\).*--seq-len 32 --lr 0.01"),
+        ({"warmup_steps": 5}, "resume with --warmup-steps 50, or start a new run from its weights with --init-from"),
+    ],
+)
+def test_resuming_with_another_recipe_is_refused(three_steps, small_data, change, message, tmp_path):
+    import shutil
+
+    from mobilellm.train import train
+
+    cfg, tc, run = three_steps
+    out = shutil.copytree(run, tmp_path / "run")
+    before = (out / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match=message):
+        train(cfg, dataclasses.replace(tc, max_steps=6, **change), small_data, out=out, resume=True)
+    assert (out / "metrics.jsonl").read_text() == before  # the run's history is untouched
+    # what may change: the budget, how often to evaluate, the device
+    train(cfg, dataclasses.replace(tc, max_steps=4, eval_every=2, grad_accum=2), small_data, out=out, resume=True)
+
+
+def test_weights_without_optimizer_state_can_start_a_new_run(env, tmp_path, capsys, small_corpus_file):
+    """No train_state.pt: --resume says how to keep the weights (--init-from), and that works."""
+    import shutil
+
+    ck = tmp_path / "ck"
+    shutil.copytree(env["ck"], ck)  # save_checkpoint without an optimizer: weights only
+    args = ["train", "--no-progress", "--cache-dir", str(env["t"] / "cache"), "--corpus", str(small_corpus_file)]
+    small = ["--max-steps", "2", "--batch-size", "2", "--seq-len", "16", "--eval-every", "2"]
+    assert main(args + ["--config", "teach-micro", "--out", str(ck), "--resume"]) == 2
+    assert f"start a new run from its weights with --init-from {ck}" in capsys.readouterr().err
+    assert main(args + small + ["--out", str(tmp_path / "new"), "--init-from", str(ck)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["init_from"] == str(ck) and summary["steps"] == 2
+    assert sorted(p.name for p in ck.iterdir() if p.name != ".lock") == ["latest", "step-000000"]  # weights stay
+    from mobilellm.export import load_pretrained
+
+    started, _ = load_pretrained(ck)
+    assert started.cfg == load_pretrained(tmp_path / "new")[0].cfg
+
+
+# --- a checkpoint read while its trainer rotates it -------------------------------------------------------
+
+
+def test_a_checkpoint_rotated_during_a_read_is_read_again(env, tmp_path, monkeypatch):
+    """The reader resolved step-000000, the trainer then saved step 1 and deleted step-000000: the read is
+    retried on the folder ``latest`` names now, never reported as corrupt."""
+    import shutil
+
+    import mobilellm.train as T_
+    from mobilellm.export import load_pretrained
+
+    ck = tmp_path / "ck"
+    shutil.copytree(env["ck"], ck)
+    model, tok = load_pretrained(ck)
+    real = T_._load_once
+    calls = []
+
+    def rotating(top, d, *a):
+        calls.append(d.name)
+        if d.name == "step-000000":  # the trainer's save lands between resolving latest and reading the files
+            save_checkpoint(ck, model, None, None, 1, 0, None, tok)
+            assert not d.exists()
+        return real(top, d, *a)
+
+    monkeypatch.setattr(T_, "_load_once", rotating)
+    again, meta, tok2 = T_.load_checkpoint_and_tokenizer(ck)
+    assert calls == ["step-000000", "step-000001"] and meta["step"] == 1 and tok2.fingerprint == tok.fingerprint
+    # a checkpoint that is broken in place (latest did not move) is still reported, once
+    (checkpoint_dir(ck) / "model.safetensors").write_bytes(b"junk")
+    calls.clear()
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        T_.load_checkpoint(ck)
+    assert calls == ["step-000001"]
+
+
+# --- a full disk during a checkpoint save ----------------------------------------------------------------
+
+
+def test_a_checkpoint_save_that_fails_keeps_the_last_one_and_leaves_no_temporary(three_steps, monkeypatch, tmp_path):
+    import shutil
+
+    import torch as torch_
+
+    from mobilellm.export import load_pretrained
+
+    _, _, run = three_steps
+    ck = tmp_path / "run"
+    shutil.copytree(run, ck)
+    model, tok = load_pretrained(ck)
+    optimizer = torch_.optim.AdamW(model.parameters())
+    monkeypatch.setattr(torch_, "save", _disk_full)
+    with pytest.raises(
+        ValueError, match=r"cannot save step 9 in .*No space left.*MiB free there\): the checkpoint of step 3 is kept"
+    ):
+        save_checkpoint(ck, model, optimizer, None, 9, 0, None, tok)
+    assert sorted(p.name for p in ck.iterdir() if p.name != ".lock") == ["latest", "metrics.jsonl", "step-000003"]
+    assert load_pretrained(ck)[0].cfg == model.cfg
+
+
+def test_the_command_line_prints_no_library_chatter(env, tmp_path):
+    """torchao's "Failed to load … _C_mxfp8" lines and torch's pytree warning stay off stderr: a program the
+    runtime rejects (its header looks right, the rest is noise) gives exactly one line."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("executorch")
+    pte = tmp_path / "noise.pte"
+    pte.write_bytes(b"\x3c\x00\x00\x00ET12" + bytes(range(256)) * 64)
+    tok = checkpoint_dir(env["ck"]) / "tokenizer.model"
+    cmd = [sys.executable, "-m", "mobilellm", "generate", "--pte", str(pte), "--tokenizer", str(tok), "--prompt", "a"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    lines = run.stderr.splitlines()
+    assert run.returncode == 2 and len(lines) == 1, run.stderr
+    assert lines[0].startswith(f"error: {pte} is not an ExecuTorch program ("), run.stderr

@@ -21,6 +21,7 @@ from mobilellm.executorch_program import (  # noqa: E402
     _load_custom_ops,
     check_group_size,
     export_program,
+    tokenizer_id,
 )
 from mobilellm.executorch_runtime import PteDecoder, program_census  # noqa: E402
 
@@ -83,6 +84,10 @@ def test_export_argument_errors(export, tmp_path):
     (tmp_path / "junk.pte").write_bytes(b"not a program")
     with pytest.raises(ValueError, match="is not an ExecuTorch program"):
         PteDecoder(tmp_path / "junk.pte")
+    # random bytes abort the runtime (exit 134) unless the header is looked at first
+    (tmp_path / "random.pte").write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
+    with pytest.raises(ValueError, match="header lacks the 'ET' file identifier"):
+        PteDecoder(tmp_path / "random.pte")
 
 
 # --- lowered programs ------------------------------------------------------------------------------
@@ -93,9 +98,10 @@ def test_export_argument_errors(export, tmp_path):
 def test_fp32_program_greedy_equals_eager(sharing, tmp_path):
     torch.manual_seed(1)
     model = MobileLLM(cfg(layer_sharing=sharing)).eval()
-    path = export_program(model, tmp_path / "m.pte", "fp32", max_len=WINDOW)
+    path = export_program(model, tmp_path / "m.pte", "fp32", max_len=WINDOW, tokenizer_fingerprint="9f" * 32)
     dec = PteDecoder(path)
     assert dec.meta["get_n_layers"] == model.cfg.n_executed_layers and dec.meta["get_stored_blocks"] == 2
+    assert dec.meta["get_tokenizer_id"] == tokenizer_id("9f" * 32) == int("9f" * 7 + "9", 16)
     # one cache slot per executed layer: a K and a V update and one attention each, whatever the sharing
     census = program_census(path)
     n = model.cfg.n_executed_layers

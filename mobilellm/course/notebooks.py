@@ -8,6 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .._files import write_atomic
 from .experiments import provenance
 from .paths import NOTEBOOKS_DIR, RESULTS_DIR
 from .settings import Settings
@@ -98,7 +99,8 @@ def run_notebooks(only: list[str] | None = None, settings: Settings | None = Non
         finally:
             if km.has_kernel:  # the client shuts down only kernels it started itself
                 km.shutdown_kernel(now=True)
-            nbformat.write(apply_tags(strip_volatile(nb)), path)  # keep what ran, errors included, for inspection
+            # keep what ran, errors included, for inspection; a kill mid-write leaves the old file
+            write_atomic(path, lambda t, nb=nb: nbformat.write(apply_tags(strip_volatile(nb)), t))
         times[path.stem] = round(time.perf_counter() - start, 1)
         print(f"  {path.name}: {times[path.stem]:.0f} s", flush=True)
     return times
@@ -125,6 +127,5 @@ def record_times(times: dict[str, float], settings: Settings | None = None) -> d
             "commit": prov["commit"],
             "machine": prov["machine"],
         }
-    TIMES_FILE.parent.mkdir(parents=True, exist_ok=True)
-    TIMES_FILE.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
+    write_atomic(TIMES_FILE, lambda t: t.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n"))
     return stored

@@ -11,6 +11,7 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .._files import write_atomic
 from .experiments import RunRecord, compare, output_dirs, summarize
 from .paired import log_trend
 
@@ -55,7 +56,7 @@ def save(fig, name: str) -> Path:
     folder = output_dirs()[1]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
-    fig.savefig(path, bbox_inches="tight")
+    write_atomic(path, lambda t: fig.savefig(t, format="png", bbox_inches="tight"))
     return path
 
 

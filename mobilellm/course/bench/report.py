@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from ..._files import write_atomic
 from .common import SUITES
 
 # --- printing --------------------------------------------------------------------------------
@@ -235,6 +236,6 @@ def write_json(report: dict, path: str | os.PathLike) -> Path:
     out = Path(path)
     if out.is_dir():
         raise ValueError(f"--json {out} is a folder: give a file name, e.g. {out / 'bench.json'}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_finite(report), indent=1, allow_nan=False) + "\n")
+    text = json.dumps(_finite(report), indent=1, allow_nan=False) + "\n"
+    write_atomic(out, lambda t: t.write_text(text))
     return out
