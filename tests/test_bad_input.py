@@ -780,3 +780,13 @@ def test_the_command_line_prints_no_library_chatter(env, tmp_path):
     lines = run.stderr.splitlines()
     assert run.returncode == 2 and len(lines) == 1, run.stderr
     assert lines[0].startswith(f"error: {pte} is not an ExecuTorch program ("), run.stderr
+
+
+def test_a_broken_cached_measurement_is_refused_by_name(tmp_path):
+    from mobilellm.course import experiments as E
+    from mobilellm.course.settings import Settings
+
+    first = E.cached_measurement("probe", {"k": 1}, lambda: {"ms": 1.0}, Settings(), results_dir=tmp_path)
+    Path(first["path"]).write_text('{"result": ')
+    with pytest.raises(ValueError, match=f"the cached measurement {re.escape(first['path'])} cannot be read"):
+        E.cached_measurement("probe", {"k": 1}, lambda: {"ms": 1.0}, Settings(), results_dir=tmp_path)

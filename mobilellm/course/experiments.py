@@ -353,7 +353,16 @@ def cached_measurement(
     digest = hashlib.sha256(json.dumps({"key": key, "version": RESULTS_VERSION}, sort_keys=True).encode())
     path = results_dir / f"{name}-{digest.hexdigest()[:16]}.json"
     if _reusable(path, settings):
-        return {**json.loads(path.read_text()), "cached": True, "path": str(path)}
+        try:
+            stored = json.loads(path.read_text())
+            if not isinstance(stored, dict) or "result" not in stored:
+                raise ValueError("no 'result' in it")
+        except ValueError as e:  # JSONDecodeError included
+            raise ValueError(
+                f"the cached measurement {path} cannot be read ({e}): delete it (or rerun with --fresh) "
+                "and it is measured again"
+            ) from None
+        return {**stored, "cached": True, "path": str(path)}
     result = {"name": name, "key": key, "result": measure(), "provenance": provenance(settings)}
     write_atomic(path, lambda t: t.write_text(json.dumps(result, indent=1)))
     return {**result, "cached": False, "path": str(path)}
