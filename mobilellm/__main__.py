@@ -421,9 +421,9 @@ def _add_eval(sub) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint on tasks and print a table like the paper's Table 3."""
+    from .devices import auto_device
     from .eval_tasks import PAPER_TASKS, TASKS, evaluate_task
     from .export import load_pretrained
-    from .train import auto_device
 
     tasks = list(PAPER_TASKS) if args.tasks == "paper" else [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
@@ -478,10 +478,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Prepare the data, train, print the result."""
+    from .checkpoint import checkpoint_dir
     from .config import get_config
     from .data import prepare
+    from .devices import auto_device
     from .tokenizer import Tokenizer
-    from .train import TrainConfig, auto_device, checkpoint_dir, train
+    from .train import TrainConfig, train
 
     cfg = get_config(args.config or "teach-micro")
     # Everything checkable is checked before the (slow) data preparation.
@@ -555,8 +557,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _init_from(args: argparse.Namespace, out: Path):
     """``--init-from``: the checkpoint's model, its config and its tokenizer, for a new run into ``out``."""
+    from .checkpoint import load_checkpoint_and_tokenizer
     from .config import get_config
-    from .train import load_checkpoint_and_tokenizer
 
     src = Path(args.init_from)
     model, _, tok = load_checkpoint_and_tokenizer(src, "cpu")
@@ -652,8 +654,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.tokenizer:
         raise ValueError("--tokenizer applies to --pte only (a checkpoint folder has its own tokenizer.model)")
 
+    from .devices import auto_device
     from .export import load_pretrained
-    from .train import auto_device
 
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise ValueError(f"--temperature ({args.temperature}) must be a finite number >= 0 (0 = greedy)")
@@ -741,7 +743,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     if args.fresh or args.quick:
         settings = settings.replace(fresh=settings.fresh or args.fresh, quick=settings.quick or args.quick)
     if args.device:
-        from .train import auto_device
+        from .devices import auto_device
 
         auto_device(args.device)  # checked even when every result comes from the cache
         settings = settings.replace(device=args.device)

@@ -354,7 +354,8 @@ def load_pretrained(
     (and other Llama folders) and our trainer's checkpoints. A string that is no local path but
     looks like ``owner/name`` is downloaded from the hub.
     """
-    from .train import auto_device, load_checkpoint_and_tokenizer
+    from .checkpoint import load_checkpoint_and_tokenizer
+    from .devices import auto_device
 
     d = _resolve(path_or_repo_id)
     dev = auto_device(device) if isinstance(device, str) else device

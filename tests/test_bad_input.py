@@ -18,7 +18,7 @@ import torch
 
 from mobilellm import MobileLLM
 from mobilellm.__main__ import main
-from mobilellm.train import FolderLock, checkpoint_dir, save_checkpoint
+from mobilellm.checkpoint import FolderLock, checkpoint_dir, save_checkpoint
 
 from .conftest import tiny_config
 
@@ -714,7 +714,7 @@ def test_a_checkpoint_rotated_during_a_read_is_read_again(env, tmp_path, monkeyp
     retried on the folder ``latest`` names now, never reported as corrupt."""
     import shutil
 
-    import mobilellm.train as T_
+    import mobilellm.checkpoint as T_
     from mobilellm.export import load_pretrained
 
     ck = tmp_path / "ck"

@@ -14,15 +14,8 @@ import pytest
 import torch
 
 from mobilellm import MobileLLM
-from mobilellm.train import (
-    FolderLock,
-    _load_train_state,
-    checkpoint_dir,
-    load_checkpoint,
-    make_optimizer,
-    save_checkpoint,
-    train,
-)
+from mobilellm.checkpoint import FolderLock, _load_train_state, checkpoint_dir, load_checkpoint, save_checkpoint
+from mobilellm.train import make_optimizer, train
 
 from .conftest import quick_train_config, trainable_config
 
@@ -57,12 +50,12 @@ POINTS_DRIVER = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     import safetensors.torch
-    import mobilellm.train
+    import mobilellm.checkpoint
     from mobilellm.config import ModelConfig
     from mobilellm.tokenizer import Tokenizer
     from mobilellm.model import MobileLLM
-    from mobilellm.train import (TrainConfig, _load_train_state, checkpoint_dir, load_checkpoint, make_optimizer,
-                                 save_checkpoint)
+    from mobilellm.checkpoint import _load_train_state, checkpoint_dir, load_checkpoint, save_checkpoint
+    from mobilellm.train import make_optimizer, TrainConfig
     out, tok = Path(sys.argv[1]), Tokenizer(sys.argv[2])
     cfg = ModelConfig(vocab_size=128, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_hidden_dim=48, max_seq_len=32)
     tc = TrainConfig(device="cpu", progress=False)
@@ -81,7 +74,7 @@ POINTS_DRIVER = textwrap.dedent("""
 
     ops = [(os, "replace"), (os, "mkdir"), (os, "chmod"), (os, "fsync"), (os, "unlink"), (os, "rmdir"),
            (Path, "write_text"), (Path, "write_bytes"), (torch, "save"), (safetensors.torch, "save_model"),
-           (mobilellm.train.shutil, "rmtree")]
+           (mobilellm.checkpoint.shutil, "rmtree")]
     save(1)
     seen, k = [], 0
     while True:
@@ -146,7 +139,8 @@ KILL_CHILD = textwrap.dedent("""
     from mobilellm.config import ModelConfig
     from mobilellm.tokenizer import Tokenizer
     from mobilellm.model import MobileLLM
-    from mobilellm.train import TrainConfig, make_optimizer, save_checkpoint
+    from mobilellm.checkpoint import save_checkpoint
+    from mobilellm.train import make_optimizer, TrainConfig
     out, tok = sys.argv[1], Tokenizer(sys.argv[2])
     cfg = ModelConfig(vocab_size=128, dim=256, n_layers=4, n_heads=4, n_kv_heads=2, ffn_hidden_dim=512,
                       max_seq_len=32)
@@ -388,14 +382,14 @@ def test_an_unavailable_device_is_named(tmp_path, small_data):
 
 def test_a_permission_error_is_not_called_corrupt(tmp_path, small_data, monkeypatch):
     """Root ignores permission bits, so the error is injected where the weights' header is read."""
-    import mobilellm.train
+    import mobilellm.checkpoint
 
     _save(tmp_path, MobileLLM(cfg128()), 1, small_data.tokenizer)
 
     def denied(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(mobilellm.train, "_safetensors_header", denied)
+    monkeypatch.setattr(mobilellm.checkpoint, "_safetensors_header", denied)
     with pytest.raises(ValueError, match=r"cannot read .*model.safetensors: permission denied \(mode -rw"):
         load_checkpoint(tmp_path)
 
@@ -403,7 +397,7 @@ def test_a_permission_error_is_not_called_corrupt(tmp_path, small_data, monkeypa
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from mobilellm.train import FolderLock
+    from mobilellm.checkpoint import FolderLock
     with FolderLock(Path(sys.argv[1])):
         print("locked", flush=True)
         time.sleep(120)

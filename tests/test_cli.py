@@ -77,7 +77,7 @@ def test_train_resume_generate_end_to_end(tmp_path, small_corpus_file, capsys):
 
 def test_eval_prints_a_table(tmp_path, small_data, capsys):
     from mobilellm import MobileLLM
-    from mobilellm.train import save_checkpoint
+    from mobilellm.checkpoint import save_checkpoint
 
     from .conftest import tiny_config
 

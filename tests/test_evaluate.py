@@ -436,8 +436,8 @@ def test_generate_until_is_greedy_and_stops(model, small_data):
 def test_adapter_is_registered_and_loads_checkpoints(model, small_data, tmp_path):
     from lm_eval.api.registry import get_model
 
+    from mobilellm.checkpoint import save_checkpoint
     from mobilellm.lm_eval_adapter import register_lm_eval
-    from mobilellm.train import save_checkpoint
 
     cls = register_lm_eval()
     assert get_model("mobilellm") is cls

@@ -257,7 +257,8 @@ def test_save_pretrained_loads_in_transformers_and_round_trips(tmp_path, changes
 def test_cli_export_from_trainer_checkpoint(tmp_path, small_data, capsys):
     from transformers import AutoModelForCausalLM
 
-    from mobilellm.train import TrainConfig, checkpoint_dir, load_checkpoint, train
+    from mobilellm.checkpoint import checkpoint_dir, load_checkpoint
+    from mobilellm.train import TrainConfig, train
 
     cfg = tiny_config(vocab_size=128, layer_sharing="immediate", init="fan_in")
     run = tmp_path / "run"

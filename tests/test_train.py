@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mobilellm import MobileLLM
-from mobilellm.train import TrainConfig, checkpoint_dir, load_checkpoint, lr_at, make_optimizer, train
+from mobilellm.checkpoint import checkpoint_dir, load_checkpoint
+from mobilellm.train import TrainConfig, lr_at, make_optimizer, train
 
 from .conftest import quick_train_config, tiny_config, trainable_config
 
@@ -101,7 +102,7 @@ WORKER = textwrap.dedent("""
     import json, sys, torch
     from mobilellm.config import ModelConfig
     from mobilellm.data import prepare
-    from mobilellm.train import TrainConfig, train
+    from mobilellm.train import train, TrainConfig
     corpus, cache, out, fsdp = sys.argv[1:5]
     cfg = ModelConfig(**json.loads(sys.argv[5]))
     data = prepare(corpus, vocab_size=128, cache_dir=cache)
