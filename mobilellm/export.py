@@ -22,6 +22,7 @@ import torch
 from ._common import one_line
 from ._files import fsync, tmp_path
 from ._quiet import quiet_libraries
+from .accounting import param_count
 from .config import ModelConfig
 from .model import MobileLLM
 from .tokenizer import Tokenizer
@@ -335,8 +336,7 @@ def _check_size(cfg: ModelConfig, state: dict[str, torch.Tensor], d: Path) -> No
             f"{d}: config.json says vocab_size {cfg.vocab_size} x hidden_size {cfg.dim} but the "
             f"weights' embedding is {list(emb.shape)}: config.json does not belong to these weights"
         )
-    with torch.device("meta"):
-        need = sum(p.numel() for p in MobileLLM(cfg).parameters())
+    need = param_count(cfg)["total"]
     have = sum(t.numel() for t in state.values())
     if need > 2 * have:  # near misses get load_hf_state_dict's itemised report; this guards the allocation
         raise ValueError(

@@ -23,6 +23,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from ._common import eval_mode
 from ._tqdm import tqdm
+from .accounting import param_count
 from .evaluate import _model_max_len, encode_pair, score_requests
 from .model import MobileLLM
 from .tokenizer import Tokenizer
@@ -147,7 +148,7 @@ class MobileLLMEval(LM):
 
     def get_model_info(self) -> dict:
         """Model facts for lm-eval's results header."""
-        n = sum(p.numel() for p in self.model.parameters())
+        n = param_count(self.model.cfg)["total"]
         return {"model_num_parameters": n, "model_dtype": str(next(self.model.parameters()).dtype)}
 
 

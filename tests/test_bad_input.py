@@ -790,3 +790,16 @@ def test_a_broken_cached_measurement_is_refused_by_name(tmp_path):
     Path(first["path"]).write_text('{"result": ')
     with pytest.raises(ValueError, match=f"the cached measurement {re.escape(first['path'])} cannot be read"):
         E.cached_measurement("probe", {"k": 1}, lambda: {"ms": 1.0}, Settings(), results_dir=tmp_path)
+
+
+@pytest.mark.parametrize("argv", [["ablation", "swiglu"], ["verify", "swiglu"], ["figures", "--readme-only"], ["book"]])
+def test_the_course_commands_outside_a_checkout_say_where_they_run(argv, monkeypatch, capsys):
+    """From an installed wheel (`pip install mobilellm`), the course's commands have no notebooks or cache."""
+    from mobilellm.course import paths
+
+    monkeypatch.setattr(paths, "is_checkout", lambda: False)
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"error: `{argv[0]}` is a command of the course, which lives in the repository checkout (its notebooks and "
+        "results cache): clone the repository and run it there (`make venv` installs the course's extras)\n"
+    )

@@ -424,3 +424,17 @@ def test_jupyterlab_opens_a_notebook_with_a_running_kernel(built, browser, tmp_p
             lab.kill()
             lab.wait(10)
     assert notebook.read_bytes() == before, f"opening {notebook.name} in JupyterLab changed the file"
+
+
+def test_math_renders_offline(built, browser):
+    """Notebook 03's formula is typeset by the MathJax copied into the book, not fetched from a CDN."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = next(p for p in built if p.name.startswith("03_"))
+    html = page.read_text()
+    assert "_static/mathjax/MathJax.js?config=TeX-AMS_CHTML-full" in html and "cdnjs" not in html
+    assert (OUT / "_static" / "mathjax" / "MathJax.js").is_file()
+    assert all("MathJax.js" not in p.read_text() for p in built if not p.name.startswith("03_"))
+    browser.get(page.as_uri())
+    typeset = "return document.querySelectorAll('.MathJax_CHTML, .MathJax').length"
+    WebDriverWait(browser, 60, poll_frequency=0.5).until(lambda b: b.execute_script(typeset) > 0)

@@ -91,12 +91,12 @@ def test_nothing_reads_or_cites_outside_the_repository():
 LESSONS = [p for p in NOTEBOOKS if int(p.stem[:2]) <= 11]  # after 11: the evidence appendix and the glossary
 READING_WORDS = 2000  # about ten minutes at 200 words a minute
 # Lessons still longer, each with what moves out of it (issue: short lessons, the evidence in an appendix)
-LONG_LESSONS = {"11_on_device": "the runtime analysis and the machine caveats move to the evidence appendix"}
+LONG_LESSONS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
 def test_a_lesson_reads_in_about_ten_minutes(path):
-    from mobilellm.course.readme import prose_words
+    from mobilellm.course.workshop import prose_words
 
     n = prose_words(path)
     if path.stem in LONG_LESSONS:
@@ -136,3 +136,62 @@ def test_tags_hide_what_they_say():
     got = [c.metadata.get("jupyter") for c in apply_tags(nb).cells]
     both = {"source_hidden": True, "outputs_hidden": True}
     assert got == [{"source_hidden": True}, both, both, None]  # an untagged cell is shown again
+
+
+# Decimals typed in a notebook's Markdown that come from no run: constants and quotations, each with its
+# source. Every other decimal in the prose must appear in some notebook's code or outputs (where a run
+# printed or rendered it) or in mobilellm/course/paper.py (the paper's numbers, quoted once).
+NOT_MEASURED = {
+    ("00_setup_and_data", "6.24"): "ln 512, the loss of a uniform guess",
+    ("01_baseline", "0.4"): "0.5M tokens / 1M parameters, the pilot's budget as the design states it",
+    ("02_swiglu", "4.30"): "Student's t quantile t(0.975, 2)",
+    ("02_swiglu", "1.96"): "the normal quantile",
+    ("04_embedding_sharing", "0.4"): "the paper's 45.0 − 44.6 (both in paper.py)",
+    ("05_grouped_query_attention", "0.4"): "the paper's 45.0 − 44.6 (both in paper.py)",
+    ("08_full_size", "0.95"): "AdamW's beta2",
+    ("13_glossary", "0.01"): "an example difference",
+}
+DECIMAL = re.compile(r"(?<![\w.\-/])[−-]?\d+\.\d+(?![\w.])")
+
+
+def _texts(path: Path) -> list[str]:
+    out = []
+    for c in json.loads(path.read_text())["cells"]:
+        if c["cell_type"] == "code":
+            out.append("".join(c["source"]))
+        for o in c.get("outputs", []):
+            out.append("".join(o.get("text", "")))
+            out += [
+                "".join(v) if isinstance(v, list) else v
+                for v in o.get("data", {}).values()
+                if isinstance(v, (str, list))
+            ]
+    return out
+
+
+def test_every_decimal_in_the_prose_comes_from_a_run_or_the_paper():
+    """A number typed into Markdown drifts when `make figures` re-runs: a dozen did. Decimals in prose must
+    be rendered (a hide-input cell's output) or appear where a run wrote them."""
+    measured = "\n".join(t for p in NOTEBOOKS for t in _texts(p)) + (ROOT / "mobilellm/course/paper.py").read_text()
+    typed = []
+    for path in NOTEBOOKS:
+        for c in json.loads(path.read_text())["cells"]:
+            if c["cell_type"] != "markdown":
+                continue
+            prose = re.sub(r"`[^`]*`", "", "".join(c["source"]))  # code spans name things, they measure nothing
+            for m in DECIMAL.finditer(prose):
+                x = m.group().replace("−", "-").lstrip("-")
+                found = re.search(rf"(?<![\d.]){re.escape(x)}(?!\d)", measured)  # 1.1 is not in 11.1 or 1.15
+                if (path.stem, x) not in NOT_MEASURED and not found:
+                    typed.append(f"{path.stem}: {m.group()} in “…{prose[max(0, m.start() - 60) : m.end() + 20]}…”")
+    assert not typed, "typed numbers (render them, or quote them in paper.py):\n" + "\n".join(typed)
+
+
+def test_the_not_measured_list_has_no_stale_entries():
+    for (stem, x), why in NOT_MEASURED.items():
+        prose = "".join(
+            "".join(c["source"])
+            for c in json.loads((ROOT / "notebooks" / f"{stem}.ipynb").read_text())["cells"]
+            if c["cell_type"] == "markdown"
+        )
+        assert x in prose, f"{stem} no longer types {x} ({why}): drop it from NOT_MEASURED"

