@@ -179,7 +179,8 @@ def test_an_exercise_costs_its_solution_time_or_the_training_it_reads(tmp_path, 
     E.log_cost(12.5)
     assert [s for _, s in N._read_costs(log)] == [12.5]
     times = tmp_path / "times.json"
-    times.write_text(json_.dumps({"07_roadmap": {"seconds": 1.0, "solutions": {"1": 3.0, "2": 600.0}}}))
+    times.write_text(json_.dumps({"07_roadmap": {"seconds": 1.0, "solutions": {"1": 3.0, "2": 600.0, "3": 0.0}}}))
     monkeypatch.setattr(N, "TIMES_FILE", times)
     assert (N.exercise_cost("07_roadmap", 1), N.exercise_cost("07_roadmap", 2)) == ("~3 s", "~10 min")
-    assert N.exercise_cost("07_roadmap", 3) == "time not measured yet"
+    assert N.exercise_cost("07_roadmap", 3) == "~1 s"  # measured, and instant
+    assert N.exercise_cost("07_roadmap", 4) == "time not measured yet"

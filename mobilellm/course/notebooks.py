@@ -148,9 +148,10 @@ def exercise_cost(notebook: str, n: int, live_seconds: float | None = None) -> s
     time in the last ``make figures`` run, or ``live_seconds`` (the recorded wall time of the training
     runs it uses, which ``make figures`` reads from the cache) where that is longer."""
     stored = json.loads(TIMES_FILE.read_text()) if TIMES_FILE.is_file() else {}
-    seconds = max(stored.get(notebook, {}).get("solutions", {}).get(str(n), 0.0), live_seconds or 0.0)
-    if not seconds:
+    measured = stored.get(notebook, {}).get("solutions", {}).get(str(n))
+    if measured is None and live_seconds is None:
         return "time not measured yet"
+    seconds = max(measured or 0.0, live_seconds or 0.0)
     return f"~{max(1, round(seconds))} s" if seconds < 90 else f"~{round(seconds / 60)} min"
 
 
