@@ -10,12 +10,10 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from ._quiet import quiet_libraries  # noqa: E402
@@ -194,11 +192,9 @@ def _add_export(sub) -> None:
 
 
 def _export_cached_pte(args: argparse.Namespace, out: Path) -> int:
-    import torch
-
     from .accounting import param_count
     from .executorch_program import export_program
-    from .executorch_runtime import PteDecoder, tokenizer_beside
+    from .executorch_runtime import self_check, tokenizer_beside
     from .export import load_pretrained
 
     model, tok = load_pretrained(args.checkpoint, device="cpu")
@@ -214,14 +210,7 @@ def _export_cached_pte(args: argparse.Namespace, out: Path) -> int:
     )
     if tok is not None:  # under the program's own name, where `generate --pte` finds it
         tok.save(tokenizer_beside(out))
-    # Self-check: decode a random row token by token in the program and in the eager model.
-    dec = PteDecoder(out)
-    n = min(32, dec.max_len)
-    ids = torch.randint(0, model.cfg.vocab_size, (n,), generator=torch.Generator().manual_seed(0))
-    got = dec.next_token_logits(ids)
-    with torch.no_grad():
-        ref = model.eval()(ids[None])[0].float()
-    agree = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    check = self_check(model, out)
     print(
         json.dumps(
             {
@@ -230,16 +219,13 @@ def _export_cached_pte(args: argparse.Namespace, out: Path) -> int:
                 "bytes": out.stat().st_size,
                 "quant": quant,
                 "group_size": args.group_size if quant == "8da4w" else None,
-                "max_len": dec.max_len,
+                "max_len": check.pop("max_len"),
                 "kv_cache_slots": model.cfg.n_executed_layers,
                 "stored_blocks": model.cfg.n_layers,
                 "vocab_size": model.cfg.vocab_size,
                 "params": param_count(model.cfg)["total"],
                 "tokenizer": tok is not None,
-                "self_check": {
-                    "max_abs_diff": float(f"{(got - ref).abs().max().item():.4g}"),
-                    "argmax_agreement": float(f"{agree:.4g}"),
-                },
+                "self_check": check,
             }
         )
     )
@@ -432,7 +418,7 @@ def _add_eval(sub) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint on tasks and print a table like the paper's Table 3."""
     from .devices import auto_device
-    from .eval_tasks import PAPER_TASKS, TASKS, evaluate_task
+    from .eval_tasks import PAPER_TASKS, TASKS, evaluate_task, results_table
     from .export import load_pretrained
 
     tasks = list(PAPER_TASKS) if args.tasks == "paper" else [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -465,22 +451,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         evaluate_task(model, tok, t, files.get(t), args.limit, args.batch_size, progress=not args.no_progress)
         for t in tasks
     ]
-    width = max(10, *(len(t) for t in tasks))
-    print(f"{'metric':10s} " + " ".join(f"{t:>{width}s}" for t in tasks) + f" {'average':>{width}s}")
-    for metric in ("acc", "acc_norm"):
-        # acc_norm where lm-eval reports it, else acc (as lm-eval's tables are usually read)
-        vals = [r[metric] if metric in r["metrics"] else r["acc"] for r in results]
-        print(
-            f"{metric:10s} "
-            + " ".join(f"{100 * v:>{width}.1f}" for v in vals)
-            + f" {100 * sum(vals) / len(vals):>{width}.1f}"
-        )
-    print(
-        f"{'chance':10s} "
-        + " ".join(f"{100 * r['chance']:>{width}.1f}" for r in results)
-        + f" {100 * sum(r['chance'] for r in results) / len(results):>{width}.1f}"
-    )
-    print(f"{'rows':10s} " + " ".join(f"{r['n']:>{width}d}" for r in results))
+    print(results_table(results))
     if args.json:
         from ._files import write_atomic
 
@@ -601,7 +572,7 @@ def _cache_dir(flag: str | None) -> Path | None:
 
 def _generate_pte(args: argparse.Namespace) -> int:
     from .executorch_program import tokenizer_id
-    from .executorch_runtime import PteDecoder, tokenizer_beside
+    from .executorch_runtime import PteDecoder, stream_text, tokenizer_beside
     from .tokenizer import Tokenizer
 
     tok_path = Path(args.tokenizer) if args.tokenizer else tokenizer_beside(args.pte)
@@ -631,22 +602,10 @@ def _generate_pte(args: argparse.Namespace) -> int:
         )
     _say_if_cut(args.max_new_tokens, room, f"the program's cache window of {dec.max_len}")
     print(args.prompt, end="", flush=True)
-    new: list[int] = []
-    shown = ""
     try:
-        for t in dec.generate(
-            ids,
-            min(args.max_new_tokens, room),
-            args.temperature,
-            args.top_k,
-            args.top_p,
-            eos_id=tok.eos_id,
-            seed=args.seed,
-        ):
-            new.append(t)
-            text = tok.decode(new)  # decode the whole tail: SentencePiece spaces depend on neighbours
-            print(text[len(shown) :], end="", flush=True)
-            shown = text
+        n = min(args.max_new_tokens, room)
+        for piece in stream_text(dec, tok, ids, n, args.temperature, args.top_k, args.top_p, args.seed):
+            print(piece, end="", flush=True)
     finally:
         print(flush=True)  # an error goes on a line of its own, not after the streamed text
     return 0
@@ -738,112 +697,6 @@ def _seed_list(text: str) -> tuple[int, ...]:
     return seeds
 
 
-def _need_checkout(command: str) -> None:
-    """The course's commands read and write the checkout (its notebooks and results cache), not an installed wheel."""
-    from .course.paths import is_checkout
-
-    if not is_checkout():
-        raise ValueError(
-            f"`{command}` is a command of the course, which lives in the repository checkout (its notebooks and "
-            "results cache): clone the repository and run it there (`make venv` installs the course's extras)"
-        )
-
-
-def cmd_ablation(args: argparse.Namespace) -> int:
-    """Run (or read from the results cache) one ablation and print its summary."""
-    _need_checkout(args.command)
-    from .course.ablations import get_ablation, scaled
-    from .course.experiments import compare, run_ablation, summarize
-    from .course.settings import Settings
-
-    ab = get_ablation(args.name)
-    command = f"python -m mobilellm ablation {args.name}"
-    if args.seeds:
-        ab = dataclasses.replace(ab, seeds=args.seeds)
-        command += " --seeds " + ",".join(map(str, args.seeds))
-    if args.scale != 1 or args.corpus:
-        ab = scaled(ab, args.scale, args.corpus)
-        command += f" --scale {args.scale}" + (f" --corpus {args.corpus}" if args.corpus else "")
-    settings = Settings.from_env().replace(command=command)
-    if args.fresh or args.quick:
-        settings = settings.replace(fresh=settings.fresh or args.fresh, quick=settings.quick or args.quick)
-    if args.device:
-        from .devices import auto_device
-
-        auto_device(args.device)  # checked even when every result comes from the cache
-        settings = settings.replace(device=args.device)
-    records = run_ablation(ab, settings)
-    print(f"{ab.name}: {ab.question}")
-    for s in summarize(records):
-        print(
-            f"  {s['label']:28s} {s['params']:>9,} params  val loss {s['mean']:.4f} ± {s['std']:.4f} "
-            f"(seeds {', '.join(f'{x:.4f}' for x in s['losses'])})"
-        )
-    base = ab.variants[0][0]
-    for label, _ in ab.variants[1:]:
-        print(f"  {label} − {base}: {compare(records, base, label).text()} nats")
-    return 0
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    """Train cached runs of an ablation again from their stored recipe and seed; compare the losses."""
-    _need_checkout(args.command)
-    from .course.ablations import get_ablation
-    from .course.evidence import VERIFY_TOLERANCE, rederive_seconds, verify
-    from .course.settings import Settings
-
-    ab = get_ablation(args.name)
-    unknown = sorted(set(args.variant or ()) - {label for label, _ in ab.variants})
-    if unknown:
-        raise ValueError(f"--variant {unknown[0]!r}: {ab.name} has {', '.join(label for label, _ in ab.variants)}")
-    settings = Settings.from_env().replace(quick=False, progress=False)
-    print(f"{ab.name}: retraining cached runs (all of them took {rederive_seconds(ab, settings) / 60:.0f} min here)")
-    worst = 0.0
-    for c in verify(ab, settings, args.variant, list(args.seeds) if args.seeds else None):
-        worst = max(worst, abs(c.retrained - c.stored))
-        print(
-            f"  {c.label:28s} seed {c.seed}: stored {c.stored:.6f}, retrained {c.retrained:.6f}, "
-            f"difference {c.retrained - c.stored:+.1e} ({'agrees' if c.agrees else 'DISAGREES'}), {c.seconds:.0f} s"
-        )
-    ok = worst <= VERIFY_TOLERANCE
-    print(f"largest difference {worst:.1e} nats: {'within' if ok else 'OUTSIDE'} the tolerance {VERIFY_TOLERANCE:g}")
-    return 0 if ok else 1
-
-
-def cmd_figures(args: argparse.Namespace) -> int:
-    """Run the notebooks in order (full mode), then regenerate the README's notebook map."""
-    _need_checkout(args.command)
-    from .course.notebooks import record_times, run_notebooks
-    from .course.readme import update_readme
-    from .course.settings import Settings
-
-    settings = Settings.from_env()
-    settings = settings.replace(
-        fresh=settings.fresh or args.fresh,
-        quick=settings.quick or args.quick,
-        seeds=settings.seeds if args.seeds is None else args.seeds,
-    )
-    if not args.readme_only:
-        start = time.perf_counter()
-        times = run_notebooks(args.only, settings)
-        record_times(times, settings)
-        print(f"all notebooks: {(time.perf_counter() - start) / 60:.1f} min")
-    update_readme()
-    print("README.md notebook map updated")
-    return 0
-
-
-def cmd_book(args: argparse.Namespace) -> int:
-    """Build the static website of the course from the committed notebooks (nothing is re-executed)."""
-    _need_checkout(args.command)
-    from .course.book import build
-
-    start = time.perf_counter()
-    pages = build(Path(args.out), source_url=args.source_url)
-    print(f"{len(pages)} pages in {args.out} ({time.perf_counter() - start:.1f} s); open {pages[0]}")
-    return 0
-
-
 def _add_bench(sub) -> None:
     from .config import list_configs
     from .course.bench import SUITES
@@ -915,34 +768,6 @@ def _add_bench(sub) -> None:
         "code and versions): an interrupted run keeps what it lowered, and formats can be lowered "
         "in parallel processes, then each timed alone on a quiet machine",
     )
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Run the benchmark suites, print the tables, write the JSON report."""
-    from .course.bench import BenchSettings, format_report, run_bench, write_json
-
-    if Path(args.json).is_dir():
-        raise ValueError(f"--json {args.json} is a folder: give a file name")
-    if args.pte_blocks is not None and args.pte_blocks < 1:
-        raise ValueError(f"--pte-blocks ({args.pte_blocks}) must be a positive integer")
-    settings = BenchSettings.make(
-        quick=args.quick,
-        repeats=args.repeats,
-        compile=False if args.no_compile else None,
-        progress=not args.no_progress,
-    )
-    settings = dataclasses.replace(
-        settings,
-        pte_blocks=args.pte_blocks,
-        pte_quants=tuple(args.pte_quants or settings.pte_quants),
-        pte_programs=args.pte_programs,
-        pte_peers=not args.no_pte_peers,
-    )
-    report = run_bench(args.suite, [args.config] if args.config else None, settings)
-    report["command"] = "python -m mobilellm " + " ".join(args.argv)
-    print(format_report(report))
-    print(f"wrote {write_json(report, args.json)}")
-    return 0
 
 
 def _add_configs(sub) -> None:
@@ -1022,6 +847,13 @@ def _add_book(sub) -> None:
     )
 
 
+def _course_command(name: str):
+    """The course's commands (ablation, verify, figures, bench, book) live with the course."""
+    from .course import commands
+
+    return getattr(commands, f"cmd_{name}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line and exit 2, never a traceback."""
     # `python -m mobilellm …` runs this file; the `mobilellm` console script runs main() from elsewhere
@@ -1046,12 +878,7 @@ def main(argv: list[str] | None = None) -> int:
         "export": cmd_export,
         "eval": cmd_eval,
         "configs": cmd_configs,
-        "ablation": cmd_ablation,
-        "verify": cmd_verify,
-        "figures": cmd_figures,
-        "bench": cmd_bench,
-        "book": cmd_book,
-    }[args.command]
+    }.get(args.command) or _course_command(args.command)
     try:
         with quiet_libraries():  # torchao's optional-kernel and torch's pytree warnings at import
             return handler(args)

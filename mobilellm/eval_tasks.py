@@ -414,3 +414,21 @@ def corpus_cloze(
         choices = distractors[:gold] + [lines[i]] + distractors[gold:]
         items.append(MCItem("\n".join(lines[i - context_lines : i]) + "\n", choices, gold, delimiter=""))
     return items
+
+
+def results_table(results: Sequence[dict]) -> str:
+    """``evaluate_task`` results as the command line prints them: one column per task and their average;
+    rows acc, acc_norm (acc where lm-eval reports no acc_norm, as its tables are read), chance, rows."""
+    tasks = [r["task"] for r in results]
+    width = max(10, *(len(t) for t in tasks))
+
+    def row(name: str, vals: Sequence[float]) -> str:
+        cells = " ".join(f"{100 * v:>{width}.1f}" for v in vals)
+        return f"{name:10s} {cells} {100 * sum(vals) / len(vals):>{width}.1f}"
+
+    lines = [f"{'metric':10s} " + " ".join(f"{t:>{width}s}" for t in tasks) + f" {'average':>{width}s}"]
+    for metric in ("acc", "acc_norm"):
+        lines.append(row(metric, [r[metric] if metric in r["metrics"] else r["acc"] for r in results]))
+    lines.append(row("chance", [r["chance"] for r in results]))
+    lines.append(f"{'rows':10s} " + " ".join(f"{r['n']:>{width}d}" for r in results))
+    return "\n".join(lines)

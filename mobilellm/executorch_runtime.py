@@ -169,6 +169,44 @@ class PteDecoder:
         return torch.stack([self.step(ids[t : t + 1], t) for t in range(ids.numel())])
 
 
+def stream_text(
+    dec: PteDecoder,
+    tokenizer,
+    ids: Sequence[int],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+) -> Iterator[str]:
+    """The continuation of ``ids`` as text, piece by piece as the program decodes it (up to EOS). The whole
+    tail is decoded each time: SentencePiece's spaces depend on the neighbouring pieces."""
+    new: list[int] = []
+    shown = ""
+    for t in dec.generate(ids, max_new_tokens, temperature, top_k, top_p, eos_id=tokenizer.eos_id, seed=seed):
+        new.append(t)
+        text = tokenizer.decode(new)
+        yield text[len(shown) :]
+        shown = text
+
+
+def self_check(model, path: str | os.PathLike, n: int = 32) -> dict:
+    """A written program against the eager model it came from: a random row of up to ``n`` tokens decoded
+    token by token in the program, scored in one forward pass eagerly; the largest logit difference and
+    how often the two pick the same next token (and the program's window, ``max_len``)."""
+    dec = PteDecoder(path)
+    ids = torch.randint(0, model.cfg.vocab_size, (min(n, dec.max_len),), generator=torch.Generator().manual_seed(0))
+    got = dec.next_token_logits(ids)
+    with torch.no_grad():
+        ref = model.eval()(ids[None])[0].float()
+    agree = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    return {
+        "max_abs_diff": float(f"{(got - ref).abs().max().item():.4g}"),
+        "argmax_agreement": float(f"{agree:.4g}"),
+        "max_len": dec.max_len,
+    }
+
+
 def compare_programs(paths: dict[str, str | os.PathLike], windows: torch.Tensor, reference: str = "fp32") -> dict:
     """Per program: perplexity and top-1 next-token accuracy on ``windows`` (N, T), agreement with ``reference``.
 
