@@ -184,3 +184,18 @@ def test_an_exercise_costs_its_solution_time_or_the_training_it_reads(tmp_path, 
     assert (N.exercise_cost("07_roadmap", 1), N.exercise_cost("07_roadmap", 2)) == ("~3 s", "~10 min")
     assert N.exercise_cost("07_roadmap", 3) == "~1 s"  # measured, and instant
     assert N.exercise_cost("07_roadmap", 4) == "time not measured yet"
+
+
+def test_the_quick_mode_folder_is_removed_when_the_process_exits():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "from mobilellm.course import experiments as E; from mobilellm.course.settings import Settings; "
+        "d = E.output_dirs(Settings(quick=True))[0].parent; d.mkdir(exist_ok=True); print(d)"
+    )
+    folder = Path(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    )
+    assert folder.name.startswith("mobilellm-quick-") and not folder.exists()

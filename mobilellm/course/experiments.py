@@ -64,8 +64,12 @@ def output_dirs(settings: Settings | None = None) -> tuple[Path, Path]:
     """(results, figures) folders: the committed ones, or a temp folder in quick mode."""
     global _QUICK_DIR
     if quick_mode(settings):
-        if _QUICK_DIR is None:
+        if _QUICK_DIR is None:  # one per process, removed when it exits: quick results are throwaway
+            import atexit
+            import shutil
+
             _QUICK_DIR = Path(tempfile.mkdtemp(prefix="mobilellm-quick-"))
+            atexit.register(shutil.rmtree, _QUICK_DIR, ignore_errors=True)
         return _QUICK_DIR / "results", _QUICK_DIR / "figures"
     return paths.RESULTS_DIR, paths.FIGURES_DIR
 
