@@ -39,66 +39,55 @@ CURRICULUM = {
         ("swiglu", "ReLU (baseline)", "SwiGLU"),
     ),
     "03_deep_and_thin": (
-        "depth vs width at 132k parameters (5 shapes × 3 seeds); time per token by shape; the best "
-        "of three shapes at ≈5/19/57/150 tokens per parameter",
+        "depth vs width at 132k parameters (5 shapes × 3 seeds); time per token by shape",
         "12 → 30 layers: 43.9 → 44.8",
         ("depth", "3×48", "5×40"),
     ),
     "04_embedding_sharing": (
-        "where parameters go (teaching, 125M–1.5B, 70B); tying checked by data_ptr; untied vs "
-        "tied vs tied + the saving reinvested in depth",
+        "where parameters go; tying checked by data_ptr; untied vs tied vs tied + one layer",
         "135M/44.8 → 119M/44.6 → 125M/45.0",
         ("embedding", "untied", "tied + 1 layer"),
     ),
     "05_grouped_query_attention": (
-        "MHA → GQA → MQA by repeat_interleave; KV-cache sizes; cached vs uncached "
-        "decoding; KV heads at equal parameters",
+        "MHA → GQA → MQA by repeat_interleave; KV-cache sizes; cached decoding",
         "16 → 4 KV heads: no loss",
         ("gqa", "MHA (4 KV heads)", "GQA (2 KV heads)"),
     ),
     "06_layer_sharing": (
-        "immediate, repeat-all-over and reverse sharing as execution orders; stored parameters vs "
-        "compute; a KV cache kept correct under sharing (and the official bug); no sharing vs "
-        "immediate vs 12 unshared layers; per-token latency",
+        "three sharing orders; a KV cache kept correct under sharing (and the official bug); "
+        "no sharing vs immediate vs 12 layers; latency",
         "125M 46.3 → 47.0 (1T tokens); latency +2.6% (shared) vs +86% (2× deeper)",
         ("sharing", "no sharing", "immediate ×2"),
     ),
     "07_roadmap": (
-        "the whole path as one chain of cached runs; the final model trained 3× longer and its samples; "
-        "the verdict table; every ablation in one table",
+        "the whole path in one chain; your complete MobileLLM; the final model trained 3× longer; the verdict table",
         "42.6 → 43.9 → 44.8 → 44.6 → 45.0 (0.25T); 46.3 → 47.0 (1T)",
         ("roadmap", "baseline", "+ layer sharing"),
     ),
     "08_full_size": (
-        "the released configs: exact parameters, memory, KV cache, FLOPs; pretraining cost; "
-        "125M measured on CPU; loading the released checkpoints",
+        "the released configs: parameters, memory, FLOPs, pretraining cost; loading the checkpoints",
         "124.6M … 1.51B; 3–18 days on 32×A100",
         None,
     ),
     "09_zero_shot_eval": (
-        "lm-eval-exact multiple-choice scoring, acc vs acc_norm, the eight tasks' formats; "
-        "teaching models scored against chance; the Table 3 command",
+        "lm-eval-exact multiple-choice scoring, acc vs acc_norm; teaching models against chance",
         "125M avg 46.3, 350M 51.3",
         None,
     ),
     "10_int8_export": (
-        "int8 by hand on one matrix; W8A8 by hand and with torchao (size, perplexity, agreement, "
-        "latency); ExecuTorch XNNPACK .pte run and compared; the 125M exported",
+        "int8 by hand, then W8A8 with torchao; an ExecuTorch .pte; the 125M exported",
         "W8A8 < 0.5 points lost; 125M 15.6 ms/token on iPhone 13",
         None,
     ),
     "11_on_device": (
-        "a KV-cached .pte (one cache slot per executed layer) generating text; fp32 / int8 / 8da4w "
-        "size and quality on a trained model; the sharing latency table in ExecuTorch at the 125M's "
-        "width, beside ExecuTorch's, optimum-executorch's and llama.cpp's runs of the same weights "
-        "and a same-program control",
+        "a KV-cached .pte generating text; fp32 / int8 / 8da4w size and quality; the sharing "
+        "latency table in ExecuTorch at the 125M's width, beside three peers",
         "125M 15.6 / LS 16.0 / 60 layers 29.0 ms/token (iPhone 13); int8 < 0.5 points",
         None,
     ),
     "12_evidence": (
-        "appendix: depth, tying and sharing paired by seed at four budgets, with the passes over the data; "
-        "the repetition test; the best depth per budget; the sharing orders over three seeds; re-deriving "
-        "a cached run (`verify`)",
+        "appendix: the budget trends, the repetition test, the best depth per budget, the on-device "
+        "analysis, re-deriving a cached run",
         "0.25T tokens ≈ 2,000 tokens per parameter at 125M",
         None,
     ),
