@@ -432,7 +432,7 @@ def test_math_renders_offline(built, browser):
 
     page = next(p for p in built if p.name.startswith("03_"))
     html = page.read_text()
-    assert "_static/mathjax/MathJax.js?config=TeX-AMS_CHTML-full" in html and "cdnjs" not in html
+    assert "_static/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full" in html and "cdnjs" not in html
     assert (OUT / "_static" / "mathjax" / "MathJax.js").is_file()
     assert all("MathJax.js" not in p.read_text() for p in built if not p.name.startswith("03_"))
     browser.get(page.as_uri())

@@ -308,7 +308,7 @@ def build(out: Path = DEFAULT_OUT, source_url: str | None = None) -> list[Path]:
         return any(c.cell_type == "markdown" and re.search(r"\$[^$\n]+\$", c.source) for c in page.notebook.cells)
 
     if any(has_math(page) for page in pages):  # MathJax from the book's own folder: the pages read offline
-        exporter.mathjax_url = _copy_mathjax(out / "_static" / "mathjax") + "?config=TeX-AMS_CHTML-full,Safe"
+        exporter.mathjax_url = _copy_mathjax(out / "_static" / "mathjax") + "?config=TeX-AMS-MML_HTMLorMML-full,Safe"
     written = []
     for i, page in enumerate(pages):
         math = has_math(page)
@@ -331,7 +331,8 @@ def build(out: Path = DEFAULT_OUT, source_url: str | None = None) -> list[Path]:
 
 def _copy_mathjax(dest: Path) -> str:
     """MathJax 2 (from the ``jupyter-server-mathjax`` package) copied into the book; its URL relative to a page.
-    Translations are left out (2 MB); the rest is what the CommonHTML output of TeX needs."""
+    Translations are left out (2 MB). The package's one combined configuration is ``TeX-AMS-MML_HTMLorMML-full``
+    (HTML-CSS output, its fonts included)."""
     try:
         import jupyter_server_mathjax
     except ImportError:
