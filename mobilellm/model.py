@@ -232,6 +232,7 @@ class MobileLLM(nn.Module):
         return self.lm_head(self.norm(x))
 
     @torch.no_grad()
+    @torch.no_grad()  # decoding never trains: no autograd graph per step (as transformers' generate)
     def generate(
         self,
         input_ids: torch.Tensor,
