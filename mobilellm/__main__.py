@@ -504,10 +504,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--tokenizer {args.tokenizer} does not exist")
     model, tokenizer = None, args.tokenizer
     if args.init_from is not None:
-        model, cfg, tokenizer = _init_from(args, out)
-    elif tokenizer is not None and Tokenizer(tokenizer).vocab_size != cfg.vocab_size:
+        model, cfg, tokenizer = _init_from(args)
+    elif tokenizer is not None and (pieces := Tokenizer(tokenizer).vocab_size) != cfg.vocab_size:
         raise ValueError(
-            f"--tokenizer {tokenizer} has {Tokenizer(tokenizer).vocab_size} pieces but --config "
+            f"--tokenizer {tokenizer} has {pieces} pieces but --config "
             f"{args.config} has vocab_size {cfg.vocab_size}: pass a tokenizer of {cfg.vocab_size} pieces, "
             "or leave out --tokenizer to train one"
         )
@@ -539,8 +539,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
-def _init_from(args: argparse.Namespace, out: Path):
-    """``--init-from``: the checkpoint's model, its config and its tokenizer, for a new run into ``out``."""
+def _init_from(args: argparse.Namespace):
+    """``--init-from``: the checkpoint's model, its config and its tokenizer, for a new run."""
     from .checkpoint import load_checkpoint_and_tokenizer
     from .config import get_config
 

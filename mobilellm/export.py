@@ -361,10 +361,10 @@ def load_pretrained(
     dev = auto_device(device) if isinstance(device, str) else device
     # A training folder (its current step-* checkpoint) or a flat one of ours: weights and tokenizer
     # are read from one step folder, the tokenizer checked against the fingerprint it recorded.
-    if (d / "latest").is_file() or isinstance(_read_config(d).get("model"), dict):
+    meta = None if (d / "latest").is_file() else _read_config(d)
+    if meta is None or isinstance(meta.get("model"), dict):
         model, _, tok = load_checkpoint_and_tokenizer(d, dev)
         return model.eval(), tok
-    meta = _read_config(d)
     state = _read_weights(d)
     cfg = config_from_hf(meta)
     cfg = cfg.replace(share_embedding=_shares_embedding(state, cfg.share_embedding))
